@@ -1,0 +1,32 @@
+"""transferlab: a strong image classifier from a small dataset by transfer learning, and the proof.
+
+Public API:
+    compare(CompareConfig(...)) -> run dir with results.json, report.md, model.safetensors
+    load_model(run_dir), predict(run_dir, images), evaluate_folder(run_dir, labelled_dir)
+"""
+
+from pathlib import Path
+
+from transferlab.errors import UserError
+from transferlab.experiments.compare import resume_compare, run_compare
+from transferlab.experiments.config import CompareConfig
+from transferlab.models.saved import load_model
+from transferlab.predict import Prediction, evaluate_folder, predict
+from transferlab.reporting.report import write_report
+
+__all__ = ["CompareConfig", "Prediction", "UserError", "compare", "evaluate_folder", "load_model", "predict",
+           "resume", "write_report"]
+
+
+def compare(cfg: CompareConfig) -> Path:
+    """Run the three phases and write the report; returns the run directory."""
+    run_dir = run_compare(cfg)
+    write_report(run_dir)
+    return run_dir
+
+
+def resume(run_dir: Path, show_progress: bool = True) -> Path:
+    """Continue an interrupted compare run from its last finished epoch."""
+    run_dir = resume_compare(run_dir, show_progress=show_progress)
+    write_report(run_dir)
+    return run_dir

@@ -1,0 +1,159 @@
+"""Command line: parse arguments, call the API, print. The only place that knows argv and exit codes."""
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from transferlab import CompareConfig, UserError, compare, evaluate_folder, predict, resume
+from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
+from transferlab.experiments.compare import RunInterrupted
+from transferlab.experiments.run_dir import default_cache_dir
+from transferlab.reporting.report import write_report
+from transferlab.reporting.tables import comparison_table, verdict_lines
+
+EXIT_USER_ERROR = 2
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '90s', '1.5h' or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 90s or 1.5h") from None
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    d = CompareConfig.__dataclass_fields__
+    p.add_argument("--backbone", help="timm model name (default: mobilenetv2_100 if its weights can be had, "
+                   "else tf_efficientnet_lite0)")
+    p.add_argument("--weights", type=Path, help="local weights file (.safetensors or .pth)")
+    p.add_argument("--image-size", type=int, dest="image_size_px", help="override the weights' input size (px)")
+    p.add_argument("--val-fraction", type=float, default=d["val_fraction"].default)
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
+    p.add_argument("--scratch-epochs", type=int, default=d["scratch_epochs"].default)
+    p.add_argument("--frozen-epochs", type=int, default=d["frozen_epochs"].default)
+    p.add_argument("--finetune-epochs", type=int, default=d["finetune_epochs"].default)
+    p.add_argument("--scratch-lr", type=float, default=d["scratch_lr"].default)
+    p.add_argument("--frozen-lr", type=float, default=d["frozen_lr"].default)
+    p.add_argument("--finetune-lr", type=float, default=d["finetune_lr"].default)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--unfreeze-last", type=int, default=d["unfreeze_last"].default,
+                       help="fine-tune the last N layers with parameters (default 20)")
+    group.add_argument("--unfreeze-blocks", type=int, help="fine-tune the last K blocks instead")
+    p.add_argument("--augment", action="store_true", help="flip/shift augmentation (cached as K views)")
+    p.add_argument("--cached-views", type=int, default=d["cached_views"].default)
+    p.add_argument("--class-weights", choices=["none", "auto"], default="none")
+    p.add_argument("--target-val-acc", type=float, default=d["target_val_acc"].default)
+    p.add_argument("--time-budget", type=parse_duration, default=d["time_budget_seconds"].default,
+                   dest="time_budget_seconds", help="e.g. 30m (default)")
+    p.add_argument("--skip-scratch", action="store_true", help="train only the transfer model")
+    p.add_argument("--strict", action="store_true", help="an undecodable image is an error, not a skip")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--runs-dir", type=Path, default=d["runs_dir"].default)
+    p.add_argument("--name", help="run name (default: the data folder's name)")
+    p.add_argument("--cache-dir", type=Path, help=f"feature/decode caches (default {default_cache_dir()})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transferlab", description="Transfer learning for small image datasets, with an honest "
+        "before/after: scratch vs pretrained-frozen vs fine-tuned.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="compare on the embedded Fashion-MNIST 'hard five' dataset")
+    demo.add_argument("--export", type=Path, metavar="DIR", help="only write the dataset to DIR and exit")
+    _add_training_options(demo)
+
+    cmp = sub.add_parser("compare", help="scratch vs frozen vs fine-tuned on your data")
+    cmp.add_argument("data", nargs="?", type=Path, help="DATA/<class_name>/<images>")
+    cmp.add_argument("--train", type=Path, dest="train_dir", help="explicit training folder (with --val)")
+    cmp.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
+    cmp.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    _add_training_options(cmp)
+
+    pred = sub.add_parser("predict", help="classify new images with a run's model")
+    pred.add_argument("run_dir", type=Path)
+    pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    pred.add_argument("--top-k", type=int, default=3)
+    pred.add_argument("--json", action="store_true")
+
+    ev = sub.add_parser("evaluate", help="accuracy of a run's model on a labelled folder")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("labelled_dir", type=Path)
+    ev.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser("report", help="rebuild report.md/html of a run from its results.json")
+    rep.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _config(args: argparse.Namespace, **data) -> CompareConfig:
+    fields = CompareConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields} | data
+    return CompareConfig(**values, show_progress=not args.quiet)
+
+
+def _print_summary(run_dir: Path) -> None:
+    results = json.loads((run_dir / "results.json").read_text())
+    print(comparison_table(results))
+    print("\n".join(verdict_lines(results)).replace("**", ""))
+    print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.safetensors'}")
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        if args.export:
+            train_dir, val_dir = export_embedded(args.export)
+            print(f"wrote {train_dir} and {val_dir}")
+            return 0
+        train_dir, val_dir = export_embedded((args.cache_dir or default_cache_dir()) / "datasets" / EMBEDDED_NAME)
+        _print_summary(compare(_config(args, train_dir=train_dir, val_dir=val_dir,
+                                       name=args.name or EMBEDDED_NAME)))
+    elif args.command == "compare":
+        if args.resume:
+            _print_summary(resume(args.resume, show_progress=not args.quiet))
+        else:
+            _print_summary(compare(_config(args, data_dir=args.data)))
+    elif args.command == "predict":
+        predictions = predict(args.run_dir, args.images, top_k=args.top_k)
+        if args.json:
+            print(json.dumps([{"path": str(p.path), "top": [{"class": c, "probability": round(pr, 5)}
+                                                            for c, pr in p.top]} for p in predictions], indent=2))
+        for p in [] if args.json else predictions:
+            print(f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top))
+    elif args.command == "evaluate":
+        result = evaluate_folder(args.run_dir, args.labelled_dir)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"accuracy {result['accuracy']:.1%} (balanced {result['balanced_accuracy']:.1%}) "
+                  f"on {result['n_images']} images")
+            for name, recall in result["per_class_recall"].items():
+                print(f"  {name}: {recall:.1%}")
+    elif args.command == "report":
+        print(write_report(args.run_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
+    try:
+        return run(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RunInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

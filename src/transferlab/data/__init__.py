@@ -1,0 +1,1 @@
+"""From folders on disk to labelled, decoded, split images."""

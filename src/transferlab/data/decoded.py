@@ -1,0 +1,78 @@
+"""Decode and resize every image once; every phase then reads uint8 pixels from a memory-mapped cache."""
+
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
+from transferlab.data.row_store import RowStore, RowView, file_digest
+from transferlab.data.scan import LabelledImage
+from transferlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    images: list[LabelledImage]  # only those that decoded
+    content_keys: list[str]      # content hash per image, the key of every cache
+    pixels: RowView              # uint8 N x H x W x 3
+    skipped: list[SkippedFile]
+
+
+def _digest_or_skip(path: Path) -> str | SkippedFile:
+    try:
+        return file_digest(path)
+    except OSError as e:
+        return SkippedFile(path, f"cannot read: {e.strerror or e}")
+
+
+def _decode_or_skip(path: Path, prep: Preprocessing) -> np.ndarray | SkippedFile:
+    try:
+        return load_for_model(path, prep)
+    except ImageDecodeError as e:
+        return SkippedFile(path, str(e))
+
+
+def decode_images(images: list[LabelledImage], prep: Preprocessing, cache_dir: Path, *,
+                  strict: bool = False, show_progress: bool = True) -> DecodedImages:
+    """Hash every file, decode only those the cache lacks (threads: Pillow releases the GIL)."""
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        digests = list(pool.map(_digest_or_skip, [im.path for im in images]))
+    skipped = [d for d in digests if isinstance(d, SkippedFile)]
+    kept = [(im, d) for im, d in zip(images, digests) if isinstance(d, str)]
+
+    size = prep.image_size_px
+    store = RowStore(Path(cache_dir) / "decoded" / prep.geometry_key(), (size, size, 3), "uint8")
+    missing = set(store.missing([d for _, d in kept]))
+    todo = {d: im.path for im, d in kept if d in missing}
+    failed: set[str] = set()
+    if todo:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(lambda p: _decode_or_skip(p, prep), todo.values()), total=len(todo),
+                                desc="decode", unit="img", disable=not show_progress, leave=False))
+        good = {k: r for k, r in zip(todo, results) if not isinstance(r, SkippedFile)}
+        failed = {k for k, r in zip(todo, results) if isinstance(r, SkippedFile)}
+        # a duplicate of a file that failed fails too: name every copy
+        skipped += [SkippedFile(im.path, next(r.reason for k, r in zip(todo, results) if k == d))
+                    for im, d in kept if d in failed]
+        store.add(list(good), np.stack(list(good.values())) if good else np.zeros((0, size, size, 3), np.uint8))
+    kept = [(im, d) for im, d in kept if d not in failed]
+
+    for s in skipped:
+        if strict:
+            raise UserError(f"cannot decode '{s.path}': {s.reason}; remove or replace it (or drop --strict)")
+        warnings.warn(f"skipping '{s.path}': {s.reason}", stacklevel=2)
+    keys = [d for _, d in kept]
+    return DecodedImages(images=[im for im, _ in kept], content_keys=keys, pixels=store.rows(keys),
+                         skipped=skipped)

@@ -1,0 +1,89 @@
+"""Decode any Pillow-readable file to RGB and resize it the way the backbone's weights expect."""
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the weights were trained with (timm's pretrained_cfg): eval resize + centre crop + normalise."""
+
+    image_size_px: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(image_size_px=int(d["image_size_px"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   interpolation=d["interpolation"], crop_pct=float(d["crop_pct"]))
+
+    def geometry_key(self) -> str:
+        """Decoded pixels depend on these only; mean/std are applied later, per batch."""
+        return f"{self.image_size_px}px-{self.interpolation}-crop{self.crop_pct:g}"
+
+
+class ImageDecodeError(Exception):
+    """A file that cannot become an RGB image; the message says why, for the skipped-files list."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("LA", "RGBA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode_rgb(path: Path) -> Image.Image:
+    """First frame, EXIF orientation applied, any mode (16-bit, palette, alpha, CMYK) as 8-bit RGB."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"larger than Pillow's decompression-bomb limit ({e})") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as e:
+        raise ImageDecodeError(str(e) or type(e).__name__) from None
+
+
+def resize_and_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+    """timm's eval transform: shorter side to size/crop_pct, then centre crop; uint8 HxWx3."""
+    size = prep.image_size_px
+    scale_size = math.floor(size / prep.crop_pct)
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = scale_size, max(size, round(h * scale_size / w))
+    else:
+        new_w, new_h = max(size, round(w * scale_size / h)), scale_size
+    img = img.resize((new_w, new_h), INTERPOLATIONS[prep.interpolation])
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
+    return resize_and_crop(decode_rgb(path), prep)

@@ -1,0 +1,87 @@
+"""Find the labelled images in a folder-per-class tree, and say clearly what is wrong with it."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transferlab.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+LAYOUT_HINT = "expected DIR/<class_name>/<images> with at least two class folders"
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    root: Path
+    class_names: tuple[str, ...]
+    images: tuple[LabelledImage, ...]
+    ignored_files: tuple[Path, ...]  # files without an image suffix, listed so nothing vanishes silently
+
+
+def is_hidden(name: str) -> bool:
+    """Dotfiles cover .DS_Store, macOS '._x.jpg' resource forks and .ipynb_checkpoints."""
+    return name.startswith(".")
+
+
+def _walk_class_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Images anywhere below `folder`, in a stable order; symlinked folders are not followed (no loops)."""
+    images, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for name in sorted(filenames):
+            if is_hidden(name):
+                continue
+            path = Path(dirpath) / name
+            (images if path.suffix.lower() in IMAGE_SUFFIXES else ignored).append(path)
+    return images, ignored
+
+
+def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) -> ImageFolder:
+    """Scan `root`; with `class_names` (a validation folder), labels follow the training classes."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data folder '{root}' does not exist; {LAYOUT_HINT}")
+    if not root.is_dir():
+        raise UserError(f"'{root}' is a file, not a folder; {LAYOUT_HINT}")
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
+    except PermissionError:
+        raise UserError(f"cannot read folder '{root}' (permission denied); fix its permissions") from None
+    if not folders:
+        loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        found = f"{len(loose)} loose image files but no class folders" if loose else "no class folders"
+        raise UserError(f"found {found} in '{root}'; {LAYOUT_HINT}")
+
+    found_names = tuple(p.name for p in folders)
+    if class_names is None:
+        class_names = found_names
+    else:
+        unknown = sorted(set(found_names) - set(class_names))
+        if unknown:
+            raise UserError(f"'{root}' has class folders {unknown} that the training data does not have "
+                            f"(training classes: {list(class_names)}); rename or remove them")
+
+    images: list[LabelledImage] = []
+    ignored: list[Path] = []
+    empty: list[str] = []
+    for folder in folders:
+        paths, others = _walk_class_folder(folder)
+        ignored += others
+        if not paths:
+            empty.append(f"'{folder.name}' ({len(others)} non-image files)" if others else f"'{folder.name}'")
+        label = class_names.index(folder.name)
+        images += [LabelledImage(p, label) for p in paths]
+
+    if empty:
+        raise UserError(f"class folders with no images in '{root}': {', '.join(empty)}; add images "
+                        f"({'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}) or remove those folders")
+    if len(class_names) < 2:
+        raise UserError(f"found only one class folder ('{class_names[0]}') in '{root}'; {LAYOUT_HINT}")
+    return ImageFolder(root=root, class_names=tuple(class_names), images=tuple(images),
+                       ignored_files=tuple(ignored))

@@ -1,0 +1,1 @@
+"""Experiments compose training phases and store every result in a run directory."""

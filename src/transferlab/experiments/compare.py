@@ -1,0 +1,327 @@
+"""The seeds' experiment: from-scratch baseline vs. pretrained-frozen vs. fine-tuned, on one split.
+
+The transfer phases run first (they produce the model the user keeps), then the scratch baseline.
+Each phase writes a checkpoint per epoch, so `resume_compare` continues an interrupted run exactly.
+"""
+
+import logging
+import signal
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.atomic import write_json_atomic, write_jsonl_atomic
+from transferlab.data.decoded import DecodedImages, decode_images
+from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
+from transferlab.data.split import apply_saved_split, save_split, split_stratified
+from transferlab.errors import UserError
+from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.run_dir import (default_cache_dir, load_checkpoint, new_run_dir,
+                                             save_checkpoint)
+from transferlab.models.backbones import PretrainedBackbone, create_backbone, load_backbone
+from transferlab.models.freezing import (UnfreezePlan, freeze_backbone, unfreeze_last_blocks,
+                                         unfreeze_last_layers)
+from transferlab.models.saved import save_model
+from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.inputs import CachedInputs, ImageInputs
+from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
+from transferlab.training.prefix_cache import prefix_outputs
+
+log = logging.getLogger(__name__)
+PHASES = ("scratch", "frozen", "finetuned")
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the epoch in progress finished and was checkpointed."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"interrupted; continue with: transferlab compare --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+@contextmanager
+def stop_after_epoch():
+    """Turn the first SIGINT/SIGTERM into a flag the loop reads between epochs; a second one kills."""
+    requested = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+        print("\nstopping after this epoch (again to abort now)...", flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class Split:
+    train: DecodedImages
+    val: DecodedImages
+    class_names: tuple[str, ...]
+    ignored_files: list[Path]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}' is not a torch device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def _decoded_subset(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
+    index = {im.path: i for i, im in enumerate(decoded.images)}
+    rows = [index[im.path] for im in keep]
+    return DecodedImages(images=keep, content_keys=[decoded.content_keys[i] for i in rows],
+                         pixels=type(decoded.pixels)(decoded.pixels.array, decoded.pixels.row_indices[rows]),
+                         skipped=[])
+
+
+def load_split(cfg: CompareConfig, prep, cache_dir: Path, run_dir: Path, resuming: bool) -> tuple[Split, list]:
+    """Scan, decode once, then split (stratified, seeded, saved) or take the explicit train/val pair."""
+    if cfg.data_dir is not None:
+        folder = scan_image_folder(cfg.data_dir)
+        decoded = decode_images(list(folder.images), prep, cache_dir, strict=cfg.strict,
+                                show_progress=cfg.show_progress)
+        if resuming:
+            train, val = apply_saved_split(run_dir / "split.json", folder.root, decoded.images)
+        else:
+            train, val = split_stratified(decoded.images, cfg.val_fraction, cfg.seed)
+            save_split(run_dir / "split.json", folder.root, train, val, cfg.seed, cfg.val_fraction)
+        split = Split(_decoded_subset(decoded, train), _decoded_subset(decoded, val), folder.class_names,
+                      list(folder.ignored_files))
+        return split, decoded.skipped
+    train_folder = scan_image_folder(cfg.train_dir)
+    val_folder: ImageFolder = scan_image_folder(cfg.val_dir, class_names=train_folder.class_names)
+    train = decode_images(list(train_folder.images), prep, cache_dir, strict=cfg.strict,
+                          show_progress=cfg.show_progress)
+    val = decode_images(list(val_folder.images), prep, cache_dir, strict=cfg.strict,
+                        show_progress=cfg.show_progress)
+    return (Split(train, val, train_folder.class_names,
+                  list(train_folder.ignored_files) + list(val_folder.ignored_files)),
+            train.skipped + val.skipped)
+
+
+def _labels(decoded: DecodedImages) -> np.ndarray:
+    return np.array([im.label for im in decoded.images], dtype=np.int64)
+
+
+def class_weights_for(labels: np.ndarray, n_classes: int) -> tuple[float, ...]:
+    """Inverse class frequency, scaled so a balanced dataset gets all ones."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return tuple(float(w) for w in weights)
+
+
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> float:
+    recalls = [float((predictions[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> list[list[int]]:
+    matrix = np.zeros((n_classes, n_classes), dtype=int)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix.tolist()
+
+
+class _Runner:
+    """Shared state of one compare run; each phase is one call of `_run_phase`."""
+
+    def __init__(self, cfg: CompareConfig, run_dir: Path, resuming: bool):
+        self.cfg, self.run_dir, self.resuming = cfg, run_dir, resuming
+        self.device = resolve_device(cfg.device)
+        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        self.history: list[dict] = []
+
+    def run_phase(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
+                  train_modules: list, epochs: int, lr: float, should_stop) -> tuple[PhaseState, float]:
+        cfg = self.cfg
+        spec = PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                         class_weights=self.class_weights)
+        saved = load_checkpoint(self.run_dir, name) if self.resuming else None
+        state, optimizer_state = None, None
+        if saved is not None:
+            module_state, optimizer_state, state = saved
+            model.load_state_dict(module_state)
+        started = time.perf_counter()
+        already = sum(r["seconds"] for r in state.history) if state else 0.0
+
+        def checkpoint(s: PhaseState, optimizer) -> None:
+            save_checkpoint(self.run_dir, name, model, optimizer, s)
+            write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
+
+        state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels, spec,
+                            train_modules, self.device, state=state, optimizer_state=optimizer_state,
+                            on_epoch_end=checkpoint, should_stop=should_stop, show_progress=cfg.show_progress)
+        if state.next_epoch < epochs:
+            raise RunInterrupted(self.run_dir)
+        if state.best_state is None:  # zero epochs asked for
+            state.best_state = model.state_dict()
+        self.history += state.history
+        return state, time.perf_counter() - started + already
+
+
+def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: float, model: TransferModel,
+                   final_val, labels: np.ndarray, n_classes: int, extra: dict | None = None) -> dict:
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+    train_acc = best["train_acc"] if best else None
+    return {"epochs": state.history, "best_epoch": state.best_epoch, "train_acc": train_acc,
+            "val_acc": final_val.accuracy,
+            "balanced_val_acc": balanced_accuracy(labels, final_val.predictions, n_classes),
+            "gap": None if train_acc is None else train_acc - final_val.accuracy,
+            "seconds": seconds + cache_seconds, "cache_seconds": cache_seconds, "train_seconds": seconds,
+            "learning_rate": lr,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in model.parameters()), **(extra or {})}
+
+
+def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
+    """Train and report the three phases; returns the run directory. `run_dir` given = resume it."""
+    resuming = run_dir is not None
+    if run_dir is None:
+        source = cfg.data_dir or cfg.train_dir
+        run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(source).resolve().name)
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    started = time.perf_counter()
+    runner = _Runner(cfg, run_dir, resuming)
+    device, show = runner.device, cfg.show_progress
+    torch.manual_seed(cfg.seed)
+
+    pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, cfg.image_size_px)
+    if pretrained.notice:
+        warnings.warn(pretrained.notice, stacklevel=2)
+    prep = pretrained.preprocessing
+    decode_started = time.perf_counter()
+    split, skipped = load_split(cfg, prep, runner.cache_dir, run_dir, resuming)
+    decode_seconds = time.perf_counter() - decode_started
+    n_classes = len(split.class_names)
+    runner.train_labels, runner.val_labels = _labels(split.train), _labels(split.val)
+    if len(runner.val_labels) == 0:
+        raise UserError("the validation set is empty: every class has a single image; add images or give --val")
+    runner.class_weights = (class_weights_for(runner.train_labels, n_classes)
+                            if cfg.class_weights == "auto" else None)
+    model_key = f"{pretrained.name}|{pretrained.weights.fingerprint}"
+    views = cfg.cached_views if cfg.augment else 1
+    head_cfg = HeadConfig()
+    phases: dict[str, dict] = {}
+    predictions: dict[str, np.ndarray] = {}
+
+    def cached(last_unit: int, decoded: DecodedImages, n_views: int) -> tuple[CachedInputs, float]:
+        t = time.perf_counter()
+        rows = [prefix_outputs(model, last_unit, decoded.pixels, decoded.content_keys, prep, runner.cache_dir,
+                               model_key, device, view=v, show_progress=show) for v in range(n_views)]
+        return CachedInputs(rows, device, seed=cfg.seed), time.perf_counter() - t
+
+    with stop_after_epoch() as should_stop:
+        # frozen: the whole backbone is the cached prefix; only the head trains
+        torch.manual_seed(cfg.seed)
+        model = TransferModel(pretrained.module, n_classes, head_cfg).to(device)
+        freeze_backbone(model)
+        end = len(model.units)
+        train_in, t_train = cached(end, split.train, views)
+        val_in, t_val = cached(end, split.val, 1)
+        head_forward = lambda x: model.forward_from(end, x)  # noqa: E731
+        state, seconds = runner.run_phase("frozen", model, head_forward, train_in, val_in, [model.head],
+                                          cfg.frozen_epochs, cfg.frozen_lr, should_stop)
+        final = evaluate(head_forward, val_in, runner.val_labels, cfg.batch_size * 2, device)
+        phases["frozen"] = _phase_summary(state, seconds, t_train + t_val, cfg.frozen_lr, model, final,
+                                          runner.val_labels, n_classes,
+                                          {"unfreeze": freeze_backbone(model).to_dict()})
+        predictions["frozen"] = final.predictions
+        best_state = {"frozen": (phases["frozen"]["val_acc"], copy_state(model))}
+
+        # fine-tune: continue from the frozen phase's best; cache up to the first trainable unit
+        plan: UnfreezePlan = (unfreeze_last_blocks(model, cfg.unfreeze_blocks) if cfg.unfreeze_blocks is not None
+                              else unfreeze_last_layers(model, cfg.unfreeze_last or 0))
+        cut = plan.first_trainable_unit
+        log.info("fine-tune: %s", plan)
+        train_in, t_train = cached(cut, split.train, views)
+        val_in, t_val = cached(cut, split.val, 1)
+        tail_forward = lambda x: model.forward_from(cut, x)  # noqa: E731
+        state, seconds = runner.run_phase("finetuned", model, tail_forward, train_in, val_in, [model.head],
+                                          cfg.finetune_epochs, cfg.finetune_lr, should_stop)
+        final = evaluate(tail_forward, val_in, runner.val_labels, cfg.batch_size * 2, device)
+        phases["finetuned"] = _phase_summary(state, seconds, t_train + t_val, cfg.finetune_lr, model, final,
+                                             runner.val_labels, n_classes, {"unfreeze": plan.to_dict()})
+        predictions["finetuned"] = final.predictions
+        best_state["finetuned"] = (phases["finetuned"]["val_acc"], copy_state(model))
+        transfer_model = model
+
+        # scratch: same architecture, random init, everything trains, on decoded images
+        if not cfg.skip_scratch:
+            torch.manual_seed(cfg.seed)
+            scratch = TransferModel(create_backbone(pretrained.name), n_classes, head_cfg).to(device)
+            scratch = scratch.to(memory_format=torch.channels_last)
+            train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if cfg.augment else None)
+            val_in = ImageInputs(split.val.pixels, prep, device)
+            state, seconds = runner.run_phase("scratch", scratch, scratch, train_in, val_in, [scratch],
+                                              cfg.scratch_epochs, cfg.scratch_lr, should_stop)
+            final = evaluate(scratch, val_in, runner.val_labels, cfg.batch_size * 2, device)
+            phases["scratch"] = _phase_summary(state, seconds, 0.0, cfg.scratch_lr, scratch, final,
+                                               runner.val_labels, n_classes)
+            predictions["scratch"] = final.predictions
+
+    best_transfer = max(best_state, key=lambda p: best_state[p][0])
+    transfer_model.load_state_dict(best_state[best_transfer][1])
+    save_model(run_dir, transfer_model, backbone=pretrained.name, class_names=list(split.class_names),
+               preprocessing=prep, head=head_cfg, phase=best_transfer, val_acc=best_state[best_transfer][0])
+    best_phase = max(phases, key=lambda p: phases[p]["val_acc"])
+    transfer_seconds = decode_seconds + phases["frozen"]["seconds"] + phases["finetuned"]["seconds"]
+    best_val = phases[best_transfer]["val_acc"]
+    counts = lambda d: np.bincount(_labels(d), minlength=n_classes).tolist()  # noqa: E731
+    results = {
+        "run_dir": str(run_dir), "backbone": pretrained.name,
+        "weights": {"kind": pretrained.weights.kind, "location": pretrained.weights.location},
+        "notice": pretrained.notice, "device": str(device), "preprocessing": prep.to_dict(),
+        "augment": {"enabled": cfg.augment, "cached_views": views,
+                    "mode": (f"{views} augmented views cached per image" if cfg.augment
+                             else "no augmentation; exact feature cache")},
+        "data": {"source": str(cfg.data_dir or cfg.train_dir), "val_source": str(cfg.val_dir or ""),
+                 "split": "split.json" if cfg.data_dir else "explicit --train/--val",
+                 "class_names": list(split.class_names), "train_per_class": counts(split.train),
+                 "val_per_class": counts(split.val), "n_train": len(split.train.images),
+                 "n_val": len(split.val.images),
+                 "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
+                 "ignored_files": [str(p) for p in split.ignored_files]},
+        "decode_seconds": decode_seconds,
+        "phases": phases,
+        "model_phase": best_transfer,
+        "best_phase": best_phase,
+        "confusion_matrix": {"phase": best_phase,
+                             "matrix": confusion_matrix(runner.val_labels, predictions[best_phase], n_classes)},
+        "verdict": {"target_val_acc": cfg.target_val_acc, "val_acc": best_val,
+                    "val_target_met": best_val >= cfg.target_val_acc,
+                    "time_budget_seconds": cfg.time_budget_seconds, "transfer_seconds": transfer_seconds,
+                    "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
+        "total_seconds": time.perf_counter() - started,
+    }
+    write_json_atomic(run_dir / "results.json", results)
+    return run_dir
+
+
+def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def resume_compare(run_dir: Path, show_progress: bool = True) -> Path:
+    run_dir = Path(run_dir)
+    cfg = CompareConfig.from_file(run_dir / "config.json")
+    return run_compare(replace(cfg, show_progress=show_progress), run_dir=run_dir)

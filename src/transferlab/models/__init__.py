@@ -1,0 +1,1 @@
+"""Backbones, their pretrained weights, the new head, and which layers train."""

@@ -1,0 +1,79 @@
+"""Use a saved model: class probabilities for new images, and accuracy on a labelled folder."""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.data.images import ImageDecodeError, load_for_model
+from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
+from transferlab.errors import UserError
+from transferlab.models.saved import load_model
+from transferlab.training.inputs import normalise
+
+BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Folders expand to the images inside them, in a stable order."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise UserError(f"image '{p}' does not exist; check the path")
+    return files
+
+
+@torch.no_grad()
+def _probabilities(model, prep, paths: list[Path]) -> tuple[list[Path], np.ndarray, list[tuple[Path, str]]]:
+    kept, pixels, skipped = [], [], []
+    for path in paths:
+        try:
+            pixels.append(load_for_model(path, prep))
+            kept.append(path)
+        except ImageDecodeError as e:
+            skipped.append((path, str(e)))
+            warnings.warn(f"skipping '{path}': {e}", stacklevel=3)
+    probs = []
+    for start in range(0, len(pixels), BATCH_SIZE):
+        x = normalise(torch.from_numpy(np.stack(pixels[start:start + BATCH_SIZE])), prep)
+        probs.append(torch.softmax(model(x), dim=1).numpy())
+    return kept, (np.concatenate(probs) if probs else np.zeros((0, 0))), skipped
+
+
+def predict(run_dir: Path, images: list[Path], top_k: int = 3) -> list[Prediction]:
+    model, meta = load_model(run_dir)
+    names = meta["class_names"]
+    kept, probs, _ = _probabilities(model, meta["preprocessing"], _expand(images))
+    k = max(1, min(top_k, len(names)))
+    return [Prediction(path, [(names[i], float(p[i])) for i in np.argsort(-p)[:k]]) for path, p in zip(kept, probs)]
+
+
+def evaluate_folder(run_dir: Path, labelled_dir: Path) -> dict:
+    """Accuracy, per-class recall and the confusion matrix on DIR/<class>/*, classes named as in training."""
+    model, meta = load_model(run_dir)
+    names = meta["class_names"]
+    folder = scan_image_folder(labelled_dir, class_names=tuple(names))
+    label_of = {im.path: im.label for im in folder.images}
+    kept, probs, skipped = _probabilities(model, meta["preprocessing"], [im.path for im in folder.images])
+    labels = np.array([label_of[p] for p in kept])
+    predicted = probs.argmax(1) if len(kept) else np.zeros(0, int)
+    matrix = np.zeros((len(names), len(names)), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    recall = {names[c]: float((predicted[labels == c] == c).mean()) for c in range(len(names)) if (labels == c).any()}
+    return {"n_images": len(kept), "accuracy": float((predicted == labels).mean()) if len(kept) else 0.0,
+            "balanced_accuracy": float(np.mean(list(recall.values()))) if recall else 0.0,
+            "per_class_recall": recall, "class_names": names, "confusion_matrix": matrix.tolist(),
+            "skipped": [{"path": str(p), "reason": r} for p, r in skipped]}

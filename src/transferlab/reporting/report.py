@@ -1,0 +1,87 @@
+"""report.md and report.html for a run, from results.json alone."""
+
+import html
+import json
+from pathlib import Path
+
+from transferlab.atomic import write_text_atomic
+from transferlab.reporting.plots import plot_confusion_matrix, plot_learning_curves
+from transferlab.reporting.tables import PHASE_LABELS, comparison_table, verdict_lines
+
+
+def render_markdown(results: dict) -> str:
+    data = results["data"]
+    cm = results["confusion_matrix"]
+    finetune = results["phases"]["finetuned"]["unfreeze"]
+    lines = [
+        f"# transferlab compare: {Path(data['source']).name}", "",
+        f"Backbone `{results['backbone']}`, weights from {results['weights']['kind']} "
+        f"`{results['weights']['location']}`, on {results['device']}; input "
+        f"{results['preprocessing']['image_size_px']} px, {results['augment']['mode']}.",
+        *([f"> {results['notice']}"] if results.get("notice") else []), "",
+        f"Data: {data['n_train']} training / {data['n_val']} validation images in "
+        f"{len(data['class_names'])} classes ({data['split']}).", "",
+        "## Before and after", "", comparison_table(results), "",
+        "Train accuracy is the running accuracy over the best epoch (dropout on, as Keras reports it); "
+        "val accuracy is the kept best-val checkpoint re-evaluated. Seconds include building caches.", "",
+        f"Fine-tuning trained the last {finetune['layers_counted']} layers with parameters "
+        f"({finetune['trainable_layers']} trainable, {finetune['batchnorm_kept_frozen']} BatchNorm kept frozen); "
+        f"the saved model is the {PHASE_LABELS[results['model_phase']]} checkpoint.", "",
+        "## Verdict", "", *verdict_lines(results), "",
+        "## Learning curves", "", "![learning curves](learning_curves.png)", "",
+        f"## Confusion matrix ({PHASE_LABELS[cm['phase']]}, validation)", "",
+        "![confusion matrix](confusion_matrix.png)", "",
+        "## Skipped files", "",
+    ]
+    skipped = data["skipped"]
+    lines += [f"- `{s['path']}`: {s['reason']}" for s in skipped] or ["None: every image decoded."]
+    if data["ignored_files"]:
+        lines += ["", f"{len(data['ignored_files'])} files without an image suffix were ignored "
+                  f"(first: `{data['ignored_files'][0]}`)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    plot_learning_curves(results, run_dir / "learning_curves.png")
+    cm = results["confusion_matrix"]
+    plot_confusion_matrix(cm["matrix"], results["data"]["class_names"],
+                          f"{PHASE_LABELS[cm['phase']]} (validation)", run_dir / "confusion_matrix.png")
+    markdown = render_markdown(results)
+    write_text_atomic(run_dir / "report.md", markdown)
+    write_text_atomic(run_dir / "report.html", _markdown_to_html(markdown))
+    return run_dir / "report.md"
+
+
+def _markdown_to_html(markdown: str) -> str:
+    """Just enough Markdown (headings, lists, one table, images) for a self-contained page."""
+    body, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-:"):
+                continue
+            tag = "th" if not in_table else "td"
+            body.append(("<table>" if not in_table else "") + "<tr>" +
+                        "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            alt, src = line[2:].split("](")
+            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line:
+            body.append(f"<p>{html.escape(line.lstrip('> '))}</p>")
+    if in_table:
+        body.append("</table>")
+    style = "body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
+    return f"<!doctype html><meta charset=utf-8><title>transferlab report</title><style>{style}</style>\n" + \
+        "\n".join(body) + "\n"

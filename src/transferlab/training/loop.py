@@ -1,0 +1,135 @@
+"""The one training loop: scratch, frozen and fine-tune phases all run through `train_phase`.
+
+A phase is: a module, a forward function (where inputs enter it), input sources, and which
+sub-modules are in train mode. Everything random is seeded per (seed, epoch), so a run resumed from
+the checkpoint of epoch k goes on exactly as if it had never stopped.
+"""
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from transferlab.training.inputs import epoch_rng
+
+
+class Inputs(Protocol):
+    def __len__(self) -> int: ...
+    def batch(self, positions: np.ndarray, epoch: int) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    name: str
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    class_weights: tuple[float, ...] | None = None
+
+
+@dataclass
+class PhaseState:
+    """Everything a checkpoint needs besides the module and optimizer state."""
+
+    next_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPUs that have it; plain fp32 on CPU, where it is faster for these sizes."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, labels: np.ndarray,
+             batch_size: int, device: torch.device) -> Evaluation:
+    losses, predictions = [], []
+    for start in range(0, len(inputs), batch_size):
+        positions = np.arange(start, min(start + batch_size, len(inputs)))
+        with autocast(device):
+            logits = forward(inputs.batch(positions, epoch=0)).float()
+        target = torch.as_tensor(labels[positions], device=logits.device, dtype=torch.long)
+        losses.append(nn.functional.cross_entropy(logits, target, reduction="sum").item())
+        predictions.append(logits.argmax(1).cpu().numpy())
+    predicted = np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
+    return Evaluation(loss=sum(losses) / max(len(labels), 1),
+                      accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
+                      predictions=predicted)
+
+
+def set_train_mode(module: nn.Module, train_modules: list[nn.Module]) -> None:
+    module.eval()
+    for m in train_modules:
+        m.train()
+
+
+def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                train_inputs: Inputs, train_labels: np.ndarray, val_inputs: Inputs, val_labels: np.ndarray,
+                spec: PhaseSpec, train_modules: list[nn.Module], device: torch.device, *,
+                state: PhaseState | None = None, optimizer_state: dict | None = None,
+                on_epoch_end: Callable[[PhaseState, torch.optim.Optimizer], None] | None = None,
+                should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True) -> PhaseState:
+    """Adam over the parameters that require grad; keeps the best-val state and restores it at the end."""
+    state = state or PhaseState()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=spec.learning_rate)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    weight = (torch.tensor(spec.class_weights, dtype=torch.float32, device=device)
+              if spec.class_weights else None)
+
+    for epoch in range(state.next_epoch, spec.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(spec.seed * 100_003 + epoch)  # dropout masks
+        set_train_mode(module, train_modules)
+        order = epoch_rng(spec.seed, epoch).permutation(len(train_inputs))
+        loss_sum, correct = 0.0, 0
+        batches = range(0, len(order), spec.batch_size)
+        bar = tqdm(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
+                   disable=not show_progress)
+        for start in bar:
+            positions = order[start:start + spec.batch_size]
+            target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
+            with autocast(device):
+                logits = forward(train_inputs.batch(positions, epoch)).float()
+            loss = nn.functional.cross_entropy(logits, target, weight=weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(positions)
+            correct += int((logits.argmax(1) == target).sum())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        set_train_mode(module, [])
+        val = evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device)
+        row = {"phase": spec.name, "epoch": epoch + 1, "train_loss": loss_sum / len(order),
+               "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
+               "seconds": time.perf_counter() - started}
+        state.history.append(row)
+        if val.accuracy > state.best_val_acc:
+            state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
+            state.best_state = copy.deepcopy(module.state_dict())
+        state.next_epoch = epoch + 1
+        if on_epoch_end is not None:
+            on_epoch_end(state, optimizer)
+        if should_stop():
+            break
+    if state.best_state is not None and state.next_epoch >= spec.epochs:
+        module.load_state_dict(state.best_state)
+    return state
