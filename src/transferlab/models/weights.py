@@ -85,14 +85,16 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str)
         model.load_state_dict(by_name)
         log.info("loaded %d tensors by name from %s", len(by_name), source)
         return
-    source_items = [(k, v) for k, v in state.items() if not is_classifier(k)]
     target_keys = list(target)
-    if len(source_items) == len(target_keys) and all(
-            v.shape == target[k].shape for (_, v), k in zip(source_items, target_keys)):
-        model.load_state_dict({k: v for k, (_, v) in zip(target_keys, source_items)})
-        log.info("loaded %d tensors by position from %s (names differ, shapes match one to one)",
-                 len(target_keys), source)
-        return
+    everything = list(state.items())
+    without_classifier = [(k, v) for k, v in everything if not is_classifier(k)]
+    for source_items in (everything, without_classifier):
+        if len(source_items) == len(target_keys) and all(
+                v.shape == target[k].shape for (_, v), k in zip(source_items, target_keys)):
+            model.load_state_dict({k: v for k, (_, v) in zip(target_keys, source_items)})
+            log.info("loaded %d tensors by position from %s (names differ, shapes match one to one)",
+                     len(target_keys), source)
+            return
     missing = [k for k in target_keys if k not in by_name]
     raise UserError(f"weights from {source} do not fit this backbone: {len(missing)} of {len(target_keys)} "
                     f"tensors missing or mis-shaped (first: '{missing[0]}'); pass weights made for this model")
