@@ -47,7 +47,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--unfreeze-blocks", type=int, help="fine-tune the last K blocks instead")
     p.add_argument("--augment", action="store_true", help="flip/shift augmentation (cached as K views)")
     p.add_argument("--cached-views", type=int, default=d["cached_views"].default)
-    p.add_argument("--class-weights", choices=["none", "auto"], default="none")
+    p.add_argument("--class-weights", choices=["none", "auto"], default="none",
+                   help="auto: weight the loss by inverse class frequency (imbalanced data)")
+    p.add_argument("--dedupe", action="store_true",
+                   help="drop validation images that (nearly) duplicate training images")
     p.add_argument("--target-val-acc", type=float, default=d["target_val_acc"].default)
     p.add_argument("--time-budget", type=parse_duration, default=d["time_budget_seconds"].default,
                    dest="time_budget_seconds", help="e.g. 30m (default)")

@@ -1,6 +1,7 @@
 """Decode and resize every image once; every phase then reads uint8 pixels from a memory-mapped cache."""
 
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
 from transferlab.data.row_store import RowStore, RowView, file_digest
-from transferlab.data.scan import LabelledImage
+from transferlab.data.scan import LabelledImage, one_line, quoted
 from transferlab.errors import UserError
 
 
@@ -31,6 +32,8 @@ class DecodedImages:
 
 def _digest_or_skip(path: Path) -> str | SkippedFile:
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO named x.jpg would block forever
+            return SkippedFile(path, "not a regular file")
         return file_digest(path)
     except OSError as e:
         return SkippedFile(path, f"cannot read: {e.strerror or e}")
@@ -71,8 +74,9 @@ def decode_images(images: list[LabelledImage], prep: Preprocessing, cache_dir: P
 
     for s in skipped:
         if strict:
-            raise UserError(f"cannot decode '{s.path}': {s.reason}; remove or replace it (or drop --strict)")
-        warnings.warn(f"skipping '{s.path}': {s.reason}", stacklevel=2)
+            raise UserError(f"cannot decode {quoted(s.path)}: {one_line(s.reason)}; remove or replace it "
+                            "(or drop --strict)")
+        warnings.warn(f"skipping {quoted(s.path)}: {one_line(s.reason)}", stacklevel=2)
     keys = [d for _, d in kept]
     return DecodedImages(images=[im for im, _ in kept], content_keys=keys, pixels=store.rows(keys),
                          skipped=skipped)

@@ -1,7 +1,6 @@
 """Decode any Pillow-readable file to RGB and resize it the way the backbone's weights expect."""
 
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,16 +52,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _refuse_decompression_bomb(img: Image.Image) -> None:
+    """Pillow only warns between 1x and 2x its limit; a warnings filter cannot turn that into an error
+    here, because filters are process-global and decode_images decodes in threads."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise Image.DecompressionBombError(
+            f"Image size ({img.width * img.height} pixels) exceeds limit of {limit} pixels")
+
+
 def decode_rgb(path: Path) -> Image.Image:
     """First frame, EXIF orientation applied, any mode (16-bit, palette, alpha, CMYK) as 8-bit RGB."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.seek(0)
-                img.load()
-                img = ImageOps.exif_transpose(img) or img
-                return _to_rgb(img)
+        with Image.open(path) as img:
+            _refuse_decompression_bomb(img)
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            return _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"larger than Pillow's decompression-bomb limit ({e})") from None
     except PermissionError:

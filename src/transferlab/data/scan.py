@@ -1,6 +1,7 @@
 """Find the labelled images in a folder-per-class tree, and say clearly what is wrong with it."""
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,16 @@ class ImageFolder:
     class_names: tuple[str, ...]
     images: tuple[LabelledImage, ...]
     ignored_files: tuple[Path, ...]  # files without an image suffix, listed so nothing vanishes silently
+
+
+def one_line(text: str) -> str:
+    """Messages stay one line even when a file name holds a newline: control characters are escaped."""
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                   for c in text)
+
+
+def quoted(name: object) -> str:
+    return f"'{one_line(str(name))}'"
 
 
 def is_hidden(name: str) -> bool:
@@ -46,17 +57,17 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
     """Scan `root`; with `class_names` (a validation folder), labels follow the training classes."""
     root = Path(root)
     if not root.exists():
-        raise UserError(f"data folder '{root}' does not exist; {LAYOUT_HINT}")
+        raise UserError(f"data folder {quoted(root)} does not exist; {LAYOUT_HINT}")
     if not root.is_dir():
-        raise UserError(f"'{root}' is a file, not a folder; {LAYOUT_HINT}")
+        raise UserError(f"{quoted(root)} is a file, not a folder; {LAYOUT_HINT}")
     try:
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
     except PermissionError:
-        raise UserError(f"cannot read folder '{root}' (permission denied); fix its permissions") from None
+        raise UserError(f"cannot read folder {quoted(root)} (permission denied); fix its permissions") from None
     if not folders:
         loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         found = f"{len(loose)} loose image files but no class folders" if loose else "no class folders"
-        raise UserError(f"found {found} in '{root}'; {LAYOUT_HINT}")
+        raise UserError(f"found {found} in {quoted(root)}; {LAYOUT_HINT}")
 
     found_names = tuple(p.name for p in folders)
     if class_names is None:
@@ -64,7 +75,7 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
     else:
         unknown = sorted(set(found_names) - set(class_names))
         if unknown:
-            raise UserError(f"'{root}' has class folders {unknown} that the training data does not have "
+            raise UserError(f"{quoted(root)} has class folders {unknown} that the training data does not have "
                             f"(training classes: {list(class_names)}); rename or remove them")
 
     images: list[LabelledImage] = []
@@ -74,14 +85,15 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
         paths, others = _walk_class_folder(folder)
         ignored += others
         if not paths:
-            empty.append(f"'{folder.name}' ({len(others)} non-image files)" if others else f"'{folder.name}'")
+            empty.append(f"{quoted(folder.name)} ({len(others)} non-image files)" if others else quoted(folder.name))
         label = class_names.index(folder.name)
         images += [LabelledImage(p, label) for p in paths]
 
     if empty:
-        raise UserError(f"class folders with no images in '{root}': {', '.join(empty)}; add images "
+        raise UserError(f"class folders with no images in {quoted(root)}: {', '.join(empty)}; add images "
                         f"({'/'.join(s.lstrip('.') for s in IMAGE_SUFFIXES)}) or remove those folders")
     if len(class_names) < 2:
-        raise UserError(f"found only one class folder ('{class_names[0]}') in '{root}'; {LAYOUT_HINT}")
+        raise UserError(f"found only one class folder ({quoted(class_names[0])}) in {quoted(root)}; "
+                        f"{LAYOUT_HINT}")
     return ImageFolder(root=root, class_names=tuple(class_names), images=tuple(images),
                        ignored_files=tuple(ignored))

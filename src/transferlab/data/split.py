@@ -31,14 +31,16 @@ def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int
 
 
 def save_split(path: Path, root: Path, train: list[LabelledImage], val: list[LabelledImage],
-               seed: int, val_fraction: float) -> None:
+               seed: int, val_fraction: float, dropped_from_val: list[LabelledImage] = ()) -> None:
+    """`dropped_from_val`: validation images that duplicate training ones (--dedupe); kept out of both."""
     files = {str(im.path.relative_to(root)): "train" for im in train}
     files |= {str(im.path.relative_to(root)): "val" for im in val}
+    files |= {str(im.path.relative_to(root)): "dropped" for im in dropped_from_val}
     write_json_atomic(path, {"seed": seed, "val_fraction": val_fraction, "root": str(root),
                              "files": dict(sorted(files.items()))})
 
 
-def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]
+def apply_saved_split(path: Path, root: Path, images: list[LabelledImage], include_dropped: bool = False
                       ) -> tuple[list[LabelledImage], list[LabelledImage]]:
     """Re-use a run's split.json (resume, re-evaluation); files not in it are an error, not a guess."""
     subsets = json.loads(Path(path).read_text())["files"]
@@ -48,5 +50,8 @@ def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]
         if subset is None:
             raise UserError(f"'{im.path}' is not in {path}: the data changed since the split was made; "
                             "start a new run instead of resuming")
-        (train if subset == "train" else val).append(im)
+        if subset == "train":
+            train.append(im)
+        elif subset == "val" or include_dropped:
+            val.append(im)
     return train, val

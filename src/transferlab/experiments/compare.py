@@ -18,6 +18,7 @@ import torch
 
 from transferlab.atomic import write_json_atomic, write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages, decode_images
+from transferlab.data.leakage import find_leakage
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
 from transferlab.data.split import apply_saved_split, save_split, split_stratified
 from transferlab.errors import UserError
@@ -95,29 +96,56 @@ def _decoded_subset(decoded: DecodedImages, keep: list[LabelledImage]) -> Decode
                          skipped=[])
 
 
-def load_split(cfg: CompareConfig, prep, cache_dir: Path, run_dir: Path, resuming: bool) -> tuple[Split, list]:
-    """Scan, decode once, then split (stratified, seeded, saved) or take the explicit train/val pair."""
+def _drop_leaked(split: Split, dedupe: bool) -> tuple[Split, dict]:
+    """Count train/val duplicates; with `dedupe`, remove them from validation."""
+    leak = find_leakage(split.train.content_keys, split.train.pixels, split.val.content_keys, split.val.pixels)
+    summary = {"exact_duplicates": len(leak.exact), "near_duplicates": len(leak.near), "dropped": dedupe,
+               "examples": [str(split.val.images[i].path) for i in leak.all[:10]]}
+    if leak.all:
+        warnings.warn(f"{len(leak.exact)} validation images are exact and {len(leak.near)} near duplicates of "
+                      f"training images (e.g. '{summary['examples'][0]}'); "
+                      + ("dropped from validation (--dedupe)" if dedupe else "validation accuracy is optimistic; "
+                         "use --dedupe to drop them"), stacklevel=3)
+    if dedupe and leak.all:
+        leaked = set(leak.all)
+        split.val = _decoded_subset(split.val, [im for i, im in enumerate(split.val.images) if i not in leaked])
+    return split, summary
+
+
+def load_split(cfg: CompareConfig, prep, cache_dir: Path, run_dir: Path, resuming: bool
+               ) -> tuple[Split, list, dict]:
+    """Scan, decode once, then split (stratified, seeded, saved) or take the explicit train/val pair.
+
+    Returns (split, skipped files, leakage summary). Duplicates are found before split.json is written,
+    so with --dedupe the saved split is the deduplicated one.
+    """
     if cfg.data_dir is not None:
         folder = scan_image_folder(cfg.data_dir)
         decoded = decode_images(list(folder.images), prep, cache_dir, strict=cfg.strict,
                                 show_progress=cfg.show_progress)
-        if resuming:
-            train, val = apply_saved_split(run_dir / "split.json", folder.root, decoded.images)
+        if resuming:  # dropped images are re-found and re-dropped identically
+            train, val = apply_saved_split(run_dir / "split.json", folder.root, decoded.images,
+                                           include_dropped=True)
         else:
             train, val = split_stratified(decoded.images, cfg.val_fraction, cfg.seed)
-            save_split(run_dir / "split.json", folder.root, train, val, cfg.seed, cfg.val_fraction)
         split = Split(_decoded_subset(decoded, train), _decoded_subset(decoded, val), folder.class_names,
                       list(folder.ignored_files))
-        return split, decoded.skipped
+        split, leakage = _drop_leaked(split, cfg.dedupe)
+        if not resuming:
+            kept = set(split.val.images)
+            save_split(run_dir / "split.json", folder.root, train, split.val.images, cfg.seed, cfg.val_fraction,
+                       dropped_from_val=[im for im in val if im not in kept])
+        return split, decoded.skipped, leakage
     train_folder = scan_image_folder(cfg.train_dir)
     val_folder: ImageFolder = scan_image_folder(cfg.val_dir, class_names=train_folder.class_names)
     train = decode_images(list(train_folder.images), prep, cache_dir, strict=cfg.strict,
                           show_progress=cfg.show_progress)
     val = decode_images(list(val_folder.images), prep, cache_dir, strict=cfg.strict,
                         show_progress=cfg.show_progress)
-    return (Split(train, val, train_folder.class_names,
-                  list(train_folder.ignored_files) + list(val_folder.ignored_files)),
-            train.skipped + val.skipped)
+    split, leakage = _drop_leaked(Split(train, val, train_folder.class_names,
+                                        list(train_folder.ignored_files) + list(val_folder.ignored_files)),
+                                  cfg.dedupe)
+    return split, train.skipped + val.skipped, leakage
 
 
 def _labels(decoded: DecodedImages) -> np.ndarray:
@@ -210,7 +238,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         warnings.warn(pretrained.notice, stacklevel=2)
     prep = pretrained.preprocessing
     decode_started = time.perf_counter()
-    split, skipped = load_split(cfg, prep, runner.cache_dir, run_dir, resuming)
+    split, skipped, leakage = load_split(cfg, prep, runner.cache_dir, run_dir, resuming)
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     runner.train_labels, runner.val_labels = _labels(split.train), _labels(split.val)
@@ -233,7 +261,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     with stop_after_epoch() as should_stop:
         # frozen: the whole backbone is the cached prefix; only the head trains
         torch.manual_seed(cfg.seed)
-        model = TransferModel(pretrained.module, n_classes, head_cfg).to(device)
+        model = TransferModel(pretrained.module, n_classes, head_cfg).to(device, memory_format=torch.channels_last)
         freeze_backbone(model)
         end = len(model.units)
         train_in, t_train = cached(end, split.train, views)
@@ -268,8 +296,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         # scratch: same architecture, random init, everything trains, on decoded images
         if not cfg.skip_scratch:
             torch.manual_seed(cfg.seed)
-            scratch = TransferModel(create_backbone(pretrained.name), n_classes, head_cfg).to(device)
-            scratch = scratch.to(memory_format=torch.channels_last)
+            scratch = TransferModel(create_backbone(pretrained.name), n_classes, head_cfg)
+            scratch = scratch.to(device, memory_format=torch.channels_last)
             train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if cfg.augment else None)
             val_in = ImageInputs(split.val.pixels, prep, device)
             state, seconds = runner.run_phase("scratch", scratch, scratch, train_in, val_in, [scratch],
@@ -300,7 +328,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
                  "val_per_class": counts(split.val), "n_train": len(split.train.images),
                  "n_val": len(split.val.images),
                  "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
-                 "ignored_files": [str(p) for p in split.ignored_files]},
+                 "ignored_files": [str(p) for p in split.ignored_files], "leakage": leakage,
+                 "imbalanced": max(counts(split.train)) > 1.5 * max(min(counts(split.train)), 1)},
         "decode_seconds": decode_seconds,
         "phases": phases,
         "model_phase": best_transfer,

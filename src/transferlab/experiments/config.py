@@ -28,6 +28,7 @@ class CompareConfig:
     unfreeze_blocks: int | None = None   # alternative: the last K blocks
     augment: bool = False
     cached_views: int = 4                # augmented views cached per image when augment is on
+    dedupe: bool = False                 # drop validation images that duplicate training images
     class_weights: str = "none"          # "auto": inverse class frequency in the loss
     target_val_acc: float = 0.80
     time_budget_seconds: float = 1800.0  # the seeds' "under 30 minutes"

@@ -31,8 +31,17 @@ def render_markdown(results: dict) -> str:
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
         f"## Confusion matrix ({PHASE_LABELS[cm['phase']]}, validation)", "",
         "![confusion matrix](confusion_matrix.png)", "",
-        "## Skipped files", "",
+        "## Data hygiene", "",
     ]
+    leak = data["leakage"]
+    lines.append(f"- train/val leakage: {leak['exact_duplicates']} exact and {leak['near_duplicates']} near "
+                 "duplicates of training images in validation" +
+                 (" (dropped: --dedupe)" if leak["dropped"] and (leak["exact_duplicates"] + leak["near_duplicates"])
+                  else "" if not (leak["exact_duplicates"] + leak["near_duplicates"])
+                  else "; validation accuracy is optimistic, --dedupe drops them"))
+    lines += [f"  - `{path}`" for path in leak["examples"]]
+    lines.append(f"- class counts (train): {dict(zip(data['class_names'], data['train_per_class']))}")
+    lines += ["", "### Skipped files", ""]
     skipped = data["skipped"]
     lines += [f"- `{s['path']}`: {s['reason']}" for s in skipped] or ["None: every image decoded."]
     if data["ignored_files"]:

@@ -9,15 +9,19 @@ def _pct(v: float | None) -> str:
 
 
 def comparison_table(results: dict) -> str:
-    rows = ["| model | train acc | val acc | gap (train−val) | best epoch | trainable params | seconds |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    """Balanced accuracy gets a column when the classes are imbalanced (where plain accuracy flatters)."""
+    balanced = results["data"].get("imbalanced", False)
+    rows = ["| model | train acc | val acc |" + (" balanced val acc |" if balanced else "") +
+            " gap (train−val) | best epoch | trainable params | seconds |",
+            "|---|---:|---:|" + ("---:|" if balanced else "") + "---:|---:|---:|---:|"]
     phases = results["phases"]
     for name in PHASE_ORDER:
         if name not in phases:
             continue
         p = phases[name]
         gap = "–" if p["gap"] is None else f"{100 * p['gap']:+.1f} pts"
-        rows.append(f"| {PHASE_LABELS[name]} | {_pct(p['train_acc'])} | {_pct(p['val_acc'])} | {gap} | "
+        rows.append(f"| {PHASE_LABELS[name]} | {_pct(p['train_acc'])} | {_pct(p['val_acc'])} | "
+                    + (f"{_pct(p['balanced_val_acc'])} | " if balanced else "") + f"{gap} | "
                     f"{p['best_epoch']}/{len(p['epochs'])} | {p['trainable_parameters']:,} | {p['seconds']:.1f} |")
     return "\n".join(rows)
 
