@@ -41,7 +41,7 @@ from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import DecodedImages, decode_images
 from transferlab.data.embedded import export_embedded
 from transferlab.data.scan import LabelledImage
-from transferlab.experiments.compare import Split, load_split, resolve_device, run_compare
+from transferlab.experiments.compare import Split, load_split, resolve_device, run_compare, scan_folders
 from transferlab.experiments.config import CompareConfig
 from transferlab.models.backbones import OFFLINE_BACKBONE, load_backbone
 from transferlab.models.freezing import freeze_backbone, unfreeze_last_layers
@@ -109,7 +109,7 @@ def decode_split(cfg: CompareConfig, cache_dir: Path, work: Path) -> tuple[Split
     """The same scan + decode compare does, into `cache_dir`; returns the split and its seconds."""
     prep = load_backbone(cfg.backbone, None, cfg.image_size_px).preprocessing
     started = time.perf_counter()
-    split = load_split(cfg, prep, cache_dir, run_dir=work, resuming=False)[0]  # run_dir: unused for train/val
+    split = load_split(cfg, scan_folders(cfg), prep, cache_dir, run_dir=work, resuming=False)[0]  # run_dir: unused for train/val
     return split, time.perf_counter() - started
 
 
@@ -197,8 +197,8 @@ def measure_decode_and_cache_rss(n_images: int, backbone: str, device_name: str,
         decode_seconds = time.perf_counter() - started
         rss["after_decode_mib"] = own_peak_rss_mib()
         started = time.perf_counter()
-        prefix_outputs(model, len(model.units), decoded.pixels, decoded.content_keys, prep, Path(tmp) / "cache",
-                       f"{pretrained.name}|{pretrained.weights.fingerprint}", device, show_progress=False)
+        prefix_outputs(model, [len(model.units)], decoded.pixels, decoded.content_keys, prep, Path(tmp) / "cache",
+                       pretrained.cache_key, device, show_progress=False)
         cache_seconds = time.perf_counter() - started
         rss["after_cache_mib"] = own_peak_rss_mib()
     return {"images": n_images, "image_size_px": RSS_IMAGE_SIZE_PX,

@@ -34,7 +34,7 @@ def test_logits_from_cached_activations_equal_the_full_model(small_data, tmp_pat
     decoded = _decode(small_data, prep, tmp_path)
     cut = unfreeze_last_layers(model, 20).first_trainable_unit
     assert 0 < cut < len(model.units)
-    cached = prefix_outputs(model, cut, decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
+    cached, = prefix_outputs(model, [cut], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
                             show_progress=False)
     from transferlab.training.inputs import ImageInputs
     positions = np.arange(len(decoded.images))
@@ -50,17 +50,17 @@ def test_warm_cache_is_reused_and_changes_invalidate(small_data, tmp_path, lite0
     prep = pretrained.preprocessing
     decoded = _decode(small_data, prep, tmp_path)
     end = len(model.units)
-    first = prefix_outputs(model, end, decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
+    first, = prefix_outputs(model, [end], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
                            show_progress=False)
     calls = []
-    original = TransferModel.prefix
-    monkeypatch.setattr(TransferModel, "prefix", lambda self, x, n: calls.append(len(x)) or original(self, x, n))
-    again = prefix_outputs(model, end, decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
+    original = TransferModel.prefixes
+    monkeypatch.setattr(TransferModel, "prefixes", lambda self, x, ns: calls.append(len(x)) or original(self, x, ns))
+    again, = prefix_outputs(model, [end], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
                            show_progress=False)
     assert calls == [1] and np.array_equal(first[np.arange(5)], again[np.arange(5)])  # only the shape probe ran
     for key, other_prep in (("other-weights", prep), ("lite0", Preprocessing(40, prep.mean, prep.std))):
         calls.clear()
-        prefix_outputs(model, end, decoded.pixels, decoded.content_keys, other_prep, tmp_path, key, CPU,
+        prefix_outputs(model, [end], decoded.pixels, decoded.content_keys, other_prep, tmp_path, key, CPU,
                        show_progress=False)
         assert sum(calls) > len(decoded.images)  # recomputed everything (+1 for the probe)
 
@@ -93,3 +93,21 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path):
     rows.write_bytes(rows.read_bytes()[:-3])  # truncated, as by a crash or a full disk
     with pytest.warns(UserWarning, match="corrupt"):
         assert len(RowStore(tmp_path / "s", (4,), "float16")) == 0
+
+
+def test_one_pass_caches_every_requested_cut(small_data, tmp_path, lite0_48):
+    pretrained, model = lite0_48
+    prep = pretrained.preprocessing
+    decoded = _decode(small_data, prep, tmp_path)
+    end, cut = len(model.units), len(model.units) - 3
+    both = prefix_outputs(model, [end, cut], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
+                          show_progress=False)
+    alone = [prefix_outputs(model, [n], decoded.pixels, decoded.content_keys, prep, tmp_path / "b", "lite0", CPU,
+                            show_progress=False)[0] for n in (end, cut)]
+    positions = np.arange(len(decoded.images))
+    for joint, single in zip(both, alone):
+        assert np.array_equal(joint[positions], single[positions])
+    with torch.no_grad():
+        pooled = model.forward_from(cut, torch.from_numpy(both[1][positions]).float())
+        direct = model.forward_from(end, torch.from_numpy(both[0][positions]).float())
+    assert torch.allclose(pooled, direct, atol=2e-2)

@@ -35,6 +35,11 @@ def _array_digest(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # np.save(path) would append ".npy" to a temp name
+        np.save(f, array, allow_pickle=False)
+
+
 def key_digest(*parts: object) -> str:
     """A short folder name for a cache that depends on all of `parts` (model, weights, preprocessing…)."""
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
@@ -82,7 +87,7 @@ class RowStore:
         all_keys = list(self._row_of) + list(keys)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._index_path.unlink(missing_ok=True)  # an index without matching rows must never survive
-        write_atomic(self._rows_path, lambda tmp: np.save(open(tmp, "wb"), merged))
+        write_atomic(self._rows_path, lambda tmp: _save_npy(tmp, merged))
         write_json_atomic(self._index_path, {"keys": all_keys, "row_shape": list(self.row_shape),
                                              "dtype": self.dtype.name, "checksum": _array_digest(merged)})
         self._rows, self._row_of = self._open()

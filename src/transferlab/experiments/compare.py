@@ -112,15 +112,23 @@ def _drop_leaked(split: Split, dedupe: bool) -> tuple[Split, dict]:
     return split, summary
 
 
-def load_split(cfg: CompareConfig, prep, cache_dir: Path, run_dir: Path, resuming: bool
-               ) -> tuple[Split, list, dict]:
+def scan_folders(cfg: CompareConfig) -> tuple[ImageFolder, ImageFolder | None]:
+    """Check the data before anything is created: a bad folder leaves no empty run behind."""
+    if cfg.data_dir is not None:
+        return scan_image_folder(cfg.data_dir), None
+    train = scan_image_folder(cfg.train_dir)
+    return train, scan_image_folder(cfg.val_dir, class_names=train.class_names)
+
+
+def load_split(cfg: CompareConfig, folders: tuple[ImageFolder, ImageFolder | None], prep, cache_dir: Path,
+               run_dir: Path, resuming: bool) -> tuple[Split, list, dict]:
     """Scan, decode once, then split (stratified, seeded, saved) or take the explicit train/val pair.
 
     Returns (split, skipped files, leakage summary). Duplicates are found before split.json is written,
     so with --dedupe the saved split is the deduplicated one.
     """
-    if cfg.data_dir is not None:
-        folder = scan_image_folder(cfg.data_dir)
+    folder, val_folder = folders
+    if val_folder is None:
         decoded = decode_images(list(folder.images), prep, cache_dir, strict=cfg.strict,
                                 show_progress=cfg.show_progress)
         if resuming:  # dropped images are re-found and re-dropped identically
@@ -136,8 +144,7 @@ def load_split(cfg: CompareConfig, prep, cache_dir: Path, run_dir: Path, resumin
             save_split(run_dir / "split.json", folder.root, train, split.val.images, cfg.seed, cfg.val_fraction,
                        dropped_from_val=[im for im in val if im not in kept])
         return split, decoded.skipped, leakage
-    train_folder = scan_image_folder(cfg.train_dir)
-    val_folder: ImageFolder = scan_image_folder(cfg.val_dir, class_names=train_folder.class_names)
+    train_folder = folder
     train = decode_images(list(train_folder.images), prep, cache_dir, strict=cfg.strict,
                           show_progress=cfg.show_progress)
     val = decode_images(list(val_folder.images), prep, cache_dir, strict=cfg.strict,
@@ -224,6 +231,7 @@ def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: 
 def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     """Train and report the three phases; returns the run directory. `run_dir` given = resume it."""
     resuming = run_dir is not None
+    folders = scan_folders(cfg)
     if run_dir is None:
         source = cfg.data_dir or cfg.train_dir
         run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(source).resolve().name)
@@ -238,7 +246,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         warnings.warn(pretrained.notice, stacklevel=2)
     prep = pretrained.preprocessing
     decode_started = time.perf_counter()
-    split, skipped, leakage = load_split(cfg, prep, runner.cache_dir, run_dir, resuming)
+    split, skipped, leakage = load_split(cfg, folders, prep, runner.cache_dir, run_dir, resuming)
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     runner.train_labels, runner.val_labels = _labels(split.train), _labels(split.val)
@@ -246,48 +254,49 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         raise UserError("the validation set is empty: every class has a single image; add images or give --val")
     runner.class_weights = (class_weights_for(runner.train_labels, n_classes)
                             if cfg.class_weights == "auto" else None)
-    model_key = f"{pretrained.name}|{pretrained.weights.fingerprint}"
     views = cfg.cached_views if cfg.augment else 1
     head_cfg = HeadConfig()
     phases: dict[str, dict] = {}
     predictions: dict[str, np.ndarray] = {}
 
-    def cached(last_unit: int, decoded: DecodedImages, n_views: int) -> tuple[CachedInputs, float]:
+    def cached(last_units: list[int], decoded: DecodedImages, n_views: int) -> tuple[list[CachedInputs], float]:
+        """One pass per view through the frozen prefix, keeping the output at every requested cut."""
         t = time.perf_counter()
-        rows = [prefix_outputs(model, last_unit, decoded.pixels, decoded.content_keys, prep, runner.cache_dir,
-                               model_key, device, view=v, show_progress=show) for v in range(n_views)]
-        return CachedInputs(rows, device, seed=cfg.seed), time.perf_counter() - t
+        per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, prep,
+                                   runner.cache_dir, pretrained.cache_key, device, view=v, show_progress=show)
+                    for v in range(n_views)]
+        inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
+        return inputs, time.perf_counter() - t
 
     with stop_after_epoch() as should_stop:
-        # frozen: the whole backbone is the cached prefix; only the head trains
         torch.manual_seed(cfg.seed)
         model = TransferModel(pretrained.module, n_classes, head_cfg).to(device, memory_format=torch.channels_last)
-        freeze_backbone(model)
-        end = len(model.units)
-        train_in, t_train = cached(end, split.train, views)
-        val_in, t_val = cached(end, split.val, 1)
+        # where fine-tuning will cut decides which activations to cache alongside the pooled features
+        cut, end = unfreeze_for_finetuning(model, cfg).first_trainable_unit, len(model.units)
+        frozen_plan = freeze_backbone(model)
+        (train_features, train_acts), t_train = cached([end, cut], split.train, views)
+        (val_features, val_acts), t_val = cached([end, cut], split.val, 1)
+        # the one backbone pass is counted in the frozen phase; the fine-tune cut comes with it for free
+        cache_frozen, cache_finetune = t_train + t_val, 0.0
+
+        # frozen: the whole backbone is the cached prefix; only the head trains
         head_forward = lambda x: model.forward_from(end, x)  # noqa: E731
-        state, seconds = runner.run_phase("frozen", model, head_forward, train_in, val_in, [model.head],
+        state, seconds = runner.run_phase("frozen", model, head_forward, train_features, val_features, [model.head],
                                           cfg.frozen_epochs, cfg.frozen_lr, should_stop)
-        final = evaluate(head_forward, val_in, runner.val_labels, cfg.batch_size * 2, device)
-        phases["frozen"] = _phase_summary(state, seconds, t_train + t_val, cfg.frozen_lr, model, final,
-                                          runner.val_labels, n_classes,
-                                          {"unfreeze": freeze_backbone(model).to_dict()})
+        final = evaluate(head_forward, val_features, runner.val_labels, cfg.batch_size * 2, device)
+        phases["frozen"] = _phase_summary(state, seconds, cache_frozen, cfg.frozen_lr, model, final,
+                                          runner.val_labels, n_classes, {"unfreeze": frozen_plan.to_dict()})
         predictions["frozen"] = final.predictions
         best_state = {"frozen": (phases["frozen"]["val_acc"], copy_state(model))}
 
-        # fine-tune: continue from the frozen phase's best; cache up to the first trainable unit
-        plan: UnfreezePlan = (unfreeze_last_blocks(model, cfg.unfreeze_blocks) if cfg.unfreeze_blocks is not None
-                              else unfreeze_last_layers(model, cfg.unfreeze_last or 0))
-        cut = plan.first_trainable_unit
+        # fine-tune: continue from the frozen phase's best; only the tail after the cut runs
+        plan = unfreeze_for_finetuning(model, cfg)
         log.info("fine-tune: %s", plan)
-        train_in, t_train = cached(cut, split.train, views)
-        val_in, t_val = cached(cut, split.val, 1)
         tail_forward = lambda x: model.forward_from(cut, x)  # noqa: E731
-        state, seconds = runner.run_phase("finetuned", model, tail_forward, train_in, val_in, [model.head],
+        state, seconds = runner.run_phase("finetuned", model, tail_forward, train_acts, val_acts, [model.head],
                                           cfg.finetune_epochs, cfg.finetune_lr, should_stop)
-        final = evaluate(tail_forward, val_in, runner.val_labels, cfg.batch_size * 2, device)
-        phases["finetuned"] = _phase_summary(state, seconds, t_train + t_val, cfg.finetune_lr, model, final,
+        final = evaluate(tail_forward, val_acts, runner.val_labels, cfg.batch_size * 2, device)
+        phases["finetuned"] = _phase_summary(state, seconds, cache_finetune, cfg.finetune_lr, model, final,
                                              runner.val_labels, n_classes, {"unfreeze": plan.to_dict()})
         predictions["finetuned"] = final.predictions
         best_state["finetuned"] = (phases["finetuned"]["val_acc"], copy_state(model))
@@ -344,6 +353,12 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     }
     write_json_atomic(run_dir / "results.json", results)
     return run_dir
+
+
+def unfreeze_for_finetuning(model: TransferModel, cfg: CompareConfig) -> UnfreezePlan:
+    if cfg.unfreeze_blocks is not None:
+        return unfreeze_last_blocks(model, cfg.unfreeze_blocks)
+    return unfreeze_last_layers(model, cfg.unfreeze_last or 0)
 
 
 def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -26,6 +26,11 @@ class PretrainedBackbone:
     preprocessing: Preprocessing
     notice: str | None  # said to the user when the default was swapped
 
+    @property
+    def cache_key(self) -> str:
+        """Identifies these weights in every cache of backbone outputs."""
+        return f"{self.name}|{self.weights.fingerprint}"
+
 
 def create_backbone(name: str) -> nn.Module:
     """A timm model without weights or classifier; an unknown name lists close matches."""

@@ -73,11 +73,18 @@ class TransferModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_from(0, x)
 
+    def prefixes(self, x: torch.Tensor, last_units: list[int]) -> list[torch.Tensor]:
+        """Outputs of units[:n] for each n in `last_units`, in one pass; pooled when n is all of them."""
+        outputs = {}
+        for n in range(max(last_units) + 1):
+            if n in last_units:
+                outputs[n] = pool(x) if n == len(self.units) else x
+            if n < len(self.units):
+                x = self.units[n](x)
+        return [outputs[n] for n in last_units]
+
     def prefix(self, x: torch.Tensor, last_unit: int) -> torch.Tensor:
-        """Output of units[:last_unit] (the input of unit `last_unit`); pooled when that is all of them."""
-        for unit in self.units[:last_unit]:
-            x = unit(x)
-        return pool(x) if last_unit == len(self.units) else x
+        return self.prefixes(x, [last_unit])[0]
 
 
 def pool(x: torch.Tensor) -> torch.Tensor:

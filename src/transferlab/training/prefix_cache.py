@@ -18,27 +18,28 @@ from transferlab.training.inputs import ImageInputs, augment_pixels, epoch_rng, 
 from transferlab.training.loop import autocast
 
 
-def prefix_outputs(model: TransferModel, last_unit: int, pixels: RowView, content_keys: list[str],
+def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView, content_keys: list[str],
                    prep: Preprocessing, cache_root: Path, model_key: str, device: torch.device, *,
-                   view: int = 0, batch_size: int = 64, show_progress: bool = True) -> RowView:
-    """Outputs of units[:last_unit] for these images (view 0 = unaugmented), computed only if missing.
+                   view: int = 0, batch_size: int = 64, show_progress: bool = True) -> list[RowView]:
+    """Outputs of units[:n] for each n in `last_units` (view 0 = unaugmented), computed only if missing.
 
-    `model_key` must identify the backbone and its weights; preprocessing, the cut and the view are
-    added here, so any change to them lands in a different cache.
+    All requested cuts come out of one pass through the prefix. `model_key` must identify the backbone
+    and its weights; preprocessing, the cut and the view are added here, so any change to them lands in
+    a different cache.
     """
     model.eval()
     size = prep.image_size_px
     with torch.no_grad():
-        probe = model.prefix(torch.zeros(1, 3, size, size, device=device), last_unit)
-    store = RowStore(Path(cache_root) / "prefix" / key_digest(model_key, prep.to_dict(), last_unit, view),
-                     tuple(probe.shape[1:]), "float16")
-    missing = store.missing(content_keys)
+        probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
+    stores = [RowStore(Path(cache_root) / "prefix" / key_digest(model_key, prep.to_dict(), n, view),
+                       tuple(probe.shape[1:]), "float16") for n, probe in zip(last_units, probes)]
+    missing = list(dict.fromkeys(k for store in stores for k in store.missing(content_keys)))
     if missing:
         position_of = {k: i for i, k in enumerate(content_keys)}
         positions = np.array([position_of[k] for k in missing])
         images = ImageInputs(pixels, prep, device)
-        chunks = []
-        for start in tqdm(range(0, len(positions), batch_size), desc=f"cache prefix[:{last_unit}]",
+        chunks: list[list[np.ndarray]] = [[] for _ in stores]
+        for start in tqdm(range(0, len(positions), batch_size), desc="cache backbone outputs",
                           unit="batch", leave=False, disable=not show_progress):
             chunk = positions[start:start + batch_size]
             if view == 0:
@@ -49,9 +50,14 @@ def prefix_outputs(model: TransferModel, last_unit: int, pixels: RowView, conten
                                for i in range(len(chunk))])
                 x = normalise(x.to(device), prep)
             with torch.no_grad(), autocast(device):
-                chunks.append(model.prefix(x, last_unit).float().cpu().numpy().astype(np.float16))
-        store.add(missing, np.concatenate(chunks))
-    return store.rows(content_keys)
+                for out, y in zip(chunks, model.prefixes(x, last_units)):
+                    out.append(y.float().cpu().numpy().astype(np.float16))
+        for store, out in zip(stores, chunks):
+            rows = np.concatenate(out)
+            todo = set(store.missing(missing))
+            keep = [i for i, k in enumerate(missing) if k in todo]
+            store.add([missing[i] for i in keep], rows[keep])
+    return [store.rows(content_keys) for store in stores]
 
 
 def view_rng(content_key: str, view: int) -> np.random.Generator:
