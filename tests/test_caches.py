@@ -82,7 +82,7 @@ def test_a_changed_image_is_decoded_again(small_data, tmp_path):
 def test_corrupt_cache_is_detected_and_rebuilt(tmp_path):
     store = RowStore(tmp_path / "s", (4,), "float16")
     store.add(["a", "b"], np.ones((2, 4)))
-    rows = tmp_path / "s" / "rows.npy"
+    rows = tmp_path / "s" / "rows.bin"
     data = bytearray(rows.read_bytes())
     data[-1] ^= 0xFF  # flip bits in the last stored value
     rows.write_bytes(bytes(data))
@@ -111,3 +111,19 @@ def test_one_pass_caches_every_requested_cut(small_data, tmp_path, lite0_48):
         pooled = model.forward_from(cut, torch.from_numpy(both[1][positions]).float())
         direct = model.forward_from(end, torch.from_numpy(both[0][positions]).float())
     assert torch.allclose(pooled, direct, atol=2e-2)
+
+
+def test_rows_written_without_their_index_are_cut_off(tmp_path):
+    store = RowStore(tmp_path / "s", (4,), "float16")
+    store.add(["a"], np.ones((1, 4)))
+
+    def dies_after_first_chunk():
+        yield ["b"], np.full((1, 4), 2)
+        raise KeyboardInterrupt  # killed before the index is written
+
+    with pytest.raises(KeyboardInterrupt):
+        store.append(dies_after_first_chunk())
+    reopened = RowStore(tmp_path / "s", (4,), "float16")
+    assert reopened.missing(["a", "b"]) == ["b"]
+    assert (reopened.rows(["a"])[np.array([0])] == 1).all()
+    assert (tmp_path / "s" / "rows.bin").stat().st_size == 4 * 2

@@ -30,6 +30,9 @@ class DecodedImages:
     skipped: list[SkippedFile]
 
 
+DECODE_CHUNK = 256  # images decoded before they are written to the cache
+
+
 def _digest_or_skip(path: Path) -> str | SkippedFile:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO named x.jpg would block forever
@@ -59,17 +62,28 @@ def decode_images(images: list[LabelledImage], prep: Preprocessing, cache_dir: P
     store = RowStore(Path(cache_dir) / "decoded" / prep.geometry_key(), (size, size, 3), "uint8")
     missing = set(store.missing([d for _, d in kept]))
     todo = {d: im.path for im, d in kept if d in missing}
-    failed: set[str] = set()
-    if todo:
+    failures: dict[str, str] = {}
+
+    def decoded_chunks():
+        """Decode DECODE_CHUNK images at a time, so memory holds one chunk, not the dataset."""
+        items = list(todo.items())
+        bar = tqdm(total=len(items), desc="decode", unit="img", disable=not show_progress, leave=False)
         with ThreadPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(lambda p: _decode_or_skip(p, prep), todo.values()), total=len(todo),
-                                desc="decode", unit="img", disable=not show_progress, leave=False))
-        good = {k: r for k, r in zip(todo, results) if not isinstance(r, SkippedFile)}
-        failed = {k for k, r in zip(todo, results) if isinstance(r, SkippedFile)}
-        # a duplicate of a file that failed fails too: name every copy
-        skipped += [SkippedFile(im.path, next(r.reason for k, r in zip(todo, results) if k == d))
-                    for im, d in kept if d in failed]
-        store.add(list(good), np.stack(list(good.values())) if good else np.zeros((0, size, size, 3), np.uint8))
+            for start in range(0, len(items), DECODE_CHUNK):
+                chunk = items[start:start + DECODE_CHUNK]
+                results = list(pool.map(lambda item: _decode_or_skip(item[1], prep), chunk))
+                bar.update(len(chunk))
+                failures.update({k: r.reason for (k, _), r in zip(chunk, results) if isinstance(r, SkippedFile)})
+                good = [(k, r) for (k, _), r in zip(chunk, results) if not isinstance(r, SkippedFile)]
+                if good:
+                    yield [k for k, _ in good], np.stack([r for _, r in good])
+        bar.close()
+
+    if todo:
+        store.append(decoded_chunks())
+    failed = set(failures)
+    # a duplicate of a file that failed fails too: name every copy
+    skipped += [SkippedFile(im.path, failures[d]) for im, d in kept if d in failed]
     kept = [(im, d) for im, d in kept if d not in failed]
 
     for s in skipped:

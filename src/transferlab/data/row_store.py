@@ -2,18 +2,21 @@
 
 Used for decoded pixels, pooled backbone features and activations at a fine-tuning cut. Rows are
 appended for images not seen before, so a second run, a sweep or a subset study only computes what is
-new. The array lives in a .npy file read through a memory map; its index (keys, shape, dtype, checksum)
-lives in a JSON file written last, so a half-written cache is never taken for a whole one.
+new. Rows live in a raw file read through a memory map; the index (keys, shape, dtype, a checksum per
+appended segment) is written atomically after the rows are on disk, so rows that a crash left without
+an index are cut off, and a corrupt file is detected and rebuilt, never used.
 """
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from transferlab.atomic import write_atomic, write_json_atomic
+from transferlab.atomic import write_json_atomic
 
 CHUNK_BYTES = 64 << 20
 
@@ -27,22 +30,21 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _array_digest(array: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    flat = array.reshape(-1).view(np.uint8)
-    for start in range(0, flat.size, CHUNK_BYTES):
-        h.update(flat[start:start + CHUNK_BYTES])
-    return h.hexdigest()
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # np.save(path) would append ".npy" to a temp name
-        np.save(f, array, allow_pickle=False)
-
-
 def key_digest(*parts: object) -> str:
     """A short folder name for a cache that depends on all of `parts` (model, weights, preprocessing…)."""
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _segment_digest(f, n_bytes: int) -> str:
+    """Read (not memory-map) so that checking a large cache does not count towards resident memory."""
+    h = hashlib.blake2b(digest_size=16)
+    while n_bytes > 0:
+        chunk = f.read(min(CHUNK_BYTES, n_bytes))
+        if not chunk:
+            raise ValueError("file is shorter than its index says")
+        h.update(chunk)
+        n_bytes -= len(chunk)
+    return h.hexdigest()
 
 
 class RowStore:
@@ -52,25 +54,39 @@ class RowStore:
         self.directory = Path(directory)
         self.row_shape = tuple(row_shape)
         self.dtype = np.dtype(dtype)
-        self._rows_path = self.directory / "rows.npy"
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self._rows_path = self.directory / "rows.bin"
         self._index_path = self.directory / "index.json"
+        self._segments: list[dict] = []
         self._rows, self._row_of = self._open()
 
     def _open(self) -> tuple[np.ndarray, dict[str, int]]:
         empty = np.zeros((0, *self.row_shape), self.dtype)
         if not self._index_path.exists():
+            self._segments = []
+            self._rows_path.unlink(missing_ok=True)
             return empty, {}
         try:
             index = json.loads(self._index_path.read_text())
-            rows = np.load(self._rows_path, mmap_mode="r")
-            if (tuple(rows.shape) != (len(index["keys"]), *self.row_shape) or rows.dtype != self.dtype
-                    or _array_digest(rows) != index["checksum"]):
-                raise ValueError("contents do not match the index checksum")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+            if tuple(index["row_shape"]) != self.row_shape or index["dtype"] != self.dtype.name:
+                raise ValueError("row shape or dtype differ from the index")
+            n_rows = len(index["keys"])
+            if sum(s["rows"] for s in index["segments"]) != n_rows:
+                raise ValueError("segments do not add up to the keys")
+            with open(self._rows_path, "r+b") as f:
+                for segment in index["segments"]:
+                    if _segment_digest(f, segment["rows"] * self.row_bytes) != segment["checksum"]:
+                        raise ValueError("contents do not match the index checksum")
+                f.truncate(n_rows * self.row_bytes)  # rows appended by a run that died before its index
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             warnings.warn(f"cache {self.directory} is corrupt ({e}); rebuilding it", stacklevel=3)
             self._index_path.unlink(missing_ok=True)
             self._rows_path.unlink(missing_ok=True)
+            self._segments = []
             return empty, {}
+        self._segments = index["segments"]
+        rows = (np.memmap(self._rows_path, self.dtype, mode="r", shape=(n_rows, *self.row_shape))
+                if n_rows else empty)
         return rows, {k: i for i, k in enumerate(index["keys"])}
 
     def __len__(self) -> int:
@@ -80,16 +96,29 @@ class RowStore:
         return list(dict.fromkeys(k for k in keys if k not in self._row_of))
 
     def add(self, keys: list[str], rows: np.ndarray) -> None:
-        if not keys:
-            return
-        rows = np.asarray(rows, dtype=self.dtype)
-        merged = np.concatenate([np.asarray(self._rows), rows]) if len(self._row_of) else rows
-        all_keys = list(self._row_of) + list(keys)
+        self.append([(keys, rows)])
+
+    def append(self, chunks: Iterable[tuple[list[str], np.ndarray]]) -> None:
+        """Stream (keys, rows) chunks to disk: memory holds one chunk, never the whole table."""
+        new_keys: list[str] = []
+        h = hashlib.blake2b(digest_size=16)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._index_path.unlink(missing_ok=True)  # an index without matching rows must never survive
-        write_atomic(self._rows_path, lambda tmp: _save_npy(tmp, merged))
-        write_json_atomic(self._index_path, {"keys": all_keys, "row_shape": list(self.row_shape),
-                                             "dtype": self.dtype.name, "checksum": _array_digest(merged)})
+        self._rows = None  # drop the read-only map before writing to the file
+        with open(self._rows_path, "ab") as f:
+            for keys, rows in chunks:
+                data = np.ascontiguousarray(rows, dtype=self.dtype)
+                if data.shape != (len(keys), *self.row_shape):
+                    raise ValueError(f"rows of shape {data.shape} for {len(keys)} keys of {self.row_shape}")
+                f.write(memoryview(data).cast("B"))
+                h.update(memoryview(data).cast("B"))
+                new_keys += keys
+            f.flush()
+            os.fsync(f.fileno())
+        if new_keys:
+            segments = self._segments + [{"rows": len(new_keys), "checksum": h.hexdigest()}]
+            write_json_atomic(self._index_path, {"keys": list(self._row_of) + new_keys,
+                                                 "row_shape": list(self.row_shape), "dtype": self.dtype.name,
+                                                 "segments": segments})
         self._rows, self._row_of = self._open()
 
     def rows(self, keys: list[str]) -> "RowView":
