@@ -1,7 +1,9 @@
 """Validation images that also sit in training (same bytes, or the same picture re-encoded/resized).
 
 Leakage makes validation accuracy a lie; we count it, warn, and with --dedupe drop those validation
-images before the split is frozen.
+images before the split is frozen. Near copies are found in two stages: a difference hash proposes
+candidates cheaply, then a small thumbnail comparison confirms them. The hash alone is too coarse for
+small, centred objects (different garments share a hash), which would flag honest validation images.
 """
 
 from dataclasses import dataclass
@@ -11,26 +13,32 @@ from PIL import Image
 
 from transferlab.data.row_store import RowView
 
-# dHash bits that may differ for two images to count as the same picture: 64-bit hash, <= 3 bits.
-NEAR_DUPLICATE_MAX_BITS = 3
+HASH_CANDIDATE_MAX_BITS = 8     # of 64 dHash bits: generous, the thumbnail check decides
+THUMBNAIL_PX = 32
+THUMBNAIL_MAX_MEAN_DIFF = 6.0   # grey levels of 255: JPEG re-encoding or resizing stays within ~1-4
 CHUNK = 1024
 
 
-def dhash(pixels: np.ndarray) -> np.uint64:
-    """Difference hash: 9x8 greyscale, one bit per horizontal gradient sign. Survives resizing/re-encoding."""
-    small = np.asarray(Image.fromarray(pixels).convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+def _signature(pixels: np.ndarray) -> tuple[np.uint64, np.ndarray]:
+    grey = Image.fromarray(pixels).convert("L")
+    small = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).reshape(-1)
-    return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
+    thumbnail = np.asarray(grey.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.uint64(int("".join("1" if b else "0" for b in bits), 2)), thumbnail
 
 
-def dhashes(pixels: RowView) -> np.ndarray:
-    return np.array([dhash(pixels[np.array([i])][0]) for i in range(len(pixels))], dtype=np.uint64)
+def signatures(pixels: RowView) -> tuple[np.ndarray, np.ndarray]:
+    """(dHash per image, THUMBNAIL_PX² grey thumbnail per image)."""
+    pairs = [_signature(pixels[np.array([i])][0]) for i in range(len(pixels))]
+    hashes = np.array([h for h, _ in pairs], dtype=np.uint64)
+    thumbs = np.stack([t for _, t in pairs]) if pairs else np.zeros((0, THUMBNAIL_PX, THUMBNAIL_PX), np.float32)
+    return hashes, thumbs
 
 
 @dataclass(frozen=True)
 class Leakage:
     exact: list[int]  # validation positions whose file content equals a training file's
-    near: list[int]   # other validation positions within NEAR_DUPLICATE_MAX_BITS of a training image
+    near: list[int]   # other validation positions that are a re-encoded/resized training image
 
     @property
     def all(self) -> list[int]:
@@ -40,11 +48,17 @@ class Leakage:
 def find_leakage(train_keys: list[str], train_pixels: RowView, val_keys: list[str], val_pixels: RowView) -> Leakage:
     train_set = set(train_keys)
     exact = [i for i, k in enumerate(val_keys) if k in train_set]
-    train_hashes, val_hashes = dhashes(train_pixels), dhashes(val_pixels)
+    exact_set = set(exact)
+    train_hashes, train_thumbs = signatures(train_pixels)
+    val_hashes, val_thumbs = signatures(val_pixels)
     near = []
-    for start in range(0, len(val_hashes), CHUNK):
-        block = val_hashes[start:start + CHUNK]
-        distances = np.bitwise_count(block[:, None] ^ train_hashes[None, :])
-        close = (distances <= NEAR_DUPLICATE_MAX_BITS).any(axis=1) if len(train_hashes) else np.zeros(len(block), bool)
-        near += [start + int(i) for i in np.flatnonzero(close) if start + int(i) not in set(exact)]
+    for start in range(0, len(val_hashes) if len(train_hashes) else 0, CHUNK):
+        distances = np.bitwise_count(val_hashes[start:start + CHUNK, None] ^ train_hashes[None, :])
+        for offset, candidates in enumerate(distances <= HASH_CANDIDATE_MAX_BITS):
+            i = start + offset
+            if i in exact_set or not candidates.any():
+                continue
+            diffs = np.abs(train_thumbs[candidates] - val_thumbs[i]).mean(axis=(1, 2))
+            if diffs.min() <= THUMBNAIL_MAX_MEAN_DIFF:
+                near.append(i)
     return Leakage(exact=exact, near=near)
