@@ -185,6 +185,8 @@ class _Runner:
         self.device = resolve_device(cfg.device)
         self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         self.history: list[dict] = []
+        self.phases: dict[str, dict] = {}
+        self.predictions: dict[str, np.ndarray] = {}
 
     def run_phase(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
                   train_modules: list, epochs: int, lr: float, should_stop) -> tuple[PhaseState, float]:
@@ -212,6 +214,18 @@ class _Runner:
             state.best_state = model.state_dict()
         self.history += state.history
         return state, time.perf_counter() - started + already
+
+    def train_and_summarise(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
+                            train_modules: list, epochs: int, lr: float, should_stop, cache_seconds: float = 0.0,
+                            extra: dict | None = None) -> dict:
+        """Run one phase, re-evaluate its kept best checkpoint on validation and record the summary."""
+        state, seconds = self.run_phase(name, model, forward, train_inputs, val_inputs, train_modules, epochs, lr,
+                                        should_stop)
+        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device)
+        self.predictions[name] = final.predictions
+        self.phases[name] = _phase_summary(state, seconds, cache_seconds, lr, model, final, self.val_labels,
+                                           self.n_classes, extra)
+        return self.phases[name]
 
 
 def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: float, model: TransferModel,
@@ -250,14 +264,13 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     runner.train_labels, runner.val_labels = _labels(split.train), _labels(split.val)
+    runner.n_classes = n_classes
     if len(runner.val_labels) == 0:
         raise UserError("the validation set is empty: every class has a single image; add images or give --val")
     runner.class_weights = (class_weights_for(runner.train_labels, n_classes)
                             if cfg.class_weights == "auto" else None)
     views = cfg.cached_views if cfg.augment else 1
     head_cfg = HeadConfig()
-    phases: dict[str, dict] = {}
-    predictions: dict[str, np.ndarray] = {}
 
     def cached(last_units: list[int], decoded: DecodedImages, n_views: int) -> tuple[list[CachedInputs], float]:
         """One pass per view through the frozen prefix, keeping the output at every requested cut."""
@@ -280,26 +293,18 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         cache_frozen, cache_finetune = t_train + t_val, 0.0
 
         # frozen: the whole backbone is the cached prefix; only the head trains
-        head_forward = lambda x: model.forward_from(end, x)  # noqa: E731
-        state, seconds = runner.run_phase("frozen", model, head_forward, train_features, val_features, [model.head],
-                                          cfg.frozen_epochs, cfg.frozen_lr, should_stop)
-        final = evaluate(head_forward, val_features, runner.val_labels, cfg.batch_size * 2, device)
-        phases["frozen"] = _phase_summary(state, seconds, cache_frozen, cfg.frozen_lr, model, final,
-                                          runner.val_labels, n_classes, {"unfreeze": frozen_plan.to_dict()})
-        predictions["frozen"] = final.predictions
-        best_state = {"frozen": (phases["frozen"]["val_acc"], copy_state(model))}
+        frozen = runner.train_and_summarise("frozen", model, lambda x: model.forward_from(end, x), train_features,
+                                            val_features, [model.head], cfg.frozen_epochs, cfg.frozen_lr,
+                                            should_stop, cache_frozen, {"unfreeze": frozen_plan.to_dict()})
+        best_state = {"frozen": (frozen["val_acc"], copy_state(model))}
 
         # fine-tune: continue from the frozen phase's best; only the tail after the cut runs
         plan = unfreeze_for_finetuning(model, cfg)
         log.info("fine-tune: %s", plan)
-        tail_forward = lambda x: model.forward_from(cut, x)  # noqa: E731
-        state, seconds = runner.run_phase("finetuned", model, tail_forward, train_acts, val_acts, [model.head],
-                                          cfg.finetune_epochs, cfg.finetune_lr, should_stop)
-        final = evaluate(tail_forward, val_acts, runner.val_labels, cfg.batch_size * 2, device)
-        phases["finetuned"] = _phase_summary(state, seconds, cache_finetune, cfg.finetune_lr, model, final,
-                                             runner.val_labels, n_classes, {"unfreeze": plan.to_dict()})
-        predictions["finetuned"] = final.predictions
-        best_state["finetuned"] = (phases["finetuned"]["val_acc"], copy_state(model))
+        finetuned = runner.train_and_summarise("finetuned", model, lambda x: model.forward_from(cut, x), train_acts,
+                                               val_acts, [model.head], cfg.finetune_epochs, cfg.finetune_lr,
+                                               should_stop, cache_finetune, {"unfreeze": plan.to_dict()})
+        best_state["finetuned"] = (finetuned["val_acc"], copy_state(model))
         transfer_model = model
 
         # scratch: same architecture, random init, everything trains, on decoded images
@@ -309,12 +314,9 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
             scratch = scratch.to(device, memory_format=torch.channels_last)
             train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if cfg.augment else None)
             val_in = ImageInputs(split.val.pixels, prep, device)
-            state, seconds = runner.run_phase("scratch", scratch, scratch, train_in, val_in, [scratch],
-                                              cfg.scratch_epochs, cfg.scratch_lr, should_stop)
-            final = evaluate(scratch, val_in, runner.val_labels, cfg.batch_size * 2, device)
-            phases["scratch"] = _phase_summary(state, seconds, 0.0, cfg.scratch_lr, scratch, final,
-                                               runner.val_labels, n_classes)
-            predictions["scratch"] = final.predictions
+            runner.train_and_summarise("scratch", scratch, scratch, train_in, val_in, [scratch],
+                                       cfg.scratch_epochs, cfg.scratch_lr, should_stop)
+    phases, predictions = runner.phases, runner.predictions
 
     best_transfer = max(best_state, key=lambda p: best_state[p][0])
     transfer_model.load_state_dict(best_state[best_transfer][1])
