@@ -85,8 +85,7 @@ class RowStore:
             self._segments = []
             return empty, {}
         self._segments = index["segments"]
-        rows = (np.memmap(self._rows_path, self.dtype, mode="r", shape=(n_rows, *self.row_shape))
-                if n_rows else empty)
+        rows = MappedRows(self._rows_path, self.dtype, (n_rows, *self.row_shape)) if n_rows else empty
         return rows, {k: i for i, k in enumerate(index["keys"])}
 
     def __len__(self) -> int:
@@ -123,6 +122,23 @@ class RowStore:
 
     def rows(self, keys: list[str]) -> "RowView":
         return RowView(self._rows, np.array([self._row_of[k] for k in keys], dtype=np.int64))
+
+
+class MappedRows:
+    """Rows in a file, memory-mapped for each read only: pages read for one batch leave the process with
+    it, so resident memory stays at a batch, not the whole file (10,000 images at 224 px are 1.4 GB)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape = path, dtype, shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        mapped = np.memmap(self.path, self.dtype, mode="r", shape=self.shape)
+        batch = np.array(mapped[rows])
+        del mapped  # the last reference: the mapping and its resident pages go now
+        return batch
 
 
 class RowView:
