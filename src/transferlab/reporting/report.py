@@ -14,7 +14,7 @@ def render_markdown(results: dict) -> str:
     cm = results["confusion_matrix"]
     finetune = results["phases"]["finetuned"]["unfreeze"]
     lines = [
-        f"# transferlab compare: {Path(data['source']).name}", "",
+        f"# transferlab compare: {Path(results['run_dir']).name}", "",
         f"Backbone `{results['backbone']}`, weights from {results['weights']['kind']} "
         f"`{results['weights']['location']}`, on {results['device']}; input "
         f"{results['preprocessing']['image_size_px']} px, {results['augment']['mode']}.",
