@@ -4,6 +4,7 @@ import io
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from transferlab.data.decoded import decode_images
@@ -44,8 +45,9 @@ def test_dedupe_drops_copies_from_validation_before_the_split_is_saved(small_dat
     shutil.copytree(small_data, data)
     for i, image in enumerate(sorted((data / "Shirt").iterdir())[:4]):
         shutil.copy(image, data / "Shirt" / f"zz_copy_{i}.png")  # same bytes under another name
-    run = run_compare(tiny_config(data, tmp_path, dedupe=True, skip_scratch=True, frozen_epochs=1,
-                                  finetune_epochs=1))
+    with pytest.warns(UserWarning, match="dropped from validation"):
+        run = run_compare(tiny_config(data, tmp_path, dedupe=True, skip_scratch=True, frozen_epochs=1,
+                                      finetune_epochs=1))
     results = json.loads((run / "results.json").read_text())
     split = json.loads((run / "split.json").read_text())["files"]
     leaked = results["data"]["leakage"]

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from transferlab.models.backbones import create_backbone

@@ -89,7 +89,7 @@ def resize_and_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
         new_w, new_h = max(size, round(w * scale_size / h)), scale_size
     img = img.resize((new_w, new_h), INTERPOLATIONS[prep.interpolation])
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def load_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
