@@ -114,3 +114,11 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(small_data, tmp_p
     done = json.loads((run_dir / "results.json").read_text())
     assert done["phases"]["finetuned"]["val_acc"] == json.loads((reference / "results.json").read_text())[
         "phases"]["finetuned"]["val_acc"]
+
+
+def test_unknown_backbone_is_a_one_line_error_and_leaves_no_run(small_data, tmp_path, capsys):
+    code = main(["compare", str(small_data), "--backbone", "mobilenetv9_nope", "--runs-dir", str(tmp_path / "runs"),
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unknown backbone 'mobilenetv9_nope'") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

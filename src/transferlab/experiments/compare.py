@@ -243,9 +243,13 @@ def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: 
 
 
 def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
-    """Train and report the three phases; returns the run directory. `run_dir` given = resume it."""
+    """Train the three phases and write results.json; returns the run directory. `run_dir` given = resume it.
+
+    Data and weights are checked before the run directory is made, so a bad input leaves nothing behind.
+    """
     resuming = run_dir is not None
     folders = scan_folders(cfg)
+    pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, cfg.image_size_px)
     if run_dir is None:
         source = cfg.data_dir or cfg.train_dir
         run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(source).resolve().name)
@@ -254,8 +258,6 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     runner = _Runner(cfg, run_dir, resuming)
     device, show = runner.device, cfg.show_progress
     torch.manual_seed(cfg.seed)
-
-    pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, cfg.image_size_px)
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     prep = pretrained.preprocessing
