@@ -12,6 +12,7 @@ from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
 from transferlab.errors import UserError
 from transferlab.models.saved import load_model
 from transferlab.training.inputs import normalise
+from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall
 
 BATCH_SIZE = 32
 
@@ -70,10 +71,9 @@ def evaluate_folder(run_dir: Path, labelled_dir: Path) -> dict:
     kept, probs, skipped = _probabilities(model, meta["preprocessing"], [im.path for im in folder.images])
     labels = np.array([label_of[p] for p in kept])
     predicted = probs.argmax(1) if len(kept) else np.zeros(0, int)
-    matrix = np.zeros((len(names), len(names)), dtype=int)
-    np.add.at(matrix, (labels, predicted), 1)
-    recall = {names[c]: float((predicted[labels == c] == c).mean()) for c in range(len(names)) if (labels == c).any()}
+    recall = {names[c]: r for c, r in per_class_recall(labels, predicted, len(names)).items()}
     return {"n_images": len(kept), "accuracy": float((predicted == labels).mean()) if len(kept) else 0.0,
-            "balanced_accuracy": float(np.mean(list(recall.values()))) if recall else 0.0,
-            "per_class_recall": recall, "class_names": names, "confusion_matrix": matrix.tolist(),
+            "balanced_accuracy": balanced_accuracy(labels, predicted, len(names)),
+            "per_class_recall": recall, "class_names": names,
+            "confusion_matrix": confusion_matrix(labels, predicted, len(names)),
             "skipped": [{"path": str(p), "reason": r} for p, r in skipped]}

@@ -19,6 +19,7 @@ import torch
 from transferlab.atomic import write_json_atomic, write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages, decode_images
 from transferlab.data.leakage import find_leakage
+from transferlab.data.row_store import RowView
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
 from transferlab.data.split import apply_saved_split, save_split, split_stratified
 from transferlab.errors import UserError
@@ -31,6 +32,7 @@ from transferlab.models.freezing import (UnfreezePlan, freeze_backbone, unfreeze
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.inputs import CachedInputs, ImageInputs
+from transferlab.training.metrics import balanced_accuracy, confusion_matrix
 from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
 from transferlab.training.prefix_cache import prefix_outputs
 
@@ -92,7 +94,7 @@ def _decoded_subset(decoded: DecodedImages, keep: list[LabelledImage]) -> Decode
     index = {im.path: i for i, im in enumerate(decoded.images)}
     rows = [index[im.path] for im in keep]
     return DecodedImages(images=keep, content_keys=[decoded.content_keys[i] for i in rows],
-                         pixels=type(decoded.pixels)(decoded.pixels.array, decoded.pixels.row_indices[rows]),
+                         pixels=RowView(decoded.pixels.array, decoded.pixels.row_indices[rows]),
                          skipped=[])
 
 
@@ -164,17 +166,6 @@ def class_weights_for(labels: np.ndarray, n_classes: int) -> tuple[float, ...]:
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
     return tuple(float(w) for w in weights)
-
-
-def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> float:
-    recalls = [float((predictions[labels == c] == c).mean()) for c in range(n_classes) if (labels == c).any()]
-    return float(np.mean(recalls)) if recalls else 0.0
-
-
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> list[list[int]]:
-    matrix = np.zeros((n_classes, n_classes), dtype=int)
-    np.add.at(matrix, (labels, predictions), 1)
-    return matrix.tolist()
 
 
 class _Runner:
