@@ -32,7 +32,8 @@ def test_single_image_class_stays_in_training(tmp_path, small_data):
 def test_saved_split_round_trips(tmp_path, small_data):
     images = list(scan_image_folder(small_data).images)
     train, val = split_stratified(images, 0.2, seed=3)
-    save_split(tmp_path / "split.json", small_data, train, val, 3, 0.2)
+    save_split(tmp_path / "split.json", small_data, {"train": train, "val": val}, seed=3, val_fraction=0.2)
     saved = json.loads((tmp_path / "split.json").read_text())
     assert Counter(saved["files"].values()) == {"train": len(train), "val": len(val)}
-    assert apply_saved_split(tmp_path / "split.json", small_data, images) == (train, val)
+    assert apply_saved_split(tmp_path / "split.json", small_data, images) == {"train": train, "val": val,
+                                                                              "dropped": []}

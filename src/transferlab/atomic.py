@@ -27,6 +27,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or Path(e.filename) == tmp:  # name the file the user knows, not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

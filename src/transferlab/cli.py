@@ -1,6 +1,7 @@
 """Command line: parse arguments, call the API, print. The only place that knows argv and exit codes."""
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -9,12 +10,15 @@ from pathlib import Path
 
 from transferlab import CompareConfig, UserError, compare, evaluate_folder, predict, resume
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
-from transferlab.experiments.compare import RunInterrupted
+from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
 from transferlab.reporting.report import write_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+# failures of the machine, not the code: one line naming the path instead of a traceback
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def parse_duration(text: str) -> float:
@@ -109,6 +113,15 @@ def _print_summary(run_dir: Path) -> None:
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.safetensors'}")
 
 
+def _refuse_options_with_resume(args: argparse.Namespace, argv: list[str]) -> None:
+    """A resumed run continues with its saved options; silently ignoring new ones would mislead."""
+    given = [t.split("=")[0] for t in argv[1:] if t.startswith("-") and t.split("=")[0] not in ("--resume", "--quiet")]
+    given += ["DATA"] if args.data is not None else []
+    if given:
+        raise UserError(f"--resume continues a run with the options saved in its config.json; drop "
+                        f"{', '.join(given)} (or start a new run with them)")
+
+
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
@@ -116,11 +129,13 @@ def run(argv: list[str]) -> int:
             train_dir, val_dir = export_embedded(args.export)
             print(f"wrote {train_dir} and {val_dir}")
             return 0
-        train_dir, val_dir = export_embedded((args.cache_dir or default_cache_dir()) / "datasets" / EMBEDDED_NAME)
-        _print_summary(compare(_config(args, train_dir=train_dir, val_dir=val_dir,
-                                       name=args.name or EMBEDDED_NAME)))
+        where = (args.cache_dir or default_cache_dir()) / "datasets" / EMBEDDED_NAME
+        cfg = _config(args, train_dir=where / "train", val_dir=where / "val", name=args.name or EMBEDDED_NAME)
+        export_embedded(where)  # after the options were checked: a bad one writes nothing
+        _print_summary(compare(cfg))
     elif args.command == "compare":
         if args.resume:
+            _refuse_options_with_resume(args, argv)
             _print_summary(resume(args.resume, show_progress=not args.quiet))
         else:
             _print_summary(compare(_config(args, data_dir=args.data)))
@@ -155,7 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except RunInterrupted as e:
         print(str(e), file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before a run folder exists: nothing to resume
+        print("interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"error: {e.strerror}:{where}; free space or fix its permissions, or choose another --runs-dir / "
+              "--cache-dir", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

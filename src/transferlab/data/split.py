@@ -1,4 +1,9 @@
-"""A stratified, seeded validation split that is written once and reused by every phase."""
+"""A stratified, seeded split that is written once (split.json) and reused by every phase and by --resume.
+
+split.json is written right after the scan, before any expensive step, so a run stopped at any point can
+be resumed on exactly the same images. After decoding, each file's content hash is added: a resume
+refuses a dataset whose files were added, removed or changed since, naming the first such file.
+"""
 
 import json
 from pathlib import Path
@@ -6,8 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.atomic import write_json_atomic
-from transferlab.data.scan import LabelledImage
+from transferlab.data.scan import LabelledImage, quoted
 from transferlab.errors import UserError
+
+SUBSETS = ("train", "val", "dropped")  # dropped: validation images that duplicate training ones (--dedupe)
 
 
 def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int
@@ -30,28 +37,56 @@ def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int
     return sorted(train, key=key), sorted(val, key=key)
 
 
-def save_split(path: Path, root: Path, train: list[LabelledImage], val: list[LabelledImage],
-               seed: int, val_fraction: float, dropped_from_val: list[LabelledImage] = ()) -> None:
-    """`dropped_from_val`: validation images that duplicate training ones (--dedupe); kept out of both."""
-    files = {str(im.path.relative_to(root)): "train" for im in train}
-    files |= {str(im.path.relative_to(root)): "val" for im in val}
-    files |= {str(im.path.relative_to(root)): "dropped" for im in dropped_from_val}
-    write_json_atomic(path, {"seed": seed, "val_fraction": val_fraction, "root": str(root),
-                             "files": dict(sorted(files.items()))})
+def save_split(path: Path, root: Path, subsets: dict[str, list[LabelledImage]], *, seed: int,
+               val_fraction: float | None, content: dict[Path, str] | None = None,
+               skipped: dict[Path, str] | None = None) -> None:
+    """`content`: file -> content hash, once known; `skipped`: file -> why it could not be decoded."""
+    relative = lambda p: str(Path(p).relative_to(root))  # noqa: E731
+    files = {relative(im.path): name for name, members in subsets.items() for im in members}
+    write_json_atomic(path, {
+        "seed": seed, "val_fraction": val_fraction, "root": str(root),
+        "files": dict(sorted(files.items())),
+        "content": {relative(p): h for p, h in sorted((content or {}).items(), key=lambda kv: str(kv[0]))},
+        "skipped": {relative(p): r for p, r in sorted((skipped or {}).items(), key=lambda kv: str(kv[0]))}})
 
 
-def apply_saved_split(path: Path, root: Path, images: list[LabelledImage], include_dropped: bool = False
-                      ) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """Re-use a run's split.json (resume, re-evaluation); files not in it are an error, not a guess."""
-    subsets = json.loads(Path(path).read_text())["files"]
-    train, val = [], []
+def read_split(path: Path) -> dict:
+    try:
+        saved = json.loads(Path(path).read_text())
+        if not isinstance(saved.get("files"), dict):
+            raise ValueError("no 'files' mapping")
+        return saved
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"split file {quoted(path)} cannot be read ({e}); start a new run instead of "
+                        "resuming") from None
+
+
+def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]) -> dict[str, list[LabelledImage]]:
+    """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal."""
+    saved = read_split(path)["files"]
+    subsets: dict[str, list[LabelledImage]] = {name: [] for name in SUBSETS}
+    seen = set()
     for im in images:
-        subset = subsets.get(str(im.path.relative_to(root)))
-        if subset is None:
-            raise UserError(f"'{im.path}' is not in {path}: the data changed since the split was made; "
-                            "start a new run instead of resuming")
-        if subset == "train":
-            train.append(im)
-        elif subset == "val" or include_dropped:
-            val.append(im)
-    return train, val
+        rel = str(im.path.relative_to(root))
+        subset = saved.get(rel)
+        if subset not in subsets:
+            raise UserError(f"{quoted(im.path)} is not in {quoted(path)}: the data changed since the run "
+                            "started; start a new run instead of resuming")
+        subsets[subset].append(im)
+        seen.add(rel)
+    removed = sorted(set(saved) - seen)
+    if removed:
+        raise UserError(f"{quoted(Path(root) / removed[0])} was removed since the run started ({len(removed)} "
+                        "files missing); restore it or start a new run instead of resuming")
+    return subsets
+
+
+def check_content_unchanged(path: Path, root: Path, content: dict[Path, str]) -> None:
+    """Refuse a resume when a file's bytes differ from when the run started (the first one is named)."""
+    split = read_split(path)
+    saved, skipped_before = split.get("content") or {}, split.get("skipped") or {}
+    for file, digest in sorted(content.items(), key=lambda kv: str(kv[0])):
+        rel = str(Path(file).relative_to(root))
+        if saved.get(rel, digest) != digest or rel in skipped_before:
+            raise UserError(f"{quoted(file)} changed since the run started; restore it or start a new run "
+                            "instead of resuming")

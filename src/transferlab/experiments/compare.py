@@ -5,27 +5,22 @@ Each phase writes a checkpoint per epoch, so `resume_compare` continues an inter
 """
 
 import logging
-import signal
-import threading
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from transferlab.atomic import write_json_atomic, write_jsonl_atomic
-from transferlab.data.decoded import DecodedImages, decode_images
-from transferlab.data.leakage import find_leakage
-from transferlab.data.row_store import RowView
-from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
-from transferlab.data.split import apply_saved_split, save_split, split_stratified
+from transferlab.data.decoded import DecodedImages
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.run_dir import (default_cache_dir, load_checkpoint, new_run_dir,
-                                             save_checkpoint)
+from transferlab.experiments.datasets import class_weights_for, labels_of, prepare_data, scan_folders
+from transferlab.experiments.interrupts import RunInterrupted, StopRequests, interruptible
+from transferlab.experiments.run_dir import (default_cache_dir, environment, load_checkpoint, new_run_dir,
+                                             read_run_config, save_checkpoint)
 from transferlab.models.backbones import PretrainedBackbone, create_backbone, load_backbone
 from transferlab.models.freezing import (UnfreezePlan, freeze_backbone, unfreeze_last_blocks,
                                          unfreeze_last_layers)
@@ -40,147 +35,30 @@ log = logging.getLogger(__name__)
 PHASES = ("scratch", "frozen", "finetuned")
 
 
-class RunInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the epoch in progress finished and was checkpointed."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__(f"interrupted; continue with: transferlab compare --resume {run_dir}")
-        self.run_dir = run_dir
-
-
-@contextmanager
-def stop_after_epoch():
-    """Turn the first SIGINT/SIGTERM into a flag the loop reads between epochs; a second one kills."""
-    requested = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-
-    def handler(signum, frame):
-        if requested["stop"]:
-            raise KeyboardInterrupt
-        requested["stop"] = True
-        print("\nstopping after this epoch (again to abort now)...", flush=True)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield lambda: requested["stop"]
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@dataclass
-class Split:
-    train: DecodedImages
-    val: DecodedImages
-    class_names: tuple[str, ...]
-    ignored_files: list[Path]
-
-
 def resolve_device(name: str) -> torch.device:
+    """`name` was checked by CompareConfig; here only whether a GPU is really there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device '{name}' is not a torch device; use auto, cpu or cuda") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
     return device
-
-
-def _decoded_subset(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
-    index = {im.path: i for i, im in enumerate(decoded.images)}
-    rows = [index[im.path] for im in keep]
-    return DecodedImages(images=keep, content_keys=[decoded.content_keys[i] for i in rows],
-                         pixels=RowView(decoded.pixels.array, decoded.pixels.row_indices[rows]),
-                         skipped=[])
-
-
-def _drop_leaked(split: Split, dedupe: bool) -> tuple[Split, dict]:
-    """Count train/val duplicates; with `dedupe`, remove them from validation."""
-    leak = find_leakage(split.train.content_keys, split.train.pixels, split.val.content_keys, split.val.pixels)
-    summary = {"exact_duplicates": len(leak.exact), "near_duplicates": len(leak.near), "dropped": dedupe,
-               "examples": [str(split.val.images[i].path) for i in leak.all[:10]]}
-    if leak.all:
-        warnings.warn(f"{len(leak.exact)} validation images are exact and {len(leak.near)} near duplicates of "
-                      f"training images (e.g. '{summary['examples'][0]}'); "
-                      + ("dropped from validation (--dedupe)" if dedupe else "validation accuracy is optimistic; "
-                         "use --dedupe to drop them"), stacklevel=3)
-    if dedupe and leak.all:
-        leaked = set(leak.all)
-        split.val = _decoded_subset(split.val, [im for i, im in enumerate(split.val.images) if i not in leaked])
-    return split, summary
-
-
-def scan_folders(cfg: CompareConfig) -> tuple[ImageFolder, ImageFolder | None]:
-    """Check the data before anything is created: a bad folder leaves no empty run behind."""
-    if cfg.data_dir is not None:
-        return scan_image_folder(cfg.data_dir), None
-    train = scan_image_folder(cfg.train_dir)
-    return train, scan_image_folder(cfg.val_dir, class_names=train.class_names)
-
-
-def load_split(cfg: CompareConfig, folders: tuple[ImageFolder, ImageFolder | None], prep, cache_dir: Path,
-               run_dir: Path, resuming: bool) -> tuple[Split, list, dict]:
-    """Scan, decode once, then split (stratified, seeded, saved) or take the explicit train/val pair.
-
-    Returns (split, skipped files, leakage summary). Duplicates are found before split.json is written,
-    so with --dedupe the saved split is the deduplicated one.
-    """
-    folder, val_folder = folders
-    if val_folder is None:
-        decoded = decode_images(list(folder.images), prep, cache_dir, strict=cfg.strict,
-                                show_progress=cfg.show_progress)
-        if resuming:  # dropped images are re-found and re-dropped identically
-            train, val = apply_saved_split(run_dir / "split.json", folder.root, decoded.images,
-                                           include_dropped=True)
-        else:
-            train, val = split_stratified(decoded.images, cfg.val_fraction, cfg.seed)
-        split = Split(_decoded_subset(decoded, train), _decoded_subset(decoded, val), folder.class_names,
-                      list(folder.ignored_files))
-        split, leakage = _drop_leaked(split, cfg.dedupe)
-        if not resuming:
-            kept = set(split.val.images)
-            save_split(run_dir / "split.json", folder.root, train, split.val.images, cfg.seed, cfg.val_fraction,
-                       dropped_from_val=[im for im in val if im not in kept])
-        return split, decoded.skipped, leakage
-    train_folder = folder
-    train = decode_images(list(train_folder.images), prep, cache_dir, strict=cfg.strict,
-                          show_progress=cfg.show_progress)
-    val = decode_images(list(val_folder.images), prep, cache_dir, strict=cfg.strict,
-                        show_progress=cfg.show_progress)
-    split, leakage = _drop_leaked(Split(train, val, train_folder.class_names,
-                                        list(train_folder.ignored_files) + list(val_folder.ignored_files)),
-                                  cfg.dedupe)
-    return split, train.skipped + val.skipped, leakage
-
-
-def _labels(decoded: DecodedImages) -> np.ndarray:
-    return np.array([im.label for im in decoded.images], dtype=np.int64)
-
-
-def class_weights_for(labels: np.ndarray, n_classes: int) -> tuple[float, ...]:
-    """Inverse class frequency, scaled so a balanced dataset gets all ones."""
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
-    return tuple(float(w) for w in weights)
 
 
 class _Runner:
     """Shared state of one compare run; each phase is one call of `_run_phase`."""
 
-    def __init__(self, cfg: CompareConfig, run_dir: Path, resuming: bool):
-        self.cfg, self.run_dir, self.resuming = cfg, run_dir, resuming
-        self.device = resolve_device(cfg.device)
-        self.cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    def __init__(self, cfg: CompareConfig, run_dir: Path, resuming: bool, device: torch.device,
+                 stop: StopRequests):
+        self.cfg, self.run_dir, self.resuming, self.device, self.stop = cfg, run_dir, resuming, device, stop
         self.history: list[dict] = []
         self.phases: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}
 
     def run_phase(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
-                  train_modules: list, epochs: int, lr: float, should_stop) -> tuple[PhaseState, float]:
+                  train_modules: list, epochs: int, lr: float) -> tuple[PhaseState, float]:
         cfg = self.cfg
         spec = PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size, seed=cfg.seed,
                          class_weights=self.class_weights)
@@ -196,22 +74,21 @@ class _Runner:
             save_checkpoint(self.run_dir, name, model, optimizer, s)
             write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
 
-        state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels, spec,
-                            train_modules, self.device, state=state, optimizer_state=optimizer_state,
-                            on_epoch_end=checkpoint, should_stop=should_stop, show_progress=cfg.show_progress)
-        if state.next_epoch < epochs:
-            raise RunInterrupted(self.run_dir)
+        with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops
+            state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels,
+                                spec, train_modules, self.device, state=state, optimizer_state=optimizer_state,
+                                on_epoch_end=checkpoint, should_stop=self.stop,
+                                show_progress=cfg.show_progress)
         if state.best_state is None:  # zero epochs asked for
             state.best_state = model.state_dict()
         self.history += state.history
         return state, time.perf_counter() - started + already
 
     def train_and_summarise(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
-                            train_modules: list, epochs: int, lr: float, should_stop, cache_seconds: float = 0.0,
+                            train_modules: list, epochs: int, lr: float, cache_seconds: float = 0.0,
                             extra: dict | None = None) -> dict:
         """Run one phase, re-evaluate its kept best checkpoint on validation and record the summary."""
-        state, seconds = self.run_phase(name, model, forward, train_inputs, val_inputs, train_modules, epochs, lr,
-                                        should_stop)
+        state, seconds = self.run_phase(name, model, forward, train_inputs, val_inputs, train_modules, epochs, lr)
         final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device)
         self.predictions[name] = final.predictions
         self.phases[name] = _phase_summary(state, seconds, cache_seconds, lr, model, final, self.val_labels,
@@ -236,27 +113,50 @@ def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: 
 def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     """Train the three phases and write results.json; returns the run directory. `run_dir` given = resume it.
 
-    Data and weights are checked before the run directory is made, so a bad input leaves nothing behind.
+    Options, data, device and weights are checked before the run directory is made, so a bad input leaves
+    nothing behind. config.json stores the resolved config (the backbone actually used, absolute paths) and
+    the environment (weights fingerprint, library versions, threads), so a resume cannot drift.
     """
     resuming = run_dir is not None
     folders = scan_folders(cfg)
+    device = resolve_device(cfg.device)
     pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, cfg.image_size_px)
-    if run_dir is None:
-        source = cfg.data_dir or cfg.train_dir
-        run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(source).resolve().name)
-        write_json_atomic(run_dir / "config.json", cfg.to_dict())
-    started = time.perf_counter()
-    runner = _Runner(cfg, run_dir, resuming)
-    device, show = runner.device, cfg.show_progress
-    torch.manual_seed(cfg.seed)
+    env = environment(device, pretrained.weights)
+    if resuming:
+        _check_same_weights(run_dir, env)
+    else:
+        cfg = replace(cfg.with_absolute_paths(), backbone=pretrained.name,
+                      image_size_px=pretrained.preprocessing.image_size_px,
+                      cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
+        run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(cfg.data_dir or cfg.train_dir).name)
+        write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "environment": env})
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
+    with interruptible(run_dir) as stop:
+        results = _train_and_evaluate(cfg, folders, pretrained, run_dir, resuming, device, stop)
+    write_json_atomic(run_dir / "results.json", results | {"environment": env})
+    return run_dir
+
+
+def _check_same_weights(run_dir: Path, env: dict) -> None:
+    before = read_run_config(run_dir).get("environment", {}).get("weights", {})
+    if before.get("fingerprint") not in (None, env["weights"]["fingerprint"]):
+        raise UserError(f"the weights of this run ({before.get('location')}) changed since it started; "
+                        "restore them or start a new run instead of resuming")
+
+
+def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, run_dir: Path,
+                        resuming: bool, device: torch.device, stop: StopRequests) -> dict:
+    started = time.perf_counter()
+    runner = _Runner(cfg, run_dir, resuming, device, stop)
+    cache_dir, show = Path(cfg.cache_dir or default_cache_dir()), cfg.show_progress
     prep = pretrained.preprocessing
     decode_started = time.perf_counter()
-    split, skipped, leakage = load_split(cfg, folders, prep, runner.cache_dir, run_dir, resuming)
+    prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming)
+    split = prepared.split
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
-    runner.train_labels, runner.val_labels = _labels(split.train), _labels(split.val)
+    runner.train_labels, runner.val_labels = labels_of(split.train), labels_of(split.val)
     runner.n_classes = n_classes
     if len(runner.val_labels) == 0:
         raise UserError("the validation set is empty: every class has a single image; add images or give --val")
@@ -269,46 +169,45 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         """One pass per view through the frozen prefix, keeping the output at every requested cut."""
         t = time.perf_counter()
         per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, prep,
-                                   runner.cache_dir, pretrained.cache_key, device, view=v, show_progress=show)
+                                   cache_dir, pretrained.cache_key, device, view=v, show_progress=show)
                     for v in range(n_views)]
         inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
         return inputs, time.perf_counter() - t
 
-    with stop_after_epoch() as should_stop:
+    torch.manual_seed(cfg.seed)
+    model = TransferModel(pretrained.module, n_classes, head_cfg).to(device, memory_format=torch.channels_last)
+    # where fine-tuning will cut decides which activations to cache alongside the pooled features
+    cut, end = unfreeze_for_finetuning(model, cfg).first_trainable_unit, len(model.units)
+    frozen_plan = freeze_backbone(model)
+    (train_features, train_acts), t_train = cached([end, cut], split.train, views)
+    (val_features, val_acts), t_val = cached([end, cut], split.val, 1)
+    # the one backbone pass is counted in the frozen phase; the fine-tune cut comes with it for free
+    cache_frozen, cache_finetune = t_train + t_val, 0.0
+
+    # frozen: the whole backbone is the cached prefix; only the head trains
+    frozen = runner.train_and_summarise("frozen", model, lambda x: model.forward_from(end, x), train_features,
+                                        val_features, [model.head], cfg.frozen_epochs, cfg.frozen_lr,
+                                        cache_frozen, {"unfreeze": frozen_plan.to_dict()})
+    best_state = {"frozen": (frozen["val_acc"], copy_state(model))}
+
+    # fine-tune: continue from the frozen phase's best; only the tail after the cut runs
+    plan = unfreeze_for_finetuning(model, cfg)
+    log.info("fine-tune: %s", plan)
+    finetuned = runner.train_and_summarise("finetuned", model, lambda x: model.forward_from(cut, x), train_acts,
+                                           val_acts, [model.head], cfg.finetune_epochs, cfg.finetune_lr,
+                                           cache_finetune, {"unfreeze": plan.to_dict()})
+    best_state["finetuned"] = (finetuned["val_acc"], copy_state(model))
+    transfer_model = model
+
+    # scratch: same architecture, random init, everything trains, on decoded images
+    if not cfg.skip_scratch:
         torch.manual_seed(cfg.seed)
-        model = TransferModel(pretrained.module, n_classes, head_cfg).to(device, memory_format=torch.channels_last)
-        # where fine-tuning will cut decides which activations to cache alongside the pooled features
-        cut, end = unfreeze_for_finetuning(model, cfg).first_trainable_unit, len(model.units)
-        frozen_plan = freeze_backbone(model)
-        (train_features, train_acts), t_train = cached([end, cut], split.train, views)
-        (val_features, val_acts), t_val = cached([end, cut], split.val, 1)
-        # the one backbone pass is counted in the frozen phase; the fine-tune cut comes with it for free
-        cache_frozen, cache_finetune = t_train + t_val, 0.0
-
-        # frozen: the whole backbone is the cached prefix; only the head trains
-        frozen = runner.train_and_summarise("frozen", model, lambda x: model.forward_from(end, x), train_features,
-                                            val_features, [model.head], cfg.frozen_epochs, cfg.frozen_lr,
-                                            should_stop, cache_frozen, {"unfreeze": frozen_plan.to_dict()})
-        best_state = {"frozen": (frozen["val_acc"], copy_state(model))}
-
-        # fine-tune: continue from the frozen phase's best; only the tail after the cut runs
-        plan = unfreeze_for_finetuning(model, cfg)
-        log.info("fine-tune: %s", plan)
-        finetuned = runner.train_and_summarise("finetuned", model, lambda x: model.forward_from(cut, x), train_acts,
-                                               val_acts, [model.head], cfg.finetune_epochs, cfg.finetune_lr,
-                                               should_stop, cache_finetune, {"unfreeze": plan.to_dict()})
-        best_state["finetuned"] = (finetuned["val_acc"], copy_state(model))
-        transfer_model = model
-
-        # scratch: same architecture, random init, everything trains, on decoded images
-        if not cfg.skip_scratch:
-            torch.manual_seed(cfg.seed)
-            scratch = TransferModel(create_backbone(pretrained.name), n_classes, head_cfg)
-            scratch = scratch.to(device, memory_format=torch.channels_last)
-            train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if cfg.augment else None)
-            val_in = ImageInputs(split.val.pixels, prep, device)
-            runner.train_and_summarise("scratch", scratch, scratch, train_in, val_in, [scratch],
-                                       cfg.scratch_epochs, cfg.scratch_lr, should_stop)
+        scratch = TransferModel(create_backbone(pretrained.name), n_classes, head_cfg)
+        scratch = scratch.to(device, memory_format=torch.channels_last)
+        train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if cfg.augment else None)
+        val_in = ImageInputs(split.val.pixels, prep, device)
+        runner.train_and_summarise("scratch", scratch, scratch, train_in, val_in, [scratch],
+                                   cfg.scratch_epochs, cfg.scratch_lr)
     phases, predictions = runner.phases, runner.predictions
 
     best_transfer = max(best_state, key=lambda p: best_state[p][0])
@@ -318,8 +217,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     best_phase = max(phases, key=lambda p: phases[p]["val_acc"])
     transfer_seconds = decode_seconds + phases["frozen"]["seconds"] + phases["finetuned"]["seconds"]
     best_val = phases[best_transfer]["val_acc"]
-    counts = lambda d: np.bincount(_labels(d), minlength=n_classes).tolist()  # noqa: E731
-    results = {
+    counts = lambda d: np.bincount(labels_of(d), minlength=n_classes).tolist()  # noqa: E731
+    return {
         "run_dir": str(run_dir), "backbone": pretrained.name,
         "weights": {"kind": pretrained.weights.kind, "location": pretrained.weights.location},
         "notice": pretrained.notice, "device": str(device), "preprocessing": prep.to_dict(),
@@ -331,8 +230,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
                  "class_names": list(split.class_names), "train_per_class": counts(split.train),
                  "val_per_class": counts(split.val), "n_train": len(split.train.images),
                  "n_val": len(split.val.images),
-                 "skipped": [{"path": str(s.path), "reason": s.reason} for s in skipped],
-                 "ignored_files": [str(p) for p in split.ignored_files], "leakage": leakage,
+                 "skipped": [{"path": str(s.path), "reason": s.reason} for s in prepared.skipped],
+                 "ignored_files": [str(p) for p in split.ignored_files], "leakage": prepared.leakage,
                  "imbalanced": max(counts(split.train)) > 1.5 * max(min(counts(split.train)), 1)},
         "decode_seconds": decode_seconds,
         "phases": phases,
@@ -346,8 +245,6 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
                     "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
         "total_seconds": time.perf_counter() - started,
     }
-    write_json_atomic(run_dir / "results.json", results)
-    return run_dir
 
 
 def unfreeze_for_finetuning(model: TransferModel, cfg: CompareConfig) -> UnfreezePlan:

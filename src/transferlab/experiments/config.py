@@ -1,10 +1,22 @@
-"""The compare experiment's settings: one frozen dataclass, written to config.json in the run dir."""
+"""The compare experiment's settings: one frozen dataclass, written to config.json in the run dir.
+
+Every option is checked here, when the config is built, so a bad value fails before any file is created.
+"""
 
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from transferlab.errors import UserError
+
+MIN_IMAGE_SIZE_PX = 16      # below this the backbones' strided stems leave no spatial map
+MAX_IMAGE_SIZE_PX = 1024    # the decode cache holds size² × 3 bytes per image: 1024 px is 3 MB each
+MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
+MAX_CACHED_VIEWS = 32
+MAX_BATCH_SIZE = 4096
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -49,9 +61,32 @@ class CompareConfig:
             raise UserError("give --unfreeze-last or --unfreeze-blocks, not both")
         if self.class_weights not in ("none", "auto"):
             raise UserError(f"--class-weights must be 'none' or 'auto' (got '{self.class_weights}')")
-        for name in ("scratch_epochs", "frozen_epochs", "finetune_epochs", "cached_views", "batch_size"):
-            if getattr(self, name) < (1 if name in ("cached_views", "batch_size") else 0):
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+        for name in ("scratch_epochs", "frozen_epochs", "finetune_epochs"):
+            _check_int(name, getattr(self, name), 0, 10_000)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_int("cached_views", self.cached_views, 1, MAX_CACHED_VIEWS)
+        _check_int("seed", self.seed, 0, 2**32 - 1)
+        for name in ("unfreeze_last", "unfreeze_blocks"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0, 100_000)
+        if self.image_size_px is not None:
+            _check_int("image_size", self.image_size_px, MIN_IMAGE_SIZE_PX, MAX_IMAGE_SIZE_PX)
+        for name in ("scratch_lr", "frozen_lr", "finetune_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= 10):
+                raise UserError(f"--{_flag(name)} must be a finite learning rate in (0, 10] (got {value})")
+        if not (math.isfinite(self.val_fraction) and 0 < self.val_fraction < 1):
+            raise UserError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
+        if not (math.isfinite(self.target_val_acc) and 0 <= self.target_val_acc <= 1):
+            raise UserError(f"--target-val-acc must be between 0 and 1 (got {self.target_val_acc})")
+        if not (math.isfinite(self.time_budget_seconds) and self.time_budget_seconds > 0):
+            raise UserError(f"--time-budget must be a positive duration such as 30m (got {self.time_budget_seconds})")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise UserError(f"--device '{self.device}' is not supported; use auto, cpu, cuda or cuda:N")
+        if self.name is not None and not 0 < len(self.name) <= MAX_NAME_CHARS:
+            raise UserError(f"--name must be 1 to {MAX_NAME_CHARS} characters (got {len(self.name)})")
+        if self.backbone is not None and not self.backbone.strip():
+            raise UserError("--backbone is empty; give a timm model name such as tf_efficientnet_lite0")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -65,6 +100,22 @@ class CompareConfig:
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+            stored = json.loads(Path(path).read_text())
+            return cls.from_dict(stored["config"] if "config" in stored else stored)
+        except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None
+
+    def with_absolute_paths(self) -> "CompareConfig":
+        """What config.json stores: a resume from another working directory finds the same folders."""
+        changes = {f.name: Path(getattr(self, f.name)).expanduser().resolve() for f in fields(self)
+                   if "Path" in str(f.type) and getattr(self, f.name) is not None}
+        return type(self)(**(asdict(self) | changes))
+
+
+def _flag(name: str) -> str:
+    return {"image_size_px": "image-size"}.get(name, name.replace("_", "-"))
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserError(f"--{_flag(name)} must be a whole number from {low} to {high} (got {value})")

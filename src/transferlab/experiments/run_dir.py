@@ -1,16 +1,22 @@
 """A run directory holds everything one experiment produced; reports are rebuilt from it alone."""
 
+import io
 import json
 import os
+import platform
 import re
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-from transferlab.atomic import write_atomic
+from transferlab.atomic import write_bytes_atomic
 from transferlab.errors import UserError
+from transferlab.models.weights import WeightsSource
 from transferlab.training.loop import PhaseState
+
+VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "numpy", "pillow")
 
 
 def default_cache_dir() -> Path:
@@ -24,14 +30,39 @@ def safe_name(name: str) -> str:
 
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
+    """A fresh folder; two runs started in the same second get -2, -3… (mkdir is the atomic claim)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(runs_dir) / f"{stamp}-{safe_name(name)}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path(runs_dir) / f"{stamp}-{safe_name(name)}-{suffix}"
-    path.mkdir(parents=True)
-    return path
+    try:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+        for suffix in range(1, 1000):
+            path = Path(runs_dir) / (f"{stamp}-{safe_name(name)}" + (f"-{suffix}" if suffix > 1 else ""))
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise UserError(f"cannot create a run folder in '{runs_dir}' ({e.strerror}); choose a writable "
+                        "--runs-dir") from None
+    raise UserError(f"too many runs named '{name}' this second in '{runs_dir}'; give another --name")
+
+
+def environment(device: torch.device, weights: WeightsSource) -> dict:
+    """What the numbers depend on besides the config: CPU results vary with the thread count."""
+    return {"weights": {"kind": weights.kind, "location": weights.location, "fingerprint": weights.fingerprint},
+            "versions": {name: version(name) for name in VERSIONED_PACKAGES} | {"python": platform.python_version()},
+            "torch_threads": torch.get_num_threads(), "device": str(device), "machine": platform.machine()}
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+        return stored
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read run config '{path}' ({e}); is this a transferlab run folder?") from None
 
 
 def checkpoint_path(run_dir: Path, phase: str) -> Path:
@@ -45,7 +76,9 @@ def save_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module, optimize
                "best_state": state.best_state,
                "state": {"next_epoch": state.next_epoch, "history": json.dumps(state.history),
                          "best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc}}
-    write_atomic(checkpoint_path(run_dir, phase), lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()  # serialised in memory: a full disk then fails as a plain OSError naming the file
+    torch.save(payload, buffer)
+    write_bytes_atomic(checkpoint_path(run_dir, phase), buffer.getvalue())
 
 
 def load_checkpoint(run_dir: Path, phase: str) -> tuple[dict, dict, PhaseState] | None:

@@ -1,0 +1,197 @@
+"""Stopping a run at every stage (SIGINT, SIGTERM, SIGKILL), then --resume: the same result as never stopping.
+
+A stage is entered through a function the test wraps so that the signal arrives exactly there: decode
+(decode_images), cache (prefix_outputs), and after the first checkpoint of the frozen, fine-tune and scratch
+phases. SIGINT is sent in-process (the run's own handler must turn it into RunInterrupted); SIGKILL is sent
+by a child process to itself, so nothing at all gets to clean up.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from transferlab import compare, resume
+from transferlab.cli import main
+from transferlab.experiments import compare as compare_module
+from transferlab.experiments import datasets
+from transferlab.experiments.interrupts import RunInterrupted
+
+STAGES = ["decode", "cache", "frozen", "finetuned", "scratch"]
+EPOCHS = dict(frozen_epochs=2, finetune_epochs=2, scratch_epochs=2)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _accuracies(run_dir: Path) -> dict:
+    phases = json.loads((run_dir / "results.json").read_text())["phases"]
+    return {name: p["val_acc"] for name, p in phases.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(small_data, tmp_path_factory) -> Path:
+    return compare(tiny_config(small_data, tmp_path_factory.mktemp("reference"), **EPOCHS))
+
+
+def _signal_at(stage: str, monkeypatch, send) -> None:
+    """Make `send()` happen when the run reaches `stage`."""
+    if stage in ("decode", "cache"):
+        module, name = (datasets, "decode_images") if stage == "decode" else (compare_module, "prefix_outputs")
+        original = getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            send()
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapped)
+        return
+    original = compare_module.save_checkpoint
+
+    def after_first_epoch(run_dir, phase, *args):
+        original(run_dir, phase, *args)
+        if phase == stage:
+            send()
+    monkeypatch.setattr(compare_module, "save_checkpoint", after_first_epoch)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data, reference, tmp_path,
+                                                               monkeypatch):
+    cfg = tiny_config(small_data, tmp_path, **EPOCHS)
+    with monkeypatch.context() as patch:
+        _signal_at(stage, patch, lambda: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(RunInterrupted) as stopped:
+            compare(cfg)
+    run_dir = stopped.value.run_dir
+    assert not (run_dir / "results.json").exists()
+    assert (run_dir / "split.json").exists() and (run_dir / "config.json").exists()
+    assert f"--resume {run_dir}" in str(stopped.value)
+    resume(run_dir, show_progress=False)
+    assert _metrics(run_dir) == _metrics(reference)
+    assert _accuracies(run_dir) == _accuracies(reference)
+
+
+DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from transferlab.cli import main
+    from transferlab.experiments import compare, datasets
+    stage = sys.argv[1]
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    if stage in ("decode", "cache"):
+        module, name = (datasets, "decode_images") if stage == "decode" else (compare, "prefix_outputs")
+        original = getattr(module, name)
+        setattr(module, name, lambda *a, **k: die())
+    else:
+        original = compare.save_checkpoint
+        def after(run_dir, phase, *a):
+            original(run_dir, phase, *a)
+            if phase == stage:
+                die()
+        compare.save_checkpoint = after
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def _cli_args(cfg, runs_dir: Path) -> list[str]:
+    return ["compare", str(cfg.data_dir), "--backbone", cfg.backbone, "--image-size", str(cfg.image_size_px),
+            "--scratch-epochs", "2", "--frozen-epochs", "2", "--finetune-epochs", "2", "--unfreeze-last",
+            str(cfg.unfreeze_last), "--batch-size", str(cfg.batch_size), "--runs-dir", str(runs_dir),
+            "--cache-dir", str(cfg.cache_dir), "--quiet"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_at_each_stage_then_resume_equals_uninterrupted(stage, small_data, reference, tmp_path):
+    cfg = tiny_config(small_data, tmp_path, **EPOCHS)
+    killed = subprocess.run([sys.executable, "-c", DRIVER, stage, *_cli_args(cfg, tmp_path / "runs")],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert not (run_dir / "results.json").exists()
+    for path in run_dir.rglob("*.json*"):  # whatever was written is whole
+        [json.loads(line) for line in path.read_text().splitlines()] if path.suffix == ".jsonl" \
+            else json.loads(path.read_text())
+    assert main(["compare", "--resume", str(run_dir), "--quiet"]) == 0
+    assert _metrics(run_dir) == _metrics(reference)
+    assert _accuracies(run_dir) == _accuracies(reference)
+
+
+def test_sigterm_in_a_child_exits_130_with_the_resume_command(small_data, tmp_path):
+    cfg = tiny_config(small_data, tmp_path, **EPOCHS)
+    driver = DRIVER.replace("signal.SIGKILL", "signal.SIGTERM")
+    stopped = subprocess.run([sys.executable, "-c", driver, "frozen", *_cli_args(cfg, tmp_path / "runs")],
+                             capture_output=True, text=True, timeout=300)
+    run_dir, = (tmp_path / "runs").iterdir()
+    assert stopped.returncode == 130, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().endswith(f"transferlab compare --resume {run_dir}")
+
+
+@pytest.fixture
+def interrupted_run(small_data, tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """A copy of the data and a run on it stopped after the first frozen epoch."""
+    data = tmp_path / "data"
+    shutil.copytree(small_data, data)
+    with monkeypatch.context() as patch:
+        _signal_at("frozen", patch, lambda: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(RunInterrupted) as stopped:
+            compare(tiny_config(data, tmp_path, **EPOCHS))
+    return data, stopped.value.run_dir
+
+
+def _resume_error(run_dir: Path, capsys) -> str:
+    assert main(["compare", "--resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    return err
+
+
+def test_resume_refuses_a_removed_image(interrupted_run, capsys):
+    data, run_dir = interrupted_run
+    victim = sorted((data / "Coat").iterdir())[3]
+    victim.unlink()
+    err = _resume_error(run_dir, capsys)
+    assert "removed" in err and victim.name in err
+
+
+def test_resume_refuses_a_changed_image(interrupted_run, capsys):
+    data, run_dir = interrupted_run
+    victim = sorted((data / "Dress").iterdir())[5]
+    other = sorted((data / "Shirt").iterdir())[0]
+    victim.write_bytes(other.read_bytes())
+    err = _resume_error(run_dir, capsys)
+    assert "changed" in err and victim.name in err
+
+
+def test_resume_refuses_an_added_image(interrupted_run, capsys):
+    data, run_dir = interrupted_run
+    shutil.copy(sorted((data / "Dress").iterdir())[0], data / "Dress" / "new.png")
+    err = _resume_error(run_dir, capsys)
+    assert "new.png" in err and "changed" in err
+
+
+def test_resume_refuses_other_options(interrupted_run, capsys):
+    _, run_dir = interrupted_run
+    assert main(["compare", "--resume", str(run_dir), "--seed", "3", "--finetune-lr=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "--finetune-lr" in err and err.count("\n") == 1
+
+
+def test_config_json_holds_the_resolved_config(interrupted_run, monkeypatch, tmp_path):
+    _, run_dir = interrupted_run
+    stored = json.loads((run_dir / "config.json").read_text())
+    cfg, env = stored["config"], stored["environment"]
+    assert cfg["backbone"] == "tf_efficientnet_lite0" and cfg["image_size_px"] == 32
+    assert all(Path(cfg[k]).is_absolute() for k in ("data_dir", "runs_dir", "cache_dir"))
+    assert env["torch_threads"] >= 1 and env["versions"]["torch"] and env["weights"]["fingerprint"]
+    monkeypatch.chdir(tmp_path.parent)  # a resume from another working directory finds the same data
+    resume(run_dir, show_progress=False)
+    assert (run_dir / "results.json").exists()
