@@ -1,18 +1,29 @@
 """Decode and prefix caches: exact, invalidated by any change that matters, never trusted when corrupt."""
 
+import os
+
 import numpy as np
+import PIL
 import pytest
+import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
 
+from transferlab.data import decoded as decoded_module
+from transferlab.data import row_store
 from transferlab.data.decoded import decode_images
 from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore
 from transferlab.data.scan import scan_image_folder
+from transferlab.models import weights
 from transferlab.models.backbones import load_backbone
 from transferlab.models.freezing import unfreeze_last_layers
 from transferlab.models.transfer_model import TransferModel
-from transferlab.training.prefix_cache import prefix_outputs
+from transferlab.models.weights import load_pretrained
+from transferlab.training import prefix_cache
+from transferlab.training.prefix_cache import compute_dtype, prefix_outputs
 
 CPU = torch.device("cpu")
 
@@ -79,20 +90,105 @@ def test_a_changed_image_is_decoded_again(small_data, tmp_path):
     assert after.content_keys[1:] == before.content_keys[1:]
 
 
-def test_corrupt_cache_is_detected_and_rebuilt(tmp_path):
+def _segment(store_dir):
+    segment, = store_dir.glob("seg-*.bin")
+    return segment
+
+
+def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     store = RowStore(tmp_path / "s", (4,), "float16")
     store.add(["a", "b"], np.ones((2, 4)))
-    rows = tmp_path / "s" / "rows.bin"
-    data = bytearray(rows.read_bytes())
-    data[-1] ^= 0xFF  # flip bits in the last stored value
-    rows.write_bytes(bytes(data))
-    with pytest.warns(UserWarning, match="corrupt"):
+    segment = _segment(tmp_path / "s")
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF  # flip bits in the last stored value, in place: same size, same inode
+    segment.write_bytes(bytes(data))
+    monkeypatch.setattr(row_store, "_DIGESTS", {})  # a new process: checksums not verified yet
+    with pytest.warns(UserWarning, match="corrupt.*checksum"):
         reopened = RowStore(tmp_path / "s", (4,), "float16")
     assert len(reopened) == 0 and reopened.missing(["a", "b"]) == ["a", "b"]
     reopened.add(["a", "b"], np.ones((2, 4)))
-    rows.write_bytes(rows.read_bytes()[:-3])  # truncated, as by a crash or a full disk
+    assert not segment.exists()  # dropped from the index and removed when the rows were written again
+    assert (RowStore(tmp_path / "s", (4,), "float16").rows(["b"])[np.array([0])] == 1).all()
+    rebuilt = _segment(tmp_path / "s")
+    rebuilt.write_bytes(rebuilt.read_bytes()[:-3])  # truncated, as by a crash or a full disk
     with pytest.warns(UserWarning, match="corrupt"):
         assert len(RowStore(tmp_path / "s", (4,), "float16")) == 0
+
+
+def test_prefix_cache_for_a_second_cut_on_a_warm_cache(small_data, tmp_path, lite0_48):
+    pretrained, model = lite0_48
+    prep = pretrained.preprocessing
+    decoded = _decode(small_data, prep, tmp_path)
+    end, cut_a, cut_b = len(model.units), len(model.units) - 2, len(model.units) - 3
+    few = np.arange(10)
+    args = decoded.pixels.subset(few), decoded.content_keys[:10], prep, tmp_path, "lite0", CPU
+    prefix_outputs(model, [end, cut_a], *args, show_progress=False)
+    pooled, at_b = prefix_outputs(model, [end, cut_b], *args, show_progress=False)  # pooled store is complete
+    alone, = prefix_outputs(model, [cut_b], *args[:3], tmp_path / "fresh", *args[4:], show_progress=False)
+    assert np.array_equal(at_b[few], alone[few])
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "prefix").rglob("*")}
+    again = prefix_outputs(model, [end, cut_b], *args, show_progress=False)
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "prefix").rglob("*")} == before
+    assert np.array_equal(again[0][few], pooled[few]) and np.array_equal(again[1][few], at_b[few])
+
+
+def test_prefix_cache_is_keyed_by_compute_dtype_and_versions(small_data, tmp_path, lite0_48, monkeypatch):
+    pretrained, model = lite0_48
+    prep = pretrained.preprocessing
+    decoded = _decode(small_data, prep, tmp_path)
+    few = np.arange(6)  # four passes: a few images show the keys apart
+    args = [len(model.units)], decoded.pixels.subset(few), decoded.content_keys[:6], prep, tmp_path, "lite0", CPU
+
+    def store_dirs():
+        prefix_outputs(model, *args, show_progress=False)
+        return {p.name for p in (tmp_path / "prefix").iterdir()}
+
+    seen = [store_dirs()]
+    assert compute_dtype(CPU) == "torch.float32"
+    monkeypatch.setattr(prefix_cache, "compute_dtype", lambda device: "torch.bfloat16")
+    seen.append(store_dirs())
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    seen.append(store_dirs())
+    monkeypatch.setattr(timm, "__version__", "0.0.1")
+    seen.append(store_dirs())
+    assert [len(dirs) for dirs in seen] == [1, 2, 3, 4]
+
+
+def test_decoded_cache_is_keyed_by_decoder_and_pillow_versions(small_data, tmp_path, monkeypatch):
+    prep = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)
+    decoded_calls = []
+    original = decoded_module.load_for_model
+    monkeypatch.setattr(decoded_module, "load_for_model", lambda *a: decoded_calls.append(1) or original(*a))
+    n_images = len(_decode(small_data, prep, tmp_path).images)
+    _decode(small_data, prep, tmp_path)
+    assert len(decoded_calls) == n_images  # warm: nothing decoded again
+    monkeypatch.setattr(decoded_module, "DECODER_VERSION", decoded_module.DECODER_VERSION + 1)
+    _decode(small_data, prep, tmp_path)
+    monkeypatch.setattr(PIL, "__version__", "0.0.1")
+    _decode(small_data, prep, tmp_path)
+    assert len(decoded_calls) == 3 * n_images
+    assert len(list((tmp_path / "decoded").iterdir())) == 3
+
+
+@pytest.mark.parametrize("kind", ["file", "package"])
+def test_weights_fingerprint_follows_content_not_name(tmp_path, monkeypatch, kind):
+    model = nn.Linear(4, 2)
+
+    def fingerprint(path):
+        monkeypatch.setattr(weights, "packaged_weights_path", lambda backbone: path)
+        return load_pretrained(model, "tf_efficientnet_lite0", path if kind == "file" else None).fingerprint
+
+    save_file({"weight": torch.ones(2, 4), "bias": torch.zeros(2)}, tmp_path / "a.safetensors")
+    first = fingerprint(tmp_path / "a.safetensors")
+    (tmp_path / "a.safetensors").rename(tmp_path / "b.safetensors")
+    assert fingerprint(tmp_path / "b.safetensors") == first
+    # other weights under the same name, size and mtime (as `cp -p` or rsync leave them)
+    stat = (tmp_path / "b.safetensors").stat()
+    save_file({"weight": torch.full((2, 4), 2.0), "bias": torch.zeros(2)}, tmp_path / "c.safetensors")
+    os.utime(tmp_path / "c.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (tmp_path / "c.safetensors").replace(tmp_path / "b.safetensors")
+    assert (tmp_path / "b.safetensors").stat().st_size == stat.st_size
+    assert fingerprint(tmp_path / "b.safetensors") != first
 
 
 def test_one_pass_caches_every_requested_cut(small_data, tmp_path, lite0_48):
@@ -126,4 +222,6 @@ def test_rows_written_without_their_index_are_cut_off(tmp_path):
     reopened = RowStore(tmp_path / "s", (4,), "float16")
     assert reopened.missing(["a", "b"]) == ["b"]
     assert (reopened.rows(["a"])[np.array([0])] == 1).all()
-    assert (tmp_path / "s" / "rows.bin").stat().st_size == 4 * 2
+    assert sorted(p.name for p in (tmp_path / "s").iterdir() if p.name != "index.json") == \
+        [".lock", _segment(tmp_path / "s").name]  # the half-written segment is gone
+    assert _segment(tmp_path / "s").stat().st_size == 4 * 2

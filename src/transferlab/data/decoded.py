@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 from tqdm import tqdm
 
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
@@ -31,6 +32,12 @@ class DecodedImages:
 
 
 DECODE_CHUNK = 256  # images decoded before they are written to the cache
+DECODER_VERSION = 1  # raise whenever images.py decodes differently: the decoded cache is keyed by it
+
+
+def decoded_cache_dir(cache_dir: Path, prep: Preprocessing) -> Path:
+    """Decoded pixels depend on the geometry, on our decoder and on Pillow's (its resampling changes)."""
+    return Path(cache_dir) / "decoded" / f"{prep.geometry_key()}-decoder{DECODER_VERSION}-pillow{PIL.__version__}"
 
 
 def _digest_or_skip(path: Path) -> str | SkippedFile:
@@ -59,7 +66,7 @@ def decode_images(images: list[LabelledImage], prep: Preprocessing, cache_dir: P
     kept = [(im, d) for im, d in zip(images, digests) if isinstance(d, str)]
 
     size = prep.image_size_px
-    store = RowStore(Path(cache_dir) / "decoded" / prep.geometry_key(), (size, size, 3), "uint8")
+    store = RowStore(decoded_cache_dir(cache_dir, prep), (size, size, 3), "uint8")
     missing = set(store.missing([d for _, d in kept]))
     todo = {d: im.path for im, d in kept if d in missing}
     failures: dict[str, str] = {}

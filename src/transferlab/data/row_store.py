@@ -2,32 +2,81 @@
 
 Used for decoded pixels, pooled backbone features and activations at a fine-tuning cut. Rows are
 appended for images not seen before, so a second run, a sweep or a subset study only computes what is
-new. Rows live in a raw file read through a memory map; the index (keys, shape, dtype, a checksum per
-appended segment) is written atomically after the rows are on disk, so rows that a crash left without
-an index are cut off, and a corrupt file is detected and rebuilt, never used.
+new. Several processes may share one store, so:
+- each append is one immutable segment file, written aside and published by an atomic rename; no
+  published file is ever truncated, rewritten or appended to;
+- the index (the keys and checksum of each segment) is replaced atomically under a file lock, after
+  re-reading it, so two writers merge their segments instead of overwriting each other's;
+- readers modify nothing and hold every segment open, so what they read never changes under them even
+  if another process replaces the store;
+- only a checksum (or an unparseable index) makes a segment corrupt: it is dropped from the index and
+  its rows computed again; a bug in the caller stays a traceback and deletes nothing.
+A read-only cache is used as it is: rows it lacks are computed and kept in memory for this run.
 """
 
+import errno
 import hashlib
+import itertools
 import json
+import mmap
 import os
+import re
+import time
 import warnings
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
+from filelock import FileLock
 
 from transferlab.atomic import write_json_atomic
 
 CHUNK_BYTES = 64 << 20
+INDEX_FORMAT = 2
+STALE_TEMP_SECONDS = 24 * 3600  # a segment still being written is touched far more often than this
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+SEGMENT_NAME = re.compile(r"seg-[0-9a-f]{32}\.bin")
+
+# Per process: checksums already verified, by file version, so that each segment is read once per run
+# however often its store is opened; and read-only folders already warned about.
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}
+_WARNED_READ_ONLY: set[Path] = set()
+
+
+def _stream_digest(f: BinaryIO) -> str:
+    """Read (not memory-map) so that hashing a large file does not count towards resident memory."""
+    h = hashlib.blake2b(digest_size=16)
+    while chunk := f.read(CHUNK_BYTES):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _version_of(fd: int) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _digest_once(fd: int) -> str:
+    key = _version_of(fd)
+    if key not in _DIGESTS:
+        with open(fd, "rb", closefd=False) as f:
+            f.seek(0)
+            _DIGESTS[key] = _stream_digest(f)
+    return _DIGESTS[key]
 
 
 def file_digest(path: Path) -> str:
     """Content hash of an image file: renames and moves keep the cache, any edited byte invalidates."""
-    h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
+        return _stream_digest(f)
+
+
+def file_digest_once(path: Path) -> str:
+    """`file_digest`, read once per process per version of the file (device, inode, size, mtime)."""
+    with open(path, "rb") as f:
+        return _digest_once(f.fileno())
 
 
 def key_digest(*parts: object) -> str:
@@ -35,16 +84,40 @@ def key_digest(*parts: object) -> str:
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
-def _segment_digest(f, n_bytes: int) -> str:
-    """Read (not memory-map) so that checking a large cache does not count towards resident memory."""
-    h = hashlib.blake2b(digest_size=16)
-    while n_bytes > 0:
-        chunk = f.read(min(CHUNK_BYTES, n_bytes))
-        if not chunk:
-            raise ValueError("file is shorter than its index says")
-        h.update(chunk)
-        n_bytes -= len(chunk)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class Segment:
+    """One entry of the index: a file of len(keys) rows, in the order of `keys`."""
+
+    file: str
+    keys: tuple[str, ...]
+    checksum: str
+
+
+class CorruptIndex(Exception):
+    """index.json exists but is not an index this code wrote."""
+
+
+def _parse_index(text: str) -> tuple[tuple[int, ...], str, list[Segment]]:
+    try:
+        index = json.loads(text)
+        if index["format"] != INDEX_FORMAT:
+            raise CorruptIndex(f"format {index['format']!r}, not {INDEX_FORMAT}")
+        segments = [Segment(s["file"], tuple(s["keys"]), s["checksum"]) for s in index["segments"]]
+        row_shape, dtype = tuple(int(n) for n in index["row_shape"]), str(index["dtype"])
+    except (ValueError, KeyError, TypeError) as e:  # a JSON document, but not ours (or cut short)
+        raise CorruptIndex(f"unparseable index: {type(e).__name__}: {e}") from None
+    for s in segments:
+        if not SEGMENT_NAME.fullmatch(s.file) or not all(isinstance(k, str) for k in s.keys):
+            raise CorruptIndex(f"unparseable index: bad segment entry {s.file!r}")
+    return row_shape, dtype, segments
+
+
+def _unwritable_root(directory: Path) -> Path:
+    """The highest folder above `directory` that cannot be written: one warning covers every store in it."""
+    path = next(p for p in (directory, *directory.parents) if p.exists())
+    while path.parent != path and not os.access(path.parent, os.W_OK):
+        path = path.parent
+    return path
 
 
 class RowStore:
@@ -55,38 +128,78 @@ class RowStore:
         self.row_shape = tuple(row_shape)
         self.dtype = np.dtype(dtype)
         self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
-        self._rows_path = self.directory / "rows.bin"
         self._index_path = self.directory / "index.json"
-        self._segments: list[dict] = []
-        self._rows, self._row_of = self._open()
+        self._open: dict[str, MappedSegment] = {}  # segments this store has verified and holds open
+        self._corrupt: set[str] = set()             # segment files whose checksum failed: to drop
+        self._in_memory: list[tuple[list[str], np.ndarray]] = []  # rows a read-only cache could not keep
+        self.is_read_only = False
+        self._load()
 
-    def _open(self) -> tuple[np.ndarray, dict[str, int]]:
-        empty = np.zeros((0, *self.row_shape), self.dtype)
-        if not self._index_path.exists():
-            self._segments = []
-            self._rows_path.unlink(missing_ok=True)
-            return empty, {}
+    def _read_index(self) -> list[Segment]:
+        """The published segments; raises CorruptIndex. A different shape or dtype is a bug, not corruption:
+        the folder name of every store includes what decides them."""
         try:
-            index = json.loads(self._index_path.read_text())
-            if tuple(index["row_shape"]) != self.row_shape or index["dtype"] != self.dtype.name:
-                raise ValueError("row shape or dtype differ from the index")
-            n_rows = len(index["keys"])
-            if sum(s["rows"] for s in index["segments"]) != n_rows:
-                raise ValueError("segments do not add up to the keys")
-            with open(self._rows_path, "r+b") as f:
-                for segment in index["segments"]:
-                    if _segment_digest(f, segment["rows"] * self.row_bytes) != segment["checksum"]:
-                        raise ValueError("contents do not match the index checksum")
-                f.truncate(n_rows * self.row_bytes)  # rows appended by a run that died before its index
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            warnings.warn(f"cache {self.directory} is corrupt ({e}); rebuilding it", stacklevel=3)
-            self._index_path.unlink(missing_ok=True)
-            self._rows_path.unlink(missing_ok=True)
-            self._segments = []
-            return empty, {}
-        self._segments = index["segments"]
-        rows = MappedRows(self._rows_path, self.dtype, (n_rows, *self.row_shape)) if n_rows else empty
-        return rows, {k: i for i, k in enumerate(index["keys"])}
+            text = self._index_path.read_text()
+        except FileNotFoundError:
+            return []
+        row_shape, dtype, segments = _parse_index(text)
+        if row_shape != self.row_shape or dtype != self.dtype.name:
+            raise ValueError(f"cache {self.directory} holds rows of {row_shape} {dtype}, not {self.row_shape} "
+                             f"{self.dtype.name}: its folder name should differ")
+        return segments
+
+    def _warn_corrupt(self, what: str) -> None:
+        warnings.warn(f"cache {self.directory} is corrupt ({what}); its rows will be computed again")
+
+    def _open_segment(self, segment: Segment) -> "MappedSegment | None":
+        """The segment held open if its size and checksum match the index; None if it is missing/corrupt."""
+        try:
+            fd = os.open(self.directory / segment.file, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        mapped = MappedSegment(fd, len(segment.keys), self.row_shape, self.dtype)
+        if os.fstat(fd).st_size != len(segment.keys) * self.row_bytes:
+            self._warn_corrupt(f"{segment.file} has another size than its index says")
+        elif _digest_once(fd) != segment.checksum:
+            self._warn_corrupt(f"{segment.file} does not match its checksum")
+        else:
+            return mapped
+        self._corrupt.add(segment.file)
+        return None
+
+    def _load(self) -> None:
+        """Read the index and hold its segments open; opening a store never writes anything."""
+        try:
+            segments = self._read_index()
+        except CorruptIndex as e:
+            self._warn_corrupt(str(e))
+            segments = []
+        held: dict[str, MappedSegment] = {}
+        for segment in segments:
+            if segment.file in self._corrupt:
+                continue
+            mapped = self._open.get(segment.file) or self._open_segment(segment)
+            if mapped is not None:
+                held[segment.file] = mapped
+            elif segment.file not in self._corrupt:  # no such file
+                if not self._index_changed_since(segments):
+                    self._warn_corrupt(f"{segment.file} is missing")
+                    self._corrupt.add(segment.file)
+                return self._load()  # or a writer dropped it after we read the index: read it again
+        self._open = held
+        kept = [s for s in segments if s.file in held]
+        parts = [held[s.file] for s in kept] + [rows for _, rows in self._in_memory]
+        keys = [s.keys for s in kept] + [keys for keys, _ in self._in_memory]
+        self._rows = MappedRows(parts, self.row_shape, self.dtype)
+        self._row_of: dict[str, int] = {}
+        for row, key in enumerate(itertools.chain.from_iterable(keys)):
+            self._row_of.setdefault(key, row)
+
+    def _index_changed_since(self, segments: list[Segment]) -> bool:
+        try:
+            return self._read_index() != segments
+        except CorruptIndex:
+            return True
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -97,54 +210,170 @@ class RowStore:
     def add(self, keys: list[str], rows: np.ndarray) -> None:
         self.append([(keys, rows)])
 
+    def _new_rows(self, chunks: Iterable[tuple[list[str], np.ndarray]]) -> Iterator[tuple[list[str], np.ndarray]]:
+        """The rows of keys the store lacks (first occurrence), chunk by chunk; empty chunks are dropped."""
+        seen = set(self._row_of)
+        for keys, rows in chunks:
+            data = np.ascontiguousarray(rows, dtype=self.dtype)
+            if data.shape != (len(keys), *self.row_shape):
+                raise ValueError(f"rows of shape {data.shape} for {len(keys)} keys of {self.row_shape}")
+            keep = []
+            for i, key in enumerate(keys):
+                if key not in seen:
+                    seen.add(key)
+                    keep.append(i)
+            if keep:
+                yield [keys[i] for i in keep], data[keep]
+
     def append(self, chunks: Iterable[tuple[list[str], np.ndarray]]) -> None:
-        """Stream (keys, rows) chunks to disk: memory holds one chunk, never the whole table."""
-        new_keys: list[str] = []
+        """Stream (keys, rows) chunks into a new segment: memory holds one chunk, never the whole table.
+
+        Keys the store has are skipped; with nothing new, nothing is written (not even the index).
+        """
+        new_rows = self._new_rows(chunks)
+        first = next(new_rows, None)
+        if first is None:
+            return
+        new_rows = itertools.chain([first], new_rows)
+        temp = None if self.is_read_only else self._create_temp()
+        if temp is None:
+            self._keep_in_memory(new_rows)
+            return
+        try:
+            segment = self._write_segment(temp, new_rows)
+            self._publish(temp, segment)
+        except OSError as e:
+            if e.filename is None:  # a failed write() names no file; the user needs to know which disk
+                raise OSError(e.errno, e.strerror, str(self.directory)) from e
+            raise
+        finally:
+            temp.unlink(missing_ok=True)
+        self._load()
+
+    def _create_temp(self) -> Path | None:
+        """A temp file beside the segments, or None (and one warning) if the cache cannot be written."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temp = self.directory / f".seg-{os.urandom(16).hex()}.tmp"
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies: a shared cache
+        except OSError as e:
+            if e.errno not in READ_ONLY_ERRNOS:
+                raise
+            self.is_read_only = True
+            root = _unwritable_root(self.directory)
+            if root not in _WARNED_READ_ONLY:
+                _WARNED_READ_ONLY.add(root)
+                warnings.warn(f"cache {root} is read-only ({e.strerror}); what it lacks is computed for this run "
+                              "and not saved")
+            return None
+        return temp
+
+    def _keep_in_memory(self, new_rows: Iterable[tuple[list[str], np.ndarray]]) -> None:
+        chunks = list(new_rows)
+        self._in_memory.append(([k for keys, _ in chunks for k in keys], np.concatenate([r for _, r in chunks])))
+        self._load()
+
+    def _write_segment(self, temp: Path, new_rows: Iterable[tuple[list[str], np.ndarray]]) -> Segment:
+        keys: list[str] = []
         h = hashlib.blake2b(digest_size=16)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._rows = None  # drop the read-only map before writing to the file
-        with open(self._rows_path, "ab") as f:
-            for keys, rows in chunks:
-                data = np.ascontiguousarray(rows, dtype=self.dtype)
-                if data.shape != (len(keys), *self.row_shape):
-                    raise ValueError(f"rows of shape {data.shape} for {len(keys)} keys of {self.row_shape}")
-                f.write(memoryview(data).cast("B"))
-                h.update(memoryview(data).cast("B"))
-                new_keys += keys
+        with open(temp, "wb") as f:
+            for chunk_keys, rows in new_rows:
+                f.write(memoryview(rows).cast("B"))
+                h.update(memoryview(rows).cast("B"))
+                keys += chunk_keys
             f.flush()
             os.fsync(f.fileno())
-        if new_keys:
-            segments = self._segments + [{"rows": len(new_keys), "checksum": h.hexdigest()}]
-            write_json_atomic(self._index_path, {"keys": list(self._row_of) + new_keys,
-                                                 "row_shape": list(self.row_shape), "dtype": self.dtype.name,
-                                                 "segments": segments})
-        self._rows, self._row_of = self._open()
+            _DIGESTS[_version_of(f.fileno())] = h.hexdigest()  # the writer has just read every byte
+        return Segment(f"seg{temp.name[4:-4]}.bin", tuple(keys), h.hexdigest())  # .seg-X.tmp -> seg-X.bin
+
+    def _publish(self, temp: Path, segment: Segment) -> None:
+        """Under the lock: re-read the index, drop corrupt segments, add ours if it brings a new key."""
+        with FileLock(self.directory / ".lock"):
+            try:
+                published = self._read_index()
+            except CorruptIndex:
+                published = []  # already warned about on open; replaced now
+            kept = [s for s in published if s.file not in self._corrupt and (self.directory / s.file).exists()]
+            present = {k for s in kept for k in s.keys}
+            final = self.directory / segment.file
+            if any(k not in present for k in segment.keys):
+                os.replace(temp, final)
+                kept.append(segment)
+            try:
+                if kept != published:
+                    write_json_atomic(self._index_path, {
+                        "format": INDEX_FORMAT, "row_shape": list(self.row_shape), "dtype": self.dtype.name,
+                        "segments": [{"file": s.file, "keys": list(s.keys), "checksum": s.checksum} for s in kept]})
+            except BaseException:
+                final.unlink(missing_ok=True)
+                raise
+            self._remove_unreferenced({s.file for s in kept})
+
+    def _remove_unreferenced(self, referenced: set[str]) -> None:
+        """Segments no index names (dropped as corrupt, or a writer died before its index) and stale temp files.
+
+        Unlinking leaves a reader that holds the file open reading exactly what it read before.
+        """
+        for path in self.directory.iterdir():
+            name = path.name
+            try:
+                if (SEGMENT_NAME.fullmatch(name) and name not in referenced) or (
+                        name.startswith(".") and name.endswith(".tmp")
+                        and time.time() - path.stat().st_mtime > STALE_TEMP_SECONDS):
+                    path.unlink()
+            except FileNotFoundError:  # a writer's temp file, renamed or removed meanwhile
+                pass
 
     def rows(self, keys: list[str]) -> "RowView":
         return RowView(self._rows, np.array([self._row_of[k] for k in keys], dtype=np.int64))
 
 
-class MappedRows:
-    """Rows in a file, memory-mapped for each read only: pages read for one batch leave the process with
-    it, so resident memory stays at a batch, not the whole file (10,000 images at 224 px are 1.4 GB)."""
+class MappedSegment:
+    """One segment file, held open and memory-mapped for each read only: pages read for one batch leave
+    the process with it, so resident memory stays at a batch, not the whole file (10,000 images at 224 px
+    are 1.4 GB). The open descriptor, not the path, is what is mapped: the rows never change under a
+    reader, even if another process drops or replaces the file."""
 
-    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, ...]):
-        self.path, self.dtype, self.shape = path, dtype, shape
+    def __init__(self, fd: int, n_rows: int, row_shape: tuple[int, ...], dtype: np.dtype):
+        self.fd, self.shape, self.dtype = fd, (n_rows, *row_shape), dtype
+        weakref.finalize(self, os.close, fd)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def __getitem__(self, rows) -> np.ndarray:
-        mapped = np.memmap(self.path, self.dtype, mode="r", shape=self.shape)
-        batch = np.array(mapped[rows])
-        del mapped  # the last reference: the mapping and its resident pages go now
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        with mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) as mapped:
+            table = np.frombuffer(mapped, self.dtype, count=int(np.prod(self.shape))).reshape(self.shape)
+            batch = table[np.asarray(rows, dtype=np.int64)]  # an index array: a copy, not a view of the map
+            del table  # the last reference: the mapping and its resident pages go now
         return batch
 
 
-class RowView:
-    """The rows for one list of keys, gathered per batch from the memory map (never all at once)."""
+class MappedRows:
+    """The rows of a store, numbered across its segments (and rows kept in memory) in index order."""
 
-    def __init__(self, array: np.ndarray, row_indices: np.ndarray):
+    def __init__(self, parts: list[MappedSegment | np.ndarray], row_shape: tuple[int, ...], dtype: np.dtype):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+        self.shape, self.dtype = (int(self.starts[-1]), *row_shape), dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        part_of = np.searchsorted(self.starts, rows, side="right") - 1
+        for part in np.unique(part_of):
+            here = part_of == part
+            out[here] = self.parts[part][rows[here] - self.starts[part]]
+        return out
+
+
+class RowView:
+    """The rows for one list of keys, gathered per batch from the segments (never all at once)."""
+
+    def __init__(self, array: MappedRows | np.ndarray, row_indices: np.ndarray):
         self.array = array
         self.row_indices = row_indices
 
@@ -160,3 +389,7 @@ class RowView:
         out = np.empty((len(rows), *self.array.shape[1:]), self.array.dtype)
         out[order] = self.array[rows[order]]
         return out
+
+    def subset(self, positions: np.ndarray | list[int]) -> "RowView":
+        """The rows at `positions` of this view, still read per batch (a train or validation split)."""
+        return RowView(self.array, self.row_indices[np.asarray(positions, dtype=np.int64)])

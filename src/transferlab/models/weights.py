@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from transferlab.data.row_store import file_digest_once
 from transferlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ PACKAGED_WEIGHTS = {
 class WeightsSource:
     kind: str         # "file", "package", "hub", "random"
     location: str     # path, package name or hub id
-    fingerprint: str  # part of every cache key built on these weights
+    fingerprint: str  # part of every cache key built on these weights: the file's content hash, not its name
 
 
 def how_to_get_weights(backbone: str) -> str:
@@ -140,12 +141,11 @@ def load_pretrained(model: nn.Module, backbone: str, weights_file: Path | None) 
     if weights_file is not None:
         path = Path(weights_file)
         load_matching(model, read_state_dict(path), str(path))
-        stat = path.stat()
-        return WeightsSource("file", str(path.resolve()), f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+        return WeightsSource("file", str(path.resolve()), f"file:{file_digest_once(path)}")
     packaged = packaged_weights_path(backbone)
     if packaged is not None:
         load_matching(model, read_state_dict(packaged), PACKAGED_WEIGHTS[backbone].package)
-        return WeightsSource("package", PACKAGED_WEIGHTS[backbone].package, f"package:{packaged.name}")
+        return WeightsSource("package", PACKAGED_WEIGHTS[backbone].package, f"package:{file_digest_once(packaged)}")
     hub_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id", backbone)
     if not (hub_weights_cached(model) or hub_is_reachable()):
         raise UserError(f"no pretrained weights for '{backbone}' here (offline, not in the hub cache); "

@@ -8,6 +8,7 @@ parameters, so a cached output equals what the full forward pass would compute.
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from tqdm import tqdm
 
@@ -23,22 +24,25 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
                    view: int = 0, batch_size: int = 64, show_progress: bool = True) -> list[RowView]:
     """Outputs of units[:n] for each n in `last_units` (view 0 = unaugmented), computed only if missing.
 
-    All requested cuts come out of one pass through the prefix. `model_key` must identify the backbone
-    and its weights; preprocessing, the cut and the view are added here, so any change to them lands in
-    a different cache.
+    All requested cuts come out of one pass through the prefix; a cut whose cache is complete is neither
+    computed nor written. `model_key` must identify the backbone and its weights; preprocessing, the cut,
+    the view, the dtype the prefix runs in and the timm/torch versions are added here, so any change to
+    them lands in a different cache.
     """
     model.eval()
     size = prep.image_size_px
     with torch.no_grad():
         probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
-    stores = [RowStore(Path(cache_root) / "prefix" / key_digest(model_key, prep.to_dict(), n, view),
-                       tuple(probe.shape[1:]), "float16") for n, probe in zip(last_units, probes)]
-    missing = list(dict.fromkeys(k for store in stores for k in store.missing(content_keys)))
+    depends_on = (model_key, prep.to_dict(), view, compute_dtype(device), timm.__version__, torch.__version__)
+    stores = [RowStore(Path(cache_root) / "prefix" / key_digest(*depends_on, n), tuple(probe.shape[1:]), "float16")
+              for n, probe in zip(last_units, probes)]
+    todo = [(n, store) for n, store in zip(last_units, stores) if store.missing(content_keys)]
+    missing = list(dict.fromkeys(k for _, store in todo for k in store.missing(content_keys)))
     if missing:
         position_of = {k: i for i, k in enumerate(content_keys)}
         positions = np.array([position_of[k] for k in missing])
         images = ImageInputs(pixels, prep, device)
-        chunks: list[list[np.ndarray]] = [[] for _ in stores]
+        chunks: list[list[np.ndarray]] = [[] for _ in todo]
         for start in tqdm(range(0, len(positions), batch_size), desc="cache backbone outputs",
                           unit="batch", leave=False, disable=not show_progress):
             chunk = positions[start:start + batch_size]
@@ -50,14 +54,17 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
                                for i in range(len(chunk))])
                 x = normalise(x.to(device), prep)
             with torch.no_grad(), autocast(device):
-                for out, y in zip(chunks, model.prefixes(x, last_units)):
+                for out, y in zip(chunks, model.prefixes(x, [n for n, _ in todo])):
                     out.append(y.float().cpu().numpy().astype(np.float16))
-        for store, out in zip(stores, chunks):
-            rows = np.concatenate(out)
-            todo = set(store.missing(missing))
-            keep = [i for i, k in enumerate(missing) if k in todo]
-            store.add([missing[i] for i in keep], rows[keep])
+        for (_, store), out in zip(todo, chunks):
+            store.add(missing, np.concatenate(out))  # the store skips the keys it already has
     return [store.rows(content_keys) for store in stores]
+
+
+def compute_dtype(device: torch.device) -> str:
+    """What the prefix runs in under the training loop's autocast (bf16 on GPUs that have it, else fp32)."""
+    with autocast(device):
+        return str(torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32)
 
 
 def view_rng(content_key: str, view: int) -> np.random.Generator:
