@@ -380,9 +380,6 @@ class RowView:
     def __len__(self) -> int:
         return len(self.row_indices)
 
-    def subset(self, positions: np.ndarray) -> "RowView":
-        return RowView(self.array, self.row_indices[positions])
-
     def __getitem__(self, positions: np.ndarray) -> np.ndarray:
         rows = self.row_indices[positions]
         order = np.argsort(rows)  # sequential reads from the memory map
