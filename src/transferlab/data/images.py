@@ -1,14 +1,20 @@
 """Decode any Pillow-readable file to RGB and resize it the way the backbone's weights expect."""
 
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+MIN_IMAGE_SIZE_PX = 8     # below this a backbone's first strides leave nothing of the image
+MAX_IMAGE_SIZE_PX = 2048  # timm's largest inputs are 800 px; beyond this one batch alone takes gigabytes
 
 
 @dataclass(frozen=True)
@@ -61,10 +67,22 @@ def _refuse_decompression_bomb(img: Image.Image) -> None:
             f"Image size ({img.width * img.height} pixels) exceeds limit of {limit} pixels")
 
 
+def _open_regular_file(path: Path) -> BinaryIO:
+    """Opening a FIFO named x.png would block forever: open without blocking, then check what was opened
+    (checking the path first would leave a window for it to be swapped)."""
+    def opener(name: str, flags: int) -> int:
+        fd = os.open(name, flags | getattr(os, "O_NONBLOCK", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ImageDecodeError("not a regular file")
+        return fd
+    return open(path, "rb", opener=opener)
+
+
 def decode_rgb(path: Path) -> Image.Image:
     """First frame, EXIF orientation applied, any mode (16-bit, palette, alpha, CMYK) as 8-bit RGB."""
     try:
-        with Image.open(path) as img:
+        with _open_regular_file(path) as file, Image.open(file) as img:
             _refuse_decompression_bomb(img)
             img.seek(0)
             img.load()
@@ -74,7 +92,9 @@ def decode_rgb(path: Path) -> Image.Image:
         raise ImageDecodeError(f"larger than Pillow's decompression-bomb limit ({e})") from None
     except PermissionError:
         raise ImageDecodeError("permission denied") from None
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as e:
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("cannot identify image file") from None  # the caller names the path
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(str(e) or type(e).__name__) from None
 
 

@@ -5,7 +5,9 @@ import json
 from pathlib import Path
 
 from transferlab.atomic import write_text_atomic
-from transferlab.reporting.plots import plot_confusion_matrix, plot_learning_curves
+from transferlab.data.scan import quoted
+from transferlab.errors import UserError
+from transferlab.reporting.plots import confusion_plot_note, plot_confusion_matrix, plot_learning_curves
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, verdict_lines
 
 
@@ -13,6 +15,7 @@ def render_markdown(results: dict) -> str:
     data = results["data"]
     cm = results["confusion_matrix"]
     finetune = results["phases"]["finetuned"]["unfreeze"]
+    plot_note = confusion_plot_note(len(data["class_names"]))
     lines = [
         f"# transferlab compare: {Path(results['run_dir']).name}", "",
         f"Backbone `{results['backbone']}`, weights from {results['weights']['kind']} "
@@ -31,6 +34,7 @@ def render_markdown(results: dict) -> str:
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
         f"## Confusion matrix ({PHASE_LABELS[cm['phase']]}, validation)", "",
         "![confusion matrix](confusion_matrix.png)", "",
+        *([plot_note, ""] if plot_note else []),
         "## Data hygiene", "",
     ]
     leak = data["leakage"]
@@ -50,9 +54,27 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_results(run_dir: Path) -> dict:
+    """results.json is written last, when a run finishes: without it there is nothing to report yet."""
+    path = Path(run_dir) / "results.json"
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {quoted(run_dir)} does not exist; give the folder `transferlab compare` printed")
+    resume = f"resume it with `transferlab compare --resume {quoted(run_dir)}`"
+    if not path.is_file():
+        raise UserError(f"{quoted(path)} does not exist: this run has not finished; {resume}")
+    try:
+        results = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{quoted(path)} is not valid JSON ({e}): the run did not finish or the file was "
+                        f"damaged; {resume}") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{quoted(path)} holds a JSON {type(results).__name__}, not a run's results; {resume}")
+    return results
+
+
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     plot_learning_curves(results, run_dir / "learning_curves.png")
     cm = results["confusion_matrix"]
     plot_confusion_matrix(cm["matrix"], results["data"]["class_names"],
