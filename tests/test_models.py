@@ -22,9 +22,10 @@ def test_units_compose_to_forward_features(name):
     size = 224 if name.startswith("vit") else 64
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        expected = backbone.forward_features(x)
-        pooled = expected.mean((2, 3)) if expected.dim() == 4 else expected
+        assert torch.allclose(model.prefix(x, len(model.units) - 1), backbone.forward_features(x), atol=1e-5)
+        pooled = backbone.forward_head(backbone.forward_features(x), pre_logits=True)
         assert torch.allclose(model.prefix(x, len(model.units)), pooled, atol=1e-5)
+        assert pooled.shape == (2, model.head[0].in_features) and model(x).shape == (2, 3)
 
 
 def test_head_is_the_seeds_head():
@@ -48,9 +49,12 @@ def test_unfreeze_last_layers_counts_layers_with_parameters():
 
 def test_unfreeze_last_blocks_and_freeze_backbone():
     model = TransferModel(create_backbone("tf_efficientnet_lite0"), n_classes=5)
-    plan = unfreeze_last_blocks(model, 3)
-    assert plan.first_trainable_unit == len(model.units) - 3
-    assert not any(p.requires_grad for u in model.units[:-3] for p in u.parameters())
+    plan = unfreeze_last_blocks(model, 3)  # of blocks.5.0-3 and blocks.6.0; conv_head/bn2 go with the last
+    first = model.units.index(model.backbone.blocks[5][2])
+    assert plan.first_trainable_unit == first
+    assert not any(p.requires_grad for u in model.units[:first] for p in u.parameters())
+    assert all(p.requires_grad for u in model.units[first:] for m in u.modules() if not is_batchnorm(m)
+               for p in m.parameters(recurse=False))
     frozen = freeze_backbone(model)
     assert frozen.trainable_parameters == sum(p.numel() for p in model.head.parameters())
     assert not any(p.requires_grad for p in model.backbone.parameters())

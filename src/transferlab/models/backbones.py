@@ -33,9 +33,9 @@ class PretrainedBackbone:
 
 
 def create_backbone(name: str) -> nn.Module:
-    """A timm model without weights or classifier; an unknown name lists close matches."""
+    """A timm model without weights or classifier (its own pooling kept); an unknown name lists close matches."""
     try:
-        return timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
+        return timm.create_model(name, pretrained=False, num_classes=0)
     except RuntimeError as e:
         if "Unknown model" not in str(e):
             raise

@@ -1,8 +1,10 @@
-"""Which backbone layers train. Counted over layers that own parameters, in forward order.
+"""Which backbone layers train: the last N layers with parameters, or the last K timm blocks.
 
+Either way the trainable range is a tail of the units, so everything before it is a cacheable prefix.
 BatchNorm layers stay frozen (weights and running statistics) in every transfer phase: with a few
 hundred images, re-estimating ImageNet statistics hurts, and a frozen prefix in eval mode is what makes
-caching its outputs exact.
+caching its outputs exact. LayerNorm (ViT, Swin, ConvNeXt) has no running statistics and trains like
+any other layer inside the unfrozen range.
 """
 
 from dataclasses import asdict, dataclass
@@ -10,6 +12,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from transferlab.errors import UserError
+from transferlab.models.transfer_model import backbone_name
 
 
 def is_batchnorm(module: nn.Module) -> bool:
@@ -54,9 +57,22 @@ def _apply(model, chosen: list[tuple[int, nn.Module]]) -> UnfreezePlan:
                         total_parameters=sum(p.numel() for p in model.parameters()))
 
 
+def _require_cuttable(model, option: str) -> None:
+    reason = model.backbone_units.cannot_cut
+    if reason:
+        raise UserError(f"{option}: backbone '{backbone_name(model.backbone)}' cannot be cut between blocks "
+                        f"({reason}); use --unfreeze-blocks 0 (frozen features only) or another backbone")
+
+
 def unfreeze_last_layers(model, n_layers: int) -> UnfreezePlan:
-    """Keras' `base.layers[-n:]`, counted over layers with parameters (conv, BN, linear)."""
+    """Keras' `base.layers[-n:]`, counted over layers that own parameters (conv, norm, linear).
+
+    Keras also counts activations, adds and paddings as layers, so its count is larger: Keras
+    MobileNetV2's last 20 layers (blocks 15 and 16, Conv_1, its BN and ReLU) are 14 layers here.
+    """
     layers = layers_with_parameters(model.units)
+    if n_layers:
+        _require_cuttable(model, f"--unfreeze-last {n_layers}")
     if not 0 <= n_layers <= len(layers):
         raise UserError(f"--unfreeze-last {n_layers} is out of range: this backbone has {len(layers)} layers "
                         "with parameters")
@@ -64,11 +80,17 @@ def unfreeze_last_layers(model, n_layers: int) -> UnfreezePlan:
 
 
 def unfreeze_last_blocks(model, n_blocks: int) -> UnfreezePlan:
-    """fastai's freeze_to over the backbone's units (stem, each block, head conv count one each)."""
-    if not 0 <= n_blocks <= len(model.units):
-        raise UserError(f"--unfreeze-blocks {n_blocks} is out of range: this backbone has "
-                        f"{len(model.units)} blocks")
-    first = len(model.units) - n_blocks
+    """fastai's freeze_to over timm's blocks (group_matcher): the last K blocks and all after them train.
+
+    What follows the last block (conv_head/bn2, the final norm, the pooling's norm) trains with it, as
+    timm groups it; the stem is not a block. K = 0 trains the head only.
+    """
+    if n_blocks:
+        _require_cuttable(model, f"--unfreeze-blocks {n_blocks}")
+    starts = model.backbone_units.block_starts
+    if not 0 <= n_blocks <= len(starts):
+        raise UserError(f"--unfreeze-blocks {n_blocks} is out of range: this backbone has {len(starts)} blocks")
+    first = starts[len(starts) - n_blocks] if n_blocks else len(model.units)
     return _apply(model, [(i, m) for i, m in layers_with_parameters(model.units) if i >= first])
 
 

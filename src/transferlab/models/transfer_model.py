@@ -1,18 +1,29 @@
-"""The classifier: a timm backbone, global average pooling, and the seeds' head.
+"""The classifier: a timm backbone with timm's own pooling, then the seeds' head.
 
-The backbone is also seen as a flat sequence of units (stem, each block, head conv) so the network can
-be cut anywhere between units: the frozen prefix runs once into a cache and only the tail trains.
+For caching, the backbone is also a flat sequence of units: stem parts, each block, post-block layers,
+and last the pooling (`forward_head(pre_logits=True)`). The frozen prefix units[:cut] runs once into a
+cache; only units[cut:] and the head train. The units are found by tracing `forward_features` once on a
+probe image and are checked against it; a backbone whose forward does work between its modules stays
+one unit, which the frozen phase can still use but fine-tuning cannot cut.
 """
 
+import re
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import torch
+from timm.models import group_parameters
 from torch import nn
 
 # The seeds' head: GAP -> Dense 128 relu -> Dropout 0.3 -> Dense n. Small enough not to overfit a few
 # hundred images per class, big enough to re-mix features the ImageNet classifier never combined.
 HEAD_HIDDEN_UNITS = 128
 HEAD_DROPOUT = 0.3
+
+# forward_features steps that timm writes as methods, not modules (ViT adds class token + position
+# embedding in `_pos_embed`); each becomes a unit that owns the backbone's own parameters.
+METHOD_STEPS = ("_pos_embed",)
 
 
 @dataclass(frozen=True)
@@ -26,67 +37,242 @@ def make_head(in_features: int, n_classes: int, cfg: HeadConfig) -> nn.Sequentia
                          nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden_units, n_classes))
 
 
-class _ForwardFeatures(nn.Module):
-    """Fallback unit for architectures we cannot split: the whole forward_features in one piece."""
+def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, C) features the way timm pools them: avg for CNNs, class token or avg + fc_norm for ViT,
+    NHWC pooling for Swin, head norm after the pool for ConvNeXt."""
+    return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+
+
+def pooled_width(backbone: nn.Module) -> int:
+    """C of `pooled_features`: MobileNetV3's head conv makes it differ from `num_features`."""
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
+
+
+def backbone_name(backbone: nn.Module) -> str:
+    return (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture") or type(backbone).__name__
+
+
+@dataclass(frozen=True)
+class BackboneUnits:
+    """forward_features then the pooling as modules applied in order, and where each timm block starts.
+
+    `cannot_cut` says why the backbone is a single unit (whole backbone -> pooled features); then only
+    the frozen phase is possible.
+    """
+
+    units: list[nn.Module]
+    block_starts: list[int]  # unit index where each block of group_matcher(coarse=False) starts
+    cannot_cut: str | None = None
+
+
+class _MethodStep(nn.Module):
+    """A METHOD_STEPS method as a unit; it holds the backbone's own parameters (cls_token, pos_embed)."""
+
+    def __init__(self, backbone: nn.Module, method: str):
+        super().__init__()
+        for name, parameter in backbone.named_parameters(recurse=False):
+            self.register_parameter(name, parameter)
+        self.method = getattr(type(backbone), method).__get__(backbone)  # the class's, also while traced
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method(x)
+
+
+class _Pooling(nn.Module):
+    """`forward_head(pre_logits=True)` as the last unit; holds what it calls (ConvNeXt's head.norm)."""
+
+    def __init__(self, backbone: nn.Module, parts: dict[str, nn.Module]):
+        super().__init__()
+        self.parts = nn.ModuleDict({name.replace(".", "_"): m for name, m in parts.items()})
+        self.forward_head = backbone.forward_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(x, pre_logits=True)
+
+
+class _WholeBackbone(nn.Module):
+    """The single unit of a backbone that cannot be cut: image -> pooled features."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)
+        return pooled_features(self.backbone, x)
 
 
-def backbone_units(backbone: nn.Module) -> list[nn.Module]:
-    """forward_features as a list of modules applied in order (checked against it in the tests)."""
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.mobilenetv3 import MobileNetV3
-    from timm.models.resnet import ResNet
+@dataclass(frozen=True)
+class _Call:
+    name: str
+    module: nn.Module
+    args: tuple
+    kwargs: dict
+    output: object
 
-    if isinstance(backbone, EfficientNet):  # also MobileNetV2 and the EfficientNet-Lite family
-        return [backbone.conv_stem, backbone.bn1, *[b for stage in backbone.blocks for b in stage],
-                backbone.conv_head, backbone.bn2]
-    if isinstance(backbone, MobileNetV3):
-        return [backbone.conv_stem, backbone.bn1, *[b for stage in backbone.blocks for b in stage]]
-    if isinstance(backbone, ResNet):
-        return [backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool,
-                *[b for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
-                  for b in layer]]
-    return [_ForwardFeatures(backbone)]
+
+def block_of_parameter(backbone: nn.Module) -> dict[str, int | None]:
+    """Parameter name -> index of its block in timm's fine grouping; None for stem and head.
+
+    Uses only the `blocks` matchers of group_matcher(), so timm's post-block layers (conv_head, final
+    norm: MATCH_PREV_GROUP) join the last block; names no block matcher takes sort after all blocks.
+    """
+    spec = backbone.group_matcher(coarse=False).get("blocks")
+    if spec is None:
+        return {name: None for name, _ in backbone.named_parameters()}
+    patterns = [spec] if isinstance(spec, str) else [pattern for pattern, _ in spec]
+    group = group_parameters(backbone, {"blocks": spec}, reverse=True)
+    return {name: group[name] if any(re.match(p, name) for p in patterns) else None for name in group}
+
+
+def _candidates(module: nn.Module, prefix: str, blocks_in: Callable[[nn.Module], set]) -> dict[str, nn.Module]:
+    """Modules that may be units: a child spanning several blocks is split into its children."""
+    found = {}
+    for name, child in module.named_children():
+        full = f"{prefix}{name}"
+        is_container = next(child.children(), None) is not None and next(child.parameters(False), None) is None
+        if is_container and len(blocks_in(child)) > 1:
+            found |= _candidates(child, f"{full}.", blocks_in)
+        else:
+            found[full] = child
+    return found
+
+
+def _trace(fn: Callable, x: torch.Tensor, modules: dict[str, nn.Module]) -> tuple[list[_Call], object]:
+    """fn(x), recording the calls of `modules` that happen outside any other of them, in order."""
+    calls, depth, handles = [], [0], []
+
+    def enter(module, args, kwargs):
+        depth[0] += 1
+
+    def leave(name):
+        def hook(module, args, kwargs, output):
+            depth[0] -= 1
+            if depth[0] == 0:
+                calls.append(_Call(name, module, args, kwargs, output))
+        return hook
+
+    for name, module in modules.items():
+        handles += [module.register_forward_pre_hook(enter, with_kwargs=True),
+                    module.register_forward_hook(leave(name), with_kwargs=True)]
+    try:
+        out = fn(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls, out
+
+
+def _chain_break(calls: list[_Call], x: torch.Tensor, out: object) -> str | None:
+    """Why the recorded calls are not exactly forward_features (each takes the previous output alone)."""
+    expected = x
+    for call in calls:
+        if call.kwargs or len(call.args) != 1 or call.args[0] is not expected:
+            return f"forward_features does work between modules before '{call.name}'"
+        expected = call.output
+    if out is not expected:
+        return "forward_features does work after its last module"
+    if len({id(c.module) for c in calls}) != len(calls):
+        return "forward_features runs a module twice"
+    return None
+
+
+def _probe_image(backbone: nn.Module) -> torch.Tensor:
+    """A seeded random image of the size the backbone expects (a ViT/Swin built for 64 px says so)."""
+    channels, *size = (getattr(backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    fixed = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+    height, width = (fixed, fixed) if isinstance(fixed, int) else (fixed or size)
+    parameter = next(backbone.parameters())
+    return torch.randn(1, channels, height, width, generator=torch.Generator().manual_seed(0)).to(parameter)
+
+
+@torch.no_grad()
+def backbone_units(backbone: nn.Module) -> BackboneUnits:
+    """Trace forward_features into units on a probe image and check them against it (eval mode)."""
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
+    try:
+        return _traced_units(backbone, _probe_image(backbone))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _traced_units(backbone: nn.Module, x: torch.Tensor) -> BackboneUnits:
+    def cannot_cut(reason: str) -> BackboneUnits:
+        return BackboneUnits([_WholeBackbone(backbone)], [], reason)
+
+    block_of = block_of_parameter(backbone)
+    name_of = {id(p): n for n, p in backbone.named_parameters()}
+
+    def blocks_in(module: nn.Module) -> set[int | None]:
+        return {block_of[name_of[id(p)]] for p in module.parameters()}
+
+    candidates = _candidates(backbone, "", blocks_in)
+    steps = {name: _MethodStep(backbone, name) for name in METHOD_STEPS if hasattr(type(backbone), name)}
+    if next(backbone.parameters(recurse=False), None) is not None and not steps:
+        return cannot_cut("the backbone uses parameters of its own outside any module")
+    backbone.__dict__.update(steps)  # an instance attribute shadows the method, so the trace sees it
+    try:
+        calls, features = _trace(backbone.forward_features, x, candidates | steps)
+    finally:
+        for name in steps:
+            del backbone.__dict__[name]
+    reason = _chain_break(calls, x, features)
+    if reason:
+        return cannot_cut(reason)
+    head_calls, _ = _trace(lambda f: backbone.forward_head(f, pre_logits=True), features, candidates)
+    units = [c.module for c in calls] + [_Pooling(backbone, {c.name: c.module for c in head_calls})]
+    y = x.clone()
+    for unit in units:
+        y = unit(y)
+    if not torch.allclose(y, pooled_features(backbone, x), rtol=1e-3, atol=1e-4):
+        return cannot_cut("forward_features changes tensors in place between modules")
+    unit_blocks = [blocks_in(unit) - {None} for unit in units]
+    n_blocks = 1 + max((b for blocks in unit_blocks for b in blocks), default=-1)
+    starts = [next(i for i, blocks in enumerate(unit_blocks) if b in blocks) for b in range(n_blocks)]
+    return BackboneUnits(units, starts)
 
 
 class TransferModel(nn.Module):
-    """backbone (timm, classifier removed) -> global average pool -> head. State dict keys stay timm's."""
+    """backbone (timm, classifier removed, pooling kept) -> head. State dict keys stay timm's (backbone.*)."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, head_cfg: HeadConfig = HeadConfig()):
         super().__init__()
         self.backbone = backbone
-        self.head = make_head(backbone.num_features, n_classes, head_cfg)
-        self.units = backbone_units(backbone)  # a plain list: no second copy of the keys
+        self.head = make_head(pooled_width(backbone), n_classes, head_cfg)
 
-    def forward_from(self, first_unit: int, x: torch.Tensor) -> torch.Tensor:
-        """Logits from the input of unit `first_unit` (0 = the image)."""
-        for unit in self.units[first_unit:]:
-            x = unit(x)
-        return self.head(pool(x))
+    @cached_property
+    def backbone_units(self) -> BackboneUnits:
+        """Traced on first use (one probe image), so scratch training and prediction never pay for it."""
+        return backbone_units(self.backbone)
+
+    @property
+    def units(self) -> list[nn.Module]:
+        return self.backbone_units.units  # a plain list: no second copy of the state dict keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(0, x)
+        return self.head(pooled_features(self.backbone, x))
+
+    def forward_from(self, first_unit: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the input of unit `first_unit` (0 = the image, len(units) = pooled features)."""
+        for unit in self.units[first_unit:]:
+            x = unit(x)
+        return self.head(x)
 
     def prefixes(self, x: torch.Tensor, last_units: list[int]) -> list[torch.Tensor]:
-        """Outputs of units[:n] for each n in `last_units`, in one pass; pooled when n is all of them."""
+        """Outputs of units[:n] for each n in `last_units`, in one pass; n = len(units) is pooled features.
+
+        A kept output is cloned: the next unit may work in place (ResNet's act1).
+        """
         outputs = {}
         for n in range(max(last_units) + 1):
-            if n in last_units:
-                outputs[n] = pool(x) if n == len(self.units) else x
             if n < len(self.units):
+                if n in last_units:
+                    outputs[n] = x.clone()
                 x = self.units[n](x)
+            else:
+                outputs[n] = x
         return [outputs[n] for n in last_units]
 
     def prefix(self, x: torch.Tensor, last_unit: int) -> torch.Tensor:
         return self.prefixes(x, [last_unit])[0]
-
-
-def pool(x: torch.Tensor) -> torch.Tensor:
-    """Global average pooling; a pooled (N, C) input passes through, so the head can run on cached features."""
-    return x.mean(dim=(2, 3)) if x.dim() == 4 else x
