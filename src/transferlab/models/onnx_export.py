@@ -1,0 +1,72 @@
+"""The frozen prefix of a TransferModel as an ONNX graph, for ONNX Runtime (and `transferlab export`).
+
+One graph gives the outputs at every requested cut, like `TransferModel.prefixes`, with a dynamic batch
+axis and fp32 weights. The exporter is torch's own (torch.export + onnxscript, `dynamo=True`): it is the
+default since torch 2.9 and the TorchScript one is deprecated, warning on every call. It takes ~8 s per
+graph on 2 CPU cores, so graphs are kept in a cache keyed by everything that shapes them.
+"""
+
+from importlib.metadata import version
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from transferlab.atomic import write_atomic
+from transferlab.data.row_store import key_digest
+from transferlab.models.transfer_model import TransferModel
+
+INPUT_NAME = "image"
+EXAMPLE_BATCH_SIZE = 2  # torch.export specialises a batch of 1 to a constant; 2 keeps the axis symbolic
+
+
+class _Prefixes(nn.Module):
+    """TransferModel.prefixes as a forward(), the one entry point an exporter traces."""
+
+    def __init__(self, model: TransferModel, last_units: list[int]):
+        super().__init__()
+        self.model = model
+        self.last_units = list(last_units)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.prefixes(x, self.last_units))
+
+
+def output_names(last_units: list[int]) -> list[str]:
+    return [f"units_{n}" for n in last_units]
+
+
+def export_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, path: Path) -> Path:
+    """Write the prefix units[:n] for each n in `last_units` to `path` in one file (weights inside).
+
+    Exported in eval mode (BatchNorm uses its running statistics, as the caches assume); the model's
+    mode is restored afterwards.
+    """
+    was_training = model.training
+    prefixes = _Prefixes(model, last_units).eval()
+    try:
+        device = next(model.parameters()).device
+        example = torch.zeros(EXAMPLE_BATCH_SIZE, 3, image_size_px, image_size_px, device=device)
+        write_atomic(Path(path), lambda tmp: torch.onnx.export(
+            prefixes, (example,), tmp, dynamo=True, external_data=False, verbose=False,
+            input_names=[INPUT_NAME], output_names=output_names(last_units),
+            dynamic_shapes=({0: torch.export.Dim("batch")},)))
+    finally:
+        model.train(was_training)
+    return Path(path)
+
+
+def cached_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, cache_dir: Path,
+                       model_key: str) -> Path:
+    """The exported prefix from `cache_dir`, exported first if no graph has this key yet.
+
+    `model_key` must identify the backbone and its weights (PretrainedBackbone.cache_key); the size, the
+    cuts and the versions of every tool that shapes the graph are added here.
+    """
+    key = key_digest(model_key, image_size_px, list(last_units), torch.__version__, timm.__version__,
+                     version("onnx"), version("onnxscript"))  # metadata, not an import: onnxscript takes 0.5 s
+    path = Path(cache_dir) / "onnx" / f"prefix-{key}.onnx"
+    if not path.exists():
+        export_prefix_onnx(model, last_units, image_size_px, path)
+    return path
