@@ -9,7 +9,6 @@ one unit, which the frozen phase can still use but fine-tuning cannot cut.
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable
 
 import torch
@@ -111,17 +110,25 @@ class _Call:
 
 
 def block_of_parameter(backbone: nn.Module) -> dict[str, int | None]:
-    """Parameter name -> index of its block in timm's fine grouping; None for stem and head.
+    """Parameter name -> its block's group in timm's fine grouping; None for stem, head, or no grouping.
 
     Uses only the `blocks` matchers of group_matcher(), so timm's post-block layers (conv_head, final
-    norm: MATCH_PREV_GROUP) join the last block; names no block matcher takes sort after all blocks.
+    norm: MATCH_PREV_GROUP) join the last block. A few models (CaiT, Inception) give a function instead
+    of regexes; by timm's convention its ordinal 0 is the stem and inf the head.
     """
-    spec = backbone.group_matcher(coarse=False).get("blocks")
-    if spec is None:
-        return {name: None for name, _ in backbone.named_parameters()}
-    patterns = [spec] if isinstance(spec, str) else [pattern for pattern, _ in spec]
-    group = group_parameters(backbone, {"blocks": spec}, reverse=True)
-    return {name: group[name] if any(re.match(p, name) for p in patterns) else None for name in group}
+    names = [name for name, _ in backbone.named_parameters()]
+    matcher = backbone.group_matcher(coarse=False) if hasattr(backbone, "group_matcher") else {}
+    if callable(matcher):
+        in_blocks = {n for n in names if matcher(n) not in (0, float("inf"))}
+    elif matcher.get("blocks") is not None:
+        spec = matcher["blocks"]
+        patterns = [spec] if isinstance(spec, str) else [pattern for pattern, _ in spec]
+        in_blocks = {n for n in names if any(re.match(p, n) for p in patterns)}
+        matcher = {"blocks": spec}
+    else:
+        return dict.fromkeys(names)
+    group = group_parameters(backbone, matcher, reverse=True)
+    return {n: group[n] if n in in_blocks else None for n in names}
 
 
 def _candidates(module: nn.Module, prefix: str, blocks_in: Callable[[nn.Module], set]) -> dict[str, nn.Module]:
@@ -227,10 +234,11 @@ def _traced_units(backbone: nn.Module, x: torch.Tensor) -> BackboneUnits:
         y = unit(y)
     if not torch.allclose(y, pooled_features(backbone, x), rtol=1e-3, atol=1e-4):
         return cannot_cut("forward_features changes tensors in place between modules")
-    unit_blocks = [blocks_in(unit) - {None} for unit in units]
-    n_blocks = 1 + max((b for blocks in unit_blocks for b in blocks), default=-1)
-    starts = [next(i for i, blocks in enumerate(unit_blocks) if b in blocks) for b in range(n_blocks)]
-    return BackboneUnits(units, starts)
+    first_unit_of_block: dict[int, int] = {}
+    for i, unit in enumerate(units):
+        for block in blocks_in(unit) - {None}:
+            first_unit_of_block.setdefault(block, i)
+    return BackboneUnits(units, [first_unit_of_block[b] for b in sorted(first_unit_of_block)])
 
 
 class TransferModel(nn.Module):
@@ -240,11 +248,7 @@ class TransferModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = make_head(pooled_width(backbone), n_classes, head_cfg)
-
-    @cached_property
-    def backbone_units(self) -> BackboneUnits:
-        """Traced on first use (one probe image), so scratch training and prediction never pay for it."""
-        return backbone_units(self.backbone)
+        self.backbone_units = backbone_units(backbone)  # three passes of one probe image
 
     @property
     def units(self) -> list[nn.Module]:
