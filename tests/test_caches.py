@@ -46,7 +46,7 @@ def test_logits_from_cached_activations_equal_the_full_model(small_data, tmp_pat
     cut = unfreeze_last_layers(model, 20).first_trainable_unit
     assert 0 < cut < len(model.units)
     cached, = prefix_outputs(model, [cut], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
-                            show_progress=False)
+                            engine="torch", show_progress=False)
     from transferlab.training.inputs import ImageInputs
     positions = np.arange(len(decoded.images))
     with torch.no_grad():
@@ -62,17 +62,17 @@ def test_warm_cache_is_reused_and_changes_invalidate(small_data, tmp_path, lite0
     decoded = _decode(small_data, prep, tmp_path)
     end = len(model.units)
     first, = prefix_outputs(model, [end], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
-                           show_progress=False)
+                           engine="torch", show_progress=False)
     calls = []
     original = TransferModel.prefixes
     monkeypatch.setattr(TransferModel, "prefixes", lambda self, x, ns: calls.append(len(x)) or original(self, x, ns))
     again, = prefix_outputs(model, [end], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
-                           show_progress=False)
+                           engine="torch", show_progress=False)
     assert calls == [1] and np.array_equal(first[np.arange(5)], again[np.arange(5)])  # only the shape probe ran
     for key, other_prep in (("other-weights", prep), ("lite0", Preprocessing(40, prep.mean, prep.std))):
         calls.clear()
         prefix_outputs(model, [end], decoded.pixels, decoded.content_keys, other_prep, tmp_path, key, CPU,
-                       show_progress=False)
+                       engine="torch", show_progress=False)
         assert sum(calls) > len(decoded.images)  # recomputed everything (+1 for the probe)
 
 
@@ -122,12 +122,12 @@ def test_prefix_cache_for_a_second_cut_on_a_warm_cache(small_data, tmp_path, lit
     end, cut_a, cut_b = len(model.units), len(model.units) - 2, len(model.units) - 3
     few = np.arange(10)
     args = decoded.pixels.subset(few), decoded.content_keys[:10], prep, tmp_path, "lite0", CPU
-    prefix_outputs(model, [end, cut_a], *args, show_progress=False)
-    pooled, at_b = prefix_outputs(model, [end, cut_b], *args, show_progress=False)  # pooled store is complete
-    alone, = prefix_outputs(model, [cut_b], *args[:3], tmp_path / "fresh", *args[4:], show_progress=False)
+    prefix_outputs(model, [end, cut_a], *args, engine="torch", show_progress=False)
+    pooled, at_b = prefix_outputs(model, [end, cut_b], *args, engine="torch", show_progress=False)  # pooled store is complete
+    alone, = prefix_outputs(model, [cut_b], *args[:3], tmp_path / "fresh", *args[4:], engine="torch", show_progress=False)
     assert np.array_equal(at_b[few], alone[few])
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "prefix").rglob("*")}
-    again = prefix_outputs(model, [end, cut_b], *args, show_progress=False)
+    again = prefix_outputs(model, [end, cut_b], *args, engine="torch", show_progress=False)
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "prefix").rglob("*")} == before
     assert np.array_equal(again[0][few], pooled[few]) and np.array_equal(again[1][few], at_b[few])
 
@@ -140,7 +140,7 @@ def test_prefix_cache_is_keyed_by_compute_dtype_and_versions(small_data, tmp_pat
     args = [len(model.units)], decoded.pixels.subset(few), decoded.content_keys[:6], prep, tmp_path, "lite0", CPU
 
     def store_dirs():
-        prefix_outputs(model, *args, show_progress=False)
+        prefix_outputs(model, *args, engine="torch", show_progress=False)
         return {p.name for p in (tmp_path / "prefix").iterdir()}
 
     seen = [store_dirs()]
@@ -197,9 +197,9 @@ def test_one_pass_caches_every_requested_cut(small_data, tmp_path, lite0_48):
     decoded = _decode(small_data, prep, tmp_path)
     end, cut = len(model.units), len(model.units) - 3
     both = prefix_outputs(model, [end, cut], decoded.pixels, decoded.content_keys, prep, tmp_path, "lite0", CPU,
-                          show_progress=False)
+                          engine="torch", show_progress=False)
     alone = [prefix_outputs(model, [n], decoded.pixels, decoded.content_keys, prep, tmp_path / "b", "lite0", CPU,
-                            show_progress=False)[0] for n in (end, cut)]
+                            engine="torch", show_progress=False)[0] for n in (end, cut)]
     positions = np.arange(len(decoded.images))
     for joint, single in zip(both, alone):
         assert np.array_equal(joint[positions], single[positions])

@@ -91,7 +91,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(small_data, tmp_p
     args = [sys.executable, "-m", "transferlab.cli", "compare", str(small_data), "--backbone", cfg.backbone,
             "--image-size", "32", "--scratch-epochs", "2", "--frozen-epochs", "4", "--finetune-epochs", "3",
             "--unfreeze-last", "6", "--batch-size", "16", "--runs-dir", str(tmp_path / "killed"),
-            "--cache-dir", str(cfg.cache_dir), "--quiet"]
+            "--cache-dir", str(cfg.cache_dir), "--engine", "torch", "--quiet"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     metrics = None

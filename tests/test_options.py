@@ -17,7 +17,7 @@ BAD_OPTIONS = [
     ["--seed", "-1"], ["--frozen-lr", "-1"], ["--finetune-lr", "nan"], ["--scratch-lr", "inf"],
     ["--image-size", "-5"], ["--image-size", "0"], ["--image-size", "10000"], ["--device", "mps"],
     ["--device", "meta"], ["--device", "xpu"], ["--name", "n" * 250], ["--time-budget", "nan"],
-    ["--time-budget=-5m"], ["--val-fraction", "1.5"], ["--batch-size", "0"], ["--target-val-acc", "2"],
+    ["--time-budget=-5m"], ["--val-fraction", "1.5"], ["--batch-size", "0"], ["--target-acc", "2"],
     ["--cached-views", "0"], ["--frozen-epochs", "-1"], ["--unfreeze-last", "-3"],
 ]
 
@@ -51,7 +51,7 @@ def _compare_args(data: Path, runs: Path, cache: Path) -> list[str]:
     cfg = tiny_config(data, runs)
     return ["compare", str(data), "--backbone", cfg.backbone, "--image-size", "32", "--frozen-epochs", "1",
             "--finetune-epochs", "1", "--skip-scratch", "--unfreeze-last", "6", "--runs-dir", str(runs),
-            "--cache-dir", str(cache), "--quiet"]
+            "--cache-dir", str(cache), "--engine", "torch", "--quiet"]
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_that_looks_finished(small_data, tmp_path, capsys):

@@ -14,8 +14,11 @@ from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
 from transferlab.reporting.report import write_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
+from transferlab.training.engines import ENGINES
+from transferlab.training.recipes import OPTIMIZERS, PRESETS, SCHEDULES
 
 EXIT_USER_ERROR = 2
+UNFREEZE_OPTIONS = {"unfreeze_last": "layers", "unfreeze_blocks": "blocks", "unfreeze_keras_layers": "keras"}
 EXIT_INTERRUPTED = 130
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -35,32 +38,44 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="timm model name (default: mobilenetv2_100 if its weights can be had, "
                    "else tf_efficientnet_lite0)")
     p.add_argument("--weights", type=Path, help="local weights file (.safetensors or .pth)")
-    p.add_argument("--image-size", type=int, dest="image_size_px", help="override the weights' input size (px)")
     p.add_argument("--val-fraction", type=float, default=d["val_fraction"].default)
+    p.add_argument("--test-fraction", type=float, default=d["test_fraction"].default,
+                   help="a stratified test part, reported once and never used for a choice (default: none)")
     p.add_argument("--seed", type=int, default=d["seed"].default)
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    p.add_argument("--scratch-epochs", type=int, default=d["scratch_epochs"].default)
-    p.add_argument("--frozen-epochs", type=int, default=d["frozen_epochs"].default)
-    p.add_argument("--finetune-epochs", type=int, default=d["finetune_epochs"].default)
-    p.add_argument("--scratch-lr", type=float, default=d["scratch_lr"].default)
-    p.add_argument("--frozen-lr", type=float, default=d["frozen_lr"].default)
-    p.add_argument("--finetune-lr", type=float, default=d["finetune_lr"].default)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--unfreeze-last", type=int, default=d["unfreeze_last"].default,
-                       help="fine-tune the last N layers with parameters (default 20)")
-    group.add_argument("--unfreeze-blocks", type=int, help="fine-tune the last K blocks instead")
-    p.add_argument("--augment", action="store_true", help="flip/shift augmentation (cached as K views)")
-    p.add_argument("--cached-views", type=int, default=d["cached_views"].default)
+    recipe = p.add_argument_group("recipe", "a preset (--recipe) and overrides of its fields (default: the preset's)")
+    recipe.add_argument("--recipe", default=d["recipe"].default, choices=list(PRESETS),
+                        help="default: the measured strong recipe; seeds: seed 002 exactly; seeds-000: seed 000")
+    recipe.add_argument("--image-size", type=int, dest="image_size_px", help="input size in px")
+    for flag, kind in (("scratch-epochs", int), ("frozen-epochs", int), ("finetune-epochs", int),
+                       ("scratch-lr", float), ("frozen-lr", float), ("finetune-lr", float), ("head-dropout", float),
+                       ("weight-decay", float), ("label-smoothing", float), ("cached-views", int)):
+        recipe.add_argument(f"--{flag}", type=kind)
+    recipe.add_argument("--optimizer", choices=OPTIMIZERS)
+    recipe.add_argument("--schedule", choices=SCHEDULES)
+    group = recipe.add_mutually_exclusive_group()
+    group.add_argument("--unfreeze-last", type=int, metavar="N", help="fine-tune the last N layers with parameters")
+    group.add_argument("--unfreeze-blocks", type=int, metavar="K", help="fine-tune the last K blocks")
+    group.add_argument("--unfreeze-keras-layers", type=int, metavar="N",
+                       help="fine-tune what Keras' base.layers[-N:] would (seed 002: 20)")
+    recipe.add_argument("--augment", action=argparse.BooleanOptionalAction, help="flip/shift augmentation")
+    recipe.add_argument("--train-batchnorm", action=argparse.BooleanOptionalAction,
+                        help="BatchNorm in the unfrozen range updates (Keras' behaviour)")
+    recipe.add_argument("--keep-best-epoch", action=argparse.BooleanOptionalAction,
+                        help="keep the best-validation epoch of each phase (else the last)")
     p.add_argument("--class-weights", choices=["none", "auto"], default="none",
                    help="auto: weight the loss by inverse class frequency (imbalanced data)")
     p.add_argument("--dedupe", action="store_true",
-                   help="drop validation images that (nearly) duplicate training images")
-    p.add_argument("--target-val-acc", type=float, default=d["target_val_acc"].default)
+                   help="drop validation/test images that (nearly) duplicate training images")
+    p.add_argument("--target-acc", type=float, default=d["target_acc"].default,
+                   help="accuracy target of the verdict (on test when there is one)")
     p.add_argument("--time-budget", type=parse_duration, default=d["time_budget_seconds"].default,
                    dest="time_budget_seconds", help="e.g. 30m (default)")
     p.add_argument("--skip-scratch", action="store_true", help="train only the transfer model")
     p.add_argument("--strict", action="store_true", help="an undecodable image is an error, not a skip")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="runs the frozen backbone pass: auto = ONNX Runtime on CPU, PyTorch on GPU")
     p.add_argument("--runs-dir", type=Path, default=d["runs_dir"].default)
     p.add_argument("--name", help="run name (default: the data folder's name)")
     p.add_argument("--cache-dir", type=Path, help=f"feature/decode caches (default {default_cache_dir()})")
@@ -81,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("data", nargs="?", type=Path, help="DATA/<class_name>/<images>")
     cmp.add_argument("--train", type=Path, dest="train_dir", help="explicit training folder (with --val)")
     cmp.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
+    cmp.add_argument("--test", type=Path, dest="test_dir", help="a test folder: reported, never used for a choice")
     cmp.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     _add_training_options(cmp)
 
@@ -103,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, **data) -> CompareConfig:
     fields = CompareConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields} | data
+    for option, kind in UNFREEZE_OPTIONS.items():
+        count = getattr(args, option)
+        if count is not None and count < 0:
+            raise UserError(f"--{option.replace('_', '-')} must be 0 or more (got {count})")
+        if count is not None:
+            values["unfreeze"] = f"{kind}:{count}"
     return CompareConfig(**values, show_progress=not args.quiet)
 
 
@@ -126,11 +148,11 @@ def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         if args.export:
-            train_dir, val_dir = export_embedded(args.export)
-            print(f"wrote {train_dir} and {val_dir}")
+            print("wrote " + ", ".join(map(str, export_embedded(args.export))))
             return 0
         where = (args.cache_dir or default_cache_dir()) / "datasets" / EMBEDDED_NAME
-        cfg = _config(args, train_dir=where / "train", val_dir=where / "val", name=args.name or EMBEDDED_NAME)
+        cfg = _config(args, train_dir=where / "train", val_dir=where / "val", test_dir=where / "test",
+                      name=args.name or EMBEDDED_NAME)
         export_embedded(where)  # after the options were checked: a bad one writes nothing
         _print_summary(compare(cfg))
     elif args.command == "compare":

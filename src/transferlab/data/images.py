@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
-MIN_IMAGE_SIZE_PX = 8     # below this a backbone's first strides leave nothing of the image
-MAX_IMAGE_SIZE_PX = 2048  # timm's largest inputs are 800 px; beyond this one batch alone takes gigabytes
+MIN_IMAGE_SIZE_PX = 16    # below this a backbone's strided stem leaves almost nothing of the image
+MAX_IMAGE_SIZE_PX = 1024  # the decode cache holds size² × 3 bytes per image (3 MB at 1024 px); timm's largest is 800
 
 
 @dataclass(frozen=True)

@@ -14,27 +14,34 @@ from transferlab.atomic import write_json_atomic
 from transferlab.data.scan import LabelledImage, quoted
 from transferlab.errors import UserError
 
-SUBSETS = ("train", "val", "dropped")  # dropped: validation images that duplicate training ones (--dedupe)
+# dropped_*: validation or test images that duplicate training ones (--dedupe)
+SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test")
 
 
-def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int
-                     ) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """Per class, a seeded shuffle then round(n * val_fraction) to validation (at least 1, leaving 1).
+def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int, test_fraction: float = 0.0
+                     ) -> tuple[list[LabelledImage], list[LabelledImage], list[LabelledImage]]:
+    """Per class, a seeded shuffle; round(n * val_fraction) to validation (at least 1, leaving 1 to train),
+    then round(n * test_fraction) of the rest to test. Returns (train, val, test).
 
-    A class with a single image stays in training: it cannot be both learned and validated.
+    A class with a single image stays in training: it cannot be both learned and validated. Validation is
+    drawn first, so adding a test split leaves the validation set of the same seed unchanged.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be between 0 and 1 (got {val_fraction})")
+    if not 0.0 < val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise UserError(f"--val-fraction ({val_fraction}) and --test-fraction ({test_fraction}) must be in [0, 1) "
+                        "with room left for training")
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    train, val, test = [], [], []
     for label in sorted({im.label for im in images}):
         members = [im for im in images if im.label == label]
         order = rng.permutation(len(members))
         n_val = 0 if len(members) < 2 else min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        n_test = 0 if test_fraction == 0 else min(max(1, round(len(members) * test_fraction)),
+                                                  len(members) - n_val - 1)
         val += [members[i] for i in order[:n_val]]
-        train += [members[i] for i in order[n_val:]]
+        test += [members[i] for i in order[n_val:n_val + max(n_test, 0)]]
+        train += [members[i] for i in order[n_val + max(n_test, 0):]]
     key = lambda im: (im.label, str(im.path))  # noqa: E731
-    return sorted(train, key=key), sorted(val, key=key)
+    return sorted(train, key=key), sorted(val, key=key), sorted(test, key=key)
 
 
 def save_split(path: Path, root: Path, subsets: dict[str, list[LabelledImage]], *, seed: int,

@@ -17,19 +17,22 @@ from transferlab.atomic import write_json_atomic, write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.datasets import class_weights_for, labels_of, prepare_data, scan_folders
-from transferlab.experiments.interrupts import RunInterrupted, StopRequests, interruptible
+from transferlab.experiments.datasets import (class_weights_for, labels_of, prepare_data, scan_folders,
+                                              screen_test_set)
+from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.run_dir import (default_cache_dir, environment, load_checkpoint, new_run_dir,
                                              read_run_config, save_checkpoint)
 from transferlab.models.backbones import PretrainedBackbone, create_backbone, load_backbone
 from transferlab.models.freezing import (UnfreezePlan, freeze_backbone, unfreeze_last_blocks,
-                                         unfreeze_last_layers)
+                                         unfreeze_last_keras_layers, unfreeze_last_layers)
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.engines import resolve_engine
 from transferlab.training.inputs import CachedInputs, ImageInputs
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix
 from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
 from transferlab.training.prefix_cache import prefix_outputs
+from transferlab.training.recipes import Recipe, check_unfreeze
 
 log = logging.getLogger(__name__)
 PHASES = ("scratch", "frozen", "finetuned")
@@ -48,21 +51,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _Runner:
-    """Shared state of one compare run; each phase is one call of `_run_phase`."""
+    """Shared state of one compare run; each phase is one call of `train_and_summarise`."""
 
-    def __init__(self, cfg: CompareConfig, run_dir: Path, resuming: bool, device: torch.device,
+    def __init__(self, cfg: CompareConfig, recipe: Recipe, run_dir: Path, resuming: bool, device: torch.device,
                  stop: StopRequests):
-        self.cfg, self.run_dir, self.resuming, self.device, self.stop = cfg, run_dir, resuming, device, stop
+        self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
+        self.device, self.stop = device, stop
         self.history: list[dict] = []
         self.phases: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}
 
-    def run_phase(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
-                  train_modules: list, epochs: int, lr: float) -> tuple[PhaseState, float]:
-        cfg = self.cfg
-        spec = PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                         class_weights=self.class_weights)
-        saved = load_checkpoint(self.run_dir, name) if self.resuming else None
+    def spec(self, name: str, epochs: int, lr: float) -> PhaseSpec:
+        r = self.recipe
+        return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=self.cfg.batch_size,
+                         seed=self.cfg.seed, class_weights=self.class_weights, optimizer=r.optimizer,
+                         weight_decay=r.weight_decay, adam_eps=r.adam_eps, schedule=r.schedule,
+                         label_smoothing=r.label_smoothing, keep_best_epoch=r.keep_best_epoch)
+
+    def run_phase(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
+                  train_modules: list) -> tuple[PhaseState, float]:
+        saved = load_checkpoint(self.run_dir, spec.name) if self.resuming else None
         state, optimizer_state = None, None
         if saved is not None:
             module_state, optimizer_state, state = saved
@@ -71,38 +79,40 @@ class _Runner:
         already = sum(r["seconds"] for r in state.history) if state else 0.0
 
         def checkpoint(s: PhaseState, optimizer) -> None:
-            save_checkpoint(self.run_dir, name, model, optimizer, s)
+            save_checkpoint(self.run_dir, spec.name, model, optimizer, s)
             write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
 
         with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops
             state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels,
                                 spec, train_modules, self.device, state=state, optimizer_state=optimizer_state,
                                 on_epoch_end=checkpoint, should_stop=self.stop,
-                                show_progress=cfg.show_progress)
+                                show_progress=self.cfg.show_progress)
         if state.best_state is None:  # zero epochs asked for
-            state.best_state = model.state_dict()
+            state.best_state = copy_state(model)
         self.history += state.history
         return state, time.perf_counter() - started + already
 
-    def train_and_summarise(self, name: str, model: TransferModel, forward, train_inputs, val_inputs,
-                            train_modules: list, epochs: int, lr: float, cache_seconds: float = 0.0,
-                            extra: dict | None = None) -> dict:
-        """Run one phase, re-evaluate its kept best checkpoint on validation and record the summary."""
-        state, seconds = self.run_phase(name, model, forward, train_inputs, val_inputs, train_modules, epochs, lr)
+    def train_and_summarise(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
+                            train_modules: list, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
+        """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
+        state, seconds = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
         final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device)
-        self.predictions[name] = final.predictions
-        self.phases[name] = _phase_summary(state, seconds, cache_seconds, lr, model, final, self.val_labels,
-                                           self.n_classes, extra)
-        return self.phases[name]
+        self.predictions[spec.name] = final.predictions
+        self.phases[spec.name] = _phase_summary(state, seconds, cache_seconds, spec.learning_rate, model, final,
+                                                self.val_labels, self.n_classes, extra)
+        return self.phases[spec.name]
 
 
 def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: float, model: TransferModel,
                    final_val, labels: np.ndarray, n_classes: int, extra: dict | None = None) -> dict:
-    best = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
-    train_acc = best["train_acc"] if best else None
+    kept = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+    train_acc = kept["train_acc"] if kept else None
+    last_val = state.history[-1]["val_acc"] if state.history else None
     return {"epochs": state.history, "best_epoch": state.best_epoch, "train_acc": train_acc,
             "val_acc": final_val.accuracy,
             "balanced_val_acc": balanced_accuracy(labels, final_val.predictions, n_classes),
+            # what choosing the epoch on validation added: the optimism of a validation-only report
+            "val_acc_over_last_epoch": None if last_val is None else final_val.accuracy - last_val,
             "gap": None if train_acc is None else train_acc - final_val.accuracy,
             "seconds": seconds + cache_seconds, "cache_seconds": cache_seconds, "train_seconds": seconds,
             "learning_rate": lr,
@@ -114,26 +124,37 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     """Train the three phases and write results.json; returns the run directory. `run_dir` given = resume it.
 
     Options, data, device and weights are checked before the run directory is made, so a bad input leaves
-    nothing behind. config.json stores the resolved config (the backbone actually used, absolute paths) and
-    the environment (weights fingerprint, library versions, threads), so a resume cannot drift.
+    nothing behind. config.json stores the resolved config (the backbone actually used, every recipe field,
+    absolute paths) and the environment (weights fingerprint, library versions, threads), so a resume
+    cannot drift.
     """
     resuming = run_dir is not None
     folders = scan_folders(cfg)
     device = resolve_device(cfg.device)
-    pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, cfg.image_size_px)
+    recipe = cfg.resolved_recipe()
+    pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, recipe.image_size_px)
+    torch.manual_seed(cfg.seed)
+    model = TransferModel(pretrained.module, len(folders.train.class_names), HeadConfig(dropout=recipe.head_dropout))
+    unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
     env = environment(device, pretrained.weights)
     if resuming:
         _check_same_weights(run_dir, env)
+        overridden = read_run_config(run_dir).get("recipe", {}).get("overridden", [])
     else:
-        cfg = replace(cfg.with_absolute_paths(), backbone=pretrained.name,
-                      image_size_px=pretrained.preprocessing.image_size_px,
+        overridden = cfg.overridden_recipe_fields()
+        cfg = replace(cfg.with_absolute_paths().with_recipe_filled_in(pretrained.preprocessing.image_size_px),
+                      backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
         run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(cfg.data_dir or cfg.train_dir).name)
-        write_json_atomic(run_dir / "config.json", {"config": cfg.to_dict(), "environment": env})
+        write_json_atomic(run_dir / "config.json", {
+            "config": cfg.to_dict(), "recipe": {"name": cfg.recipe, "overridden": overridden,
+                                                **cfg.resolved_recipe().to_dict()},
+            "environment": env})
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     with interruptible(run_dir) as stop:
-        results = _train_and_evaluate(cfg, folders, pretrained, run_dir, resuming, device, stop)
+        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop)
+    results["recipe"] = {"overridden": overridden, **results["recipe"]}
     write_json_atomic(run_dir / "results.json", results | {"environment": env})
     return run_dir
 
@@ -145,10 +166,11 @@ def _check_same_weights(run_dir: Path, env: dict) -> None:
                         "restore them or start a new run instead of resuming")
 
 
-def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, run_dir: Path,
-                        resuming: bool, device: torch.device, stop: StopRequests) -> dict:
+def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, model: TransferModel,
+                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests) -> dict:
     started = time.perf_counter()
-    runner = _Runner(cfg, run_dir, resuming, device, stop)
+    recipe = cfg.resolved_recipe()
+    runner = _Runner(cfg, recipe, run_dir, resuming, device, stop)
     cache_dir, show = Path(cfg.cache_dir or default_cache_dir()), cfg.show_progress
     prep = pretrained.preprocessing
     decode_started = time.perf_counter()
@@ -162,22 +184,22 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
         raise UserError("the validation set is empty: every class has a single image; add images or give --val")
     runner.class_weights = (class_weights_for(runner.train_labels, n_classes)
                             if cfg.class_weights == "auto" else None)
-    views = cfg.cached_views if cfg.augment else 1
-    head_cfg = HeadConfig()
+    views = recipe.cached_views if recipe.augment else 1
 
     def cached(last_units: list[int], decoded: DecodedImages, n_views: int) -> tuple[list[CachedInputs], float]:
         """One pass per view through the frozen prefix, keeping the output at every requested cut."""
         t = time.perf_counter()
         per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, prep,
-                                   cache_dir, pretrained.cache_key, device, view=v, show_progress=show)
+                                   cache_dir, pretrained.cache_key, device, view=v, engine=cfg.engine,
+                                   show_progress=show)
                     for v in range(n_views)]
         inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
         return inputs, time.perf_counter() - t
 
-    torch.manual_seed(cfg.seed)
-    model = TransferModel(pretrained.module, n_classes, head_cfg).to(device, memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    head_cfg = HeadConfig(dropout=recipe.head_dropout)
     # where fine-tuning will cut decides which activations to cache alongside the pooled features
-    cut, end = unfreeze_for_finetuning(model, cfg).first_trainable_unit, len(model.units)
+    cut, end = unfreeze_for_finetuning(model, recipe).first_trainable_unit, len(model.units)
     frozen_plan = freeze_backbone(model)
     (train_features, train_acts), t_train = cached([end, cut], split.train, views)
     (val_features, val_acts), t_val = cached([end, cut], split.val, 1)
@@ -185,72 +207,115 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     cache_frozen, cache_finetune = t_train + t_val, 0.0
 
     # frozen: the whole backbone is the cached prefix; only the head trains
-    frozen = runner.train_and_summarise("frozen", model, lambda x: model.forward_from(end, x), train_features,
-                                        val_features, [model.head], cfg.frozen_epochs, cfg.frozen_lr,
+    frozen_forward = lambda x: model.forward_from(end, x)  # noqa: E731
+    frozen = runner.train_and_summarise(runner.spec("frozen", recipe.frozen_epochs, recipe.frozen_lr), model,
+                                        frozen_forward, train_features, val_features, [model.head],
                                         cache_frozen, {"unfreeze": frozen_plan.to_dict()})
-    best_state = {"frozen": (frozen["val_acc"], copy_state(model))}
+    kept = {"frozen": (frozen["val_acc"], copy_state(model))}
 
-    # fine-tune: continue from the frozen phase's best; only the tail after the cut runs
-    plan = unfreeze_for_finetuning(model, cfg)
+    # fine-tune: continue from the frozen phase's kept state; only the tail after the cut runs
+    plan = unfreeze_for_finetuning(model, recipe)
     log.info("fine-tune: %s", plan)
-    finetuned = runner.train_and_summarise("finetuned", model, lambda x: model.forward_from(cut, x), train_acts,
-                                           val_acts, [model.head], cfg.finetune_epochs, cfg.finetune_lr,
-                                           cache_finetune, {"unfreeze": plan.to_dict()})
-    best_state["finetuned"] = (finetuned["val_acc"], copy_state(model))
-    transfer_model = model
+    finetune_forward = lambda x: model.forward_from(cut, x)  # noqa: E731
+    finetuned = runner.train_and_summarise(runner.spec("finetuned", recipe.finetune_epochs, recipe.finetune_lr),
+                                           model, finetune_forward, train_acts, val_acts,
+                                           [model.head, *plan.train_mode_modules], cache_finetune,
+                                           {"unfreeze": plan.to_dict()})
+    kept["finetuned"] = (finetuned["val_acc"], copy_state(model))
 
-    # scratch: same architecture, random init, everything trains, on decoded images
+    # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
+    scratch = None
     if not cfg.skip_scratch:
         torch.manual_seed(cfg.seed)
         scratch = TransferModel(create_backbone(pretrained.name), n_classes, head_cfg)
         scratch = scratch.to(device, memory_format=torch.channels_last)
-        train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if cfg.augment else None)
+        train_in = ImageInputs(split.train.pixels, prep, device, cfg.seed if recipe.augment else None)
         val_in = ImageInputs(split.val.pixels, prep, device)
-        runner.train_and_summarise("scratch", scratch, scratch, train_in, val_in, [scratch],
-                                   cfg.scratch_epochs, cfg.scratch_lr)
-    phases, predictions = runner.phases, runner.predictions
+        runner.train_and_summarise(runner.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch,
+                                   scratch, train_in, val_in, [scratch])
+    phases = runner.phases
 
-    best_transfer = max(best_state, key=lambda p: best_state[p][0])
-    transfer_model.load_state_dict(best_state[best_transfer][1])
-    save_model(run_dir, transfer_model, backbone=pretrained.name, class_names=list(split.class_names),
-               preprocessing=prep, head=head_cfg, phase=best_transfer, val_acc=best_state[best_transfer][0])
+    # every choice is made on validation: the transfer model to keep, then the test set is read, once
+    model_phase = max(kept, key=lambda p: kept[p][0])
+    test_predictions = {}
+    if split.test is not None:
+        split.test = screen_test_set(prepared, cfg)
+        test_predictions = _evaluate_on_test(split.test, model, kept, scratch, [end, cut], prep, cache_dir,
+                                             pretrained.cache_key, device, cfg, show)
+        test_labels = labels_of(split.test)
+        for name, predicted in test_predictions.items():
+            phases[name]["test_acc"] = float((predicted == test_labels).mean()) if len(test_labels) else 0.0
+            phases[name]["balanced_test_acc"] = balanced_accuracy(test_labels, predicted, n_classes)
+    model.load_state_dict(kept[model_phase][1])
+    save_model(run_dir, model, backbone=pretrained.name, class_names=list(split.class_names),
+               preprocessing=prep, head=head_cfg, phase=model_phase, val_acc=kept[model_phase][0])
     best_phase = max(phases, key=lambda p: phases[p]["val_acc"])
     transfer_seconds = decode_seconds + phases["frozen"]["seconds"] + phases["finetuned"]["seconds"]
-    best_val = phases[best_transfer]["val_acc"]
+    on_test = split.test is not None
+    headline = phases[model_phase]["test_acc" if on_test else "val_acc"]
     counts = lambda d: np.bincount(labels_of(d), minlength=n_classes).tolist()  # noqa: E731
+    matrix_labels, matrix_predictions = ((labels_of(split.test), test_predictions[best_phase]) if on_test
+                                         else (runner.val_labels, runner.predictions[best_phase]))
     return {
         "run_dir": str(run_dir), "backbone": pretrained.name,
         "weights": {"kind": pretrained.weights.kind, "location": pretrained.weights.location},
         "notice": pretrained.notice, "device": str(device), "preprocessing": prep.to_dict(),
-        "augment": {"enabled": cfg.augment, "cached_views": views,
-                    "mode": (f"{views} augmented views cached per image" if cfg.augment
+        "recipe": recipe.to_dict(),
+        "augment": {"enabled": recipe.augment, "cached_views": views,
+                    "mode": (f"{views} augmented views cached per image" if recipe.augment
                              else "no augmentation; exact feature cache")},
         "data": {"source": str(cfg.data_dir or cfg.train_dir), "val_source": str(cfg.val_dir or ""),
+                 "test_source": str(cfg.test_dir or ("split.json" if cfg.test_fraction else "")),
                  "split": "split.json" if cfg.data_dir else "explicit --train/--val",
                  "class_names": list(split.class_names), "train_per_class": counts(split.train),
                  "val_per_class": counts(split.val), "n_train": len(split.train.images),
-                 "n_val": len(split.val.images),
+                 "n_val": len(split.val.images), "n_test": len(split.test.images) if on_test else 0,
                  "skipped": [{"path": str(s.path), "reason": s.reason} for s in prepared.skipped],
                  "ignored_files": [str(p) for p in split.ignored_files], "leakage": prepared.leakage,
                  "imbalanced": max(counts(split.train)) > 1.5 * max(min(counts(split.train)), 1)},
         "decode_seconds": decode_seconds,
         "phases": phases,
-        "model_phase": best_transfer,
+        "model_phase": model_phase,
         "best_phase": best_phase,
-        "confusion_matrix": {"phase": best_phase,
-                             "matrix": confusion_matrix(runner.val_labels, predictions[best_phase], n_classes)},
-        "verdict": {"target_val_acc": cfg.target_val_acc, "val_acc": best_val,
-                    "val_target_met": best_val >= cfg.target_val_acc,
+        "confusion_matrix": {"phase": best_phase, "subset": "test" if on_test else "validation",
+                             "matrix": confusion_matrix(matrix_labels, matrix_predictions, n_classes)},
+        "verdict": {"subset": "test" if on_test else "validation", "target_acc": cfg.target_acc,
+                    "acc": headline, "target_met": headline >= cfg.target_acc,
+                    "val_optimism": None if on_test else phases[model_phase]["val_acc_over_last_epoch"],
                     "time_budget_seconds": cfg.time_budget_seconds, "transfer_seconds": transfer_seconds,
                     "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
+        "torch_threads": torch.get_num_threads(), "engine": resolve_engine(cfg.engine, device),
         "total_seconds": time.perf_counter() - started,
     }
 
 
-def unfreeze_for_finetuning(model: TransferModel, cfg: CompareConfig) -> UnfreezePlan:
-    if cfg.unfreeze_blocks is not None:
-        return unfreeze_last_blocks(model, cfg.unfreeze_blocks)
-    return unfreeze_last_layers(model, cfg.unfreeze_last or 0)
+def _evaluate_on_test(test: DecodedImages, model: TransferModel, kept: dict, scratch: TransferModel | None,
+                      cuts: list[int], prep, cache_dir: Path, model_key: str, device: torch.device,
+                      cfg: CompareConfig, show: bool) -> dict[str, np.ndarray]:
+    """Predictions of every phase's kept model on the test set: the only place the test set is read."""
+    labels, batch_size = labels_of(test), cfg.batch_size * 2
+    end, cut = cuts
+    # the frozen phase's state holds the pretrained backbone: after fine-tuning, the pooled features would
+    # come from the fine-tuned tail and poison the cache kept under the pretrained weights' key
+    model.load_state_dict(kept["frozen"][1])
+    features, activations = prefix_outputs(model, cuts, test.pixels, test.content_keys, prep, cache_dir,
+                                           model_key, device, engine=cfg.engine, show_progress=show)
+    predictions = {}
+    for name, first_unit, rows in (("frozen", end, features), ("finetuned", cut, activations)):
+        model.load_state_dict(kept[name][1])
+        predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), CachedInputs([rows], device),
+                                     labels, batch_size, device).predictions
+    if scratch is not None:
+        predictions["scratch"] = evaluate(scratch, ImageInputs(test.pixels, prep, device), labels, batch_size,
+                                          device).predictions
+    return predictions
+
+
+def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe) -> UnfreezePlan:
+    kind, count = check_unfreeze(recipe.unfreeze)
+    unfreeze = {"layers": unfreeze_last_layers, "blocks": unfreeze_last_blocks,
+                "keras": unfreeze_last_keras_layers}[kind]
+    return unfreeze(model, count, train_batchnorm=recipe.train_batchnorm)
 
 
 def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,10 +9,11 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
+from transferlab.training.engines import ENGINES
+from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
 
-MIN_IMAGE_SIZE_PX = 16      # below this the backbones' strided stems leave no spatial map
-MAX_IMAGE_SIZE_PX = 1024    # the decode cache holds size² × 3 bytes per image: 1024 px is 3 MB each
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
 MAX_CACHED_VIEWS = 32
 MAX_BATCH_SIZE = 4096
@@ -21,32 +22,42 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 @dataclass(frozen=True)
 class CompareConfig:
-    data_dir: Path | None = None         # DATA/<class>/*; split into train/val here
+    data_dir: Path | None = None         # DATA/<class>/*; split into train/val(/test) here
     train_dir: Path | None = None        # or an explicit pair, which bypasses the split
     val_dir: Path | None = None
+    test_dir: Path | None = None         # reported once at the end, never used for a choice
+    test_fraction: float = 0.0           # or a stratified test part of DATA (0: none; the report says so)
     backbone: str | None = None          # None: MobileNetV2 if its weights can be had, else EfficientNet-Lite0
     weights: Path | None = None          # local .safetensors/.pth, first in the resolution order
-    image_size_px: int | None = None     # None: the weights' own input size
     val_fraction: float = 0.2            # seed 002's validation_split
     seed: int = 42
     batch_size: int = 32                 # Keras' default, which the seeds used
-    scratch_epochs: int = 10             # the "before": enough epochs to show it overfits
-    scratch_lr: float = 1e-3             # Adam's default
-    frozen_epochs: int = 5
-    frozen_lr: float = 1e-3              # only the new head trains, so the usual Adam rate is safe
-    finetune_epochs: int = 5
-    finetune_lr: float = 1e-5            # 100x lower: nudge pretrained filters, don't overwrite them
-    unfreeze_last: int | None = 20       # seed 002: base.layers[-20:]
-    unfreeze_blocks: int | None = None   # alternative: the last K blocks
-    augment: bool = False
-    cached_views: int = 4                # augmented views cached per image when augment is on
-    dedupe: bool = False                 # drop validation images that duplicate training images
+    recipe: str = "default"              # a preset of training/recipes.py; the fields below override it
+    image_size_px: int | None = None
+    head_dropout: float | None = None
+    frozen_epochs: int | None = None
+    frozen_lr: float | None = None
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
+    unfreeze: str | None = None          # keras:N | layers:N | blocks:K
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    augment: bool | None = None
+    cached_views: int | None = None
+    train_batchnorm: bool | None = None
+    keep_best_epoch: bool | None = None
+    scratch_epochs: int | None = None
+    scratch_lr: float | None = None
+    dedupe: bool = False                 # drop validation/test images that duplicate training images
     class_weights: str = "none"          # "auto": inverse class frequency in the loss
-    target_val_acc: float = 0.80
+    target_acc: float = 0.80             # on test when there is a test set, else on validation
     time_budget_seconds: float = 1800.0  # the seeds' "under 30 minutes"
     skip_scratch: bool = False
     strict: bool = False                 # an undecodable file is an error instead of a skip
     device: str = "auto"
+    engine: str = "auto"                 # the frozen pass: auto (ONNX Runtime on CPU), torch, onnxruntime
     runs_dir: Path = Path("runs")
     name: str | None = None
     cache_dir: Path | None = None        # None: ~/.cache/transferlab (or $XDG_CACHE_HOME)
@@ -57,36 +68,57 @@ class CompareConfig:
             raise UserError("give either a data folder (compare DATA) or --train DIR with --val DIR, not both")
         if (self.train_dir is None) != (self.val_dir is None):
             raise UserError("--train and --val go together; give both folders")
-        if self.unfreeze_blocks is not None and self.unfreeze_last not in (None, 20):
-            raise UserError("give --unfreeze-last or --unfreeze-blocks, not both")
+        if self.test_dir is not None and self.test_fraction:
+            raise UserError("give --test DIR or --test-fraction, not both")
+        if self.test_dir is not None and self.data_dir is not None and Path(self.test_dir).resolve() in (
+                Path(self.data_dir).resolve(), *Path(self.test_dir).resolve().parents):
+            raise UserError("--test must be a folder outside the data folder, or the test images would also train")
         if self.class_weights not in ("none", "auto"):
             raise UserError(f"--class-weights must be 'none' or 'auto' (got '{self.class_weights}')")
         for name in ("scratch_epochs", "frozen_epochs", "finetune_epochs"):
-            _check_int(name, getattr(self, name), 0, 10_000)
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        _check_int("cached_views", self.cached_views, 1, MAX_CACHED_VIEWS)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
-        for name in ("unfreeze_last", "unfreeze_blocks"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0, 100_000)
+                _check_int(name, getattr(self, name), 0, 10_000)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if self.cached_views is not None:
+            _check_int("cached_views", self.cached_views, 1, MAX_CACHED_VIEWS)
+        _check_int("seed", self.seed, 0, 2**32 - 1)
         if self.image_size_px is not None:
             _check_int("image_size", self.image_size_px, MIN_IMAGE_SIZE_PX, MAX_IMAGE_SIZE_PX)
         for name in ("scratch_lr", "frozen_lr", "finetune_lr"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and 0 < value <= 10):
+            if value is not None and not (math.isfinite(value) and 0 < value <= 10):
                 raise UserError(f"--{_flag(name)} must be a finite learning rate in (0, 10] (got {value})")
-        if not (math.isfinite(self.val_fraction) and 0 < self.val_fraction < 1):
-            raise UserError(f"--val-fraction must be between 0 and 1 (got {self.val_fraction})")
-        if not (math.isfinite(self.target_val_acc) and 0 <= self.target_val_acc <= 1):
-            raise UserError(f"--target-val-acc must be between 0 and 1 (got {self.target_val_acc})")
+        for name, value in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
+            if not (math.isfinite(value) and (0 < value < 1 or (name == "test_fraction" and value == 0))):
+                raise UserError(f"--{_flag(name)} must be between 0 and 1 (got {value})")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise UserError("--val-fraction plus --test-fraction leave under 10% of the images to train on")
+        if not (math.isfinite(self.target_acc) and 0 <= self.target_acc <= 1):
+            raise UserError(f"--target-acc must be between 0 and 1 (got {self.target_acc})")
         if not (math.isfinite(self.time_budget_seconds) and self.time_budget_seconds > 0):
             raise UserError(f"--time-budget must be a positive duration such as 30m (got {self.time_budget_seconds})")
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine '{self.engine}' is unknown; choose one of {', '.join(ENGINES)}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise UserError(f"--device '{self.device}' is not supported; use auto, cpu, cuda or cuda:N")
         if self.name is not None and not 0 < len(self.name) <= MAX_NAME_CHARS:
             raise UserError(f"--name must be 1 to {MAX_NAME_CHARS} characters (got {len(self.name)})")
         if self.backbone is not None and not self.backbone.strip():
             raise UserError("--backbone is empty; give a timm model name such as tf_efficientnet_lite0")
+        self.resolved_recipe()  # an unknown preset or a bad override fails here, before anything is written
+
+    def resolved_recipe(self) -> Recipe:
+        return resolve_recipe(self.recipe, asdict(self))
+
+    def overridden_recipe_fields(self) -> list[str]:
+        preset = asdict(PRESETS[self.recipe])
+        return sorted(k for k, v in asdict(self.resolved_recipe()).items() if k != "name" and v != preset[k])
+
+    def with_recipe_filled_in(self, image_size_px: int) -> "CompareConfig":
+        """Every recipe field explicit, as config.json stores it: a resume cannot drift if presets change."""
+        own = {f.name for f in fields(self)} - {"name"}  # a recipe's name is `recipe` here
+        values = {k: v for k, v in asdict(self.resolved_recipe()).items() if k in own}
+        return type(self)(**(asdict(self) | values | {"image_size_px": image_size_px}))
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -113,7 +145,7 @@ class CompareConfig:
 
 
 def _flag(name: str) -> str:
-    return {"image_size_px": "image-size"}.get(name, name.replace("_", "-"))
+    return {"image_size_px": "image-size", "time_budget_seconds": "time-budget"}.get(name, name.replace("_", "-"))
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:

@@ -24,23 +24,39 @@ from transferlab.experiments.config import CompareConfig
 class Split:
     train: DecodedImages
     val: DecodedImages
+    test: DecodedImages | None  # read once, after every choice was made on validation
     class_names: tuple[str, ...]
     ignored_files: list[Path]
 
 
-@dataclass(frozen=True)
+@dataclass
 class PreparedData:
     split: Split
-    skipped: list            # SkippedFile: could not be decoded
-    leakage: dict            # train/val duplicates found (and dropped with --dedupe)
+    skipped: list                                # SkippedFile: could not be decoded
+    leakage: dict                                # duplicates of training images found (dropped with --dedupe)
+    split_path: Path                             # split.json, kept in step with what is dropped
+    root: Path
+    subsets: dict[str, list[LabelledImage]]
+    content: dict[Path, str]                     # content hash per decoded file
+    dropped: dict[str, list[LabelledImage]]      # per subset, by --dedupe
 
 
-def scan_folders(cfg: CompareConfig) -> tuple[ImageFolder, ImageFolder | None]:
+@dataclass(frozen=True)
+class Folders:
+    train: ImageFolder             # DATA itself when the split is made here
+    val: ImageFolder | None        # an explicit --val folder
+    test: ImageFolder | None       # an explicit --test folder
+
+    @property
+    def all(self) -> list[ImageFolder]:
+        return [f for f in (self.train, self.val, self.test) if f is not None]
+
+
+def scan_folders(cfg: CompareConfig) -> Folders:
     """Check the data before anything is created: a bad folder leaves no empty run behind."""
-    if cfg.data_dir is not None:
-        return scan_image_folder(cfg.data_dir), None
-    train = scan_image_folder(cfg.train_dir)
-    return train, scan_image_folder(cfg.val_dir, class_names=train.class_names)
+    train = scan_image_folder(cfg.data_dir or cfg.train_dir)
+    labelled_like_train = lambda d: None if d is None else scan_image_folder(d, class_names=train.class_names)  # noqa: E731
+    return Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
 
 
 def _subset(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
@@ -51,35 +67,39 @@ def _subset(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
                          pixels=decoded.pixels.subset(np.array(rows, dtype=np.int64)), skipped=[])
 
 
-def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool) -> tuple[list[int], dict]:
-    """Validation positions that duplicate training images, and the summary the report shows."""
+def _absolute(path: Path) -> Path:
+    """Absolute without following symlinks: a linked image keeps its place in the class folder."""
+    return Path(os.path.abspath(path))
+
+
+def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool, subset: str) -> tuple[list[int], dict]:
+    """Positions in `val` (validation or test) that duplicate training images, and the report's summary."""
     leak = find_leakage(train.content_keys, train.pixels, val.content_keys, val.pixels)
     summary = {"exact_duplicates": len(leak.exact), "near_duplicates": len(leak.near), "dropped": dedupe,
                "examples": [str(val.images[i].path) for i in leak.all[:10]]}
     if leak.all:
-        warnings.warn(f"{len(leak.exact)} validation images are exact and {len(leak.near)} near duplicates of "
+        what = "validation" if subset == "val" else subset
+        warnings.warn(f"{len(leak.exact)} {what} images are exact and {len(leak.near)} near duplicates of "
                       f"training images (e.g. '{summary['examples'][0]}'); "
-                      + ("dropped from validation (--dedupe)" if dedupe else "validation accuracy is optimistic; "
+                      + (f"dropped from {what} (--dedupe)" if dedupe else f"{what} accuracy is optimistic; "
                          "use --dedupe to drop them"), stacklevel=4)
     return leak.all, summary
 
 
-def prepare_data(cfg: CompareConfig, folders: tuple[ImageFolder, ImageFolder | None], prep: Preprocessing,
-                 cache_dir: Path, run_dir: Path, resuming: bool) -> PreparedData:
-    folder, val_folder = folders
-    images = list(folder.images) + list(val_folder.images if val_folder else ())
-    root = Path(folder.root) if val_folder is None else Path(os.path.commonpath([folder.root, val_folder.root]))
+def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cache_dir: Path, run_dir: Path,
+                 resuming: bool) -> PreparedData:
+    images = [im for folder in folders.all for im in folder.images]
+    roots = [_absolute(folder.root) for folder in folders.all]
+    root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
+    images = [LabelledImage(_absolute(im.path), im.label) for im in images]
     split_path = run_dir / "split.json"
-    seed, fraction = cfg.seed, (cfg.val_fraction if val_folder is None else None)
+    seed, fraction = cfg.seed, (cfg.val_fraction if folders.val is None else None)
     if resuming and split_path.exists():
         subsets = apply_saved_split(split_path, root, images)
-        subsets["val"] += subsets.pop("dropped")  # --dedupe finds and drops them again, identically
+        for name in ("val", "test"):  # --dedupe finds and drops them again, identically
+            subsets[name] += subsets.pop(f"dropped_{name}")
     else:
-        if val_folder is None:
-            train, val = split_stratified(images, cfg.val_fraction, seed)
-        else:
-            train, val = list(folder.images), list(val_folder.images)
-        subsets = {"train": train, "val": val}
+        subsets = _initial_split(cfg, folders, images)
         save_split(split_path, root, subsets, seed=seed, val_fraction=fraction)
 
     decoded = decode_images(images, prep, cache_dir, strict=cfg.strict, show_progress=cfg.show_progress)
@@ -87,18 +107,48 @@ def prepare_data(cfg: CompareConfig, folders: tuple[ImageFolder, ImageFolder | N
     if resuming and split_path.exists():
         check_content_unchanged(split_path, root, content)
 
-    split = Split(_subset(decoded, subsets["train"]), _subset(decoded, subsets["val"]), folder.class_names,
-                  list(folder.ignored_files) + list(val_folder.ignored_files if val_folder else ()))
-    leaked, leakage = _leakage(split.train, split.val, cfg.dedupe)
-    dropped = [split.val.images[i] for i in leaked] if cfg.dedupe else []
-    gone = set(dropped)
-    if gone:
-        split.val = _subset(split.val, [im for im in split.val.images if im not in gone])
-    save_split(split_path, root, {"train": subsets["train"], "val": [im for im in subsets["val"] if im not in gone],
-                                  "dropped": dropped},
-               seed=seed, val_fraction=fraction, content=content,
-               skipped={s.path: s.reason for s in decoded.skipped})
-    return PreparedData(split=split, skipped=decoded.skipped, leakage=leakage)
+    has_test = folders.test is not None or cfg.test_fraction > 0
+    split = Split(_subset(decoded, subsets["train"]), _subset(decoded, subsets["val"]),
+                  _subset(decoded, subsets["test"]) if has_test else None, folders.train.class_names,
+                  [p for folder in folders.all for p in folder.ignored_files])
+    leaked, leakage = _leakage(split.train, split.val, cfg.dedupe, "val")
+    dropped = {"val": [split.val.images[i] for i in leaked] if cfg.dedupe else [], "test": []}
+    split.val = _subset(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
+    prepared = PreparedData(split=split, skipped=decoded.skipped, leakage=leakage, split_path=split_path, root=root,
+                            subsets=subsets, content=content, dropped=dropped)
+    _save(prepared, cfg)
+    return prepared
+
+
+def screen_test_set(prepared: PreparedData, cfg: CompareConfig) -> DecodedImages:
+    """The test set, checked for copies of training images only now, at the end, when it is first read."""
+    test = prepared.split.test
+    leaked, prepared.leakage["test"] = _leakage(prepared.split.train, test, cfg.dedupe, "test")
+    if cfg.dedupe and leaked:
+        prepared.dropped["test"] = [test.images[i] for i in leaked]
+        _save(prepared, cfg)
+    return _subset(test, [im for im in test.images if im not in set(prepared.dropped["test"])])
+
+
+def _save(prepared: PreparedData, cfg: CompareConfig) -> None:
+    gone = {im for members in prepared.dropped.values() for im in members}
+    subsets = {name: [im for im in members if im not in gone] for name, members in prepared.subsets.items()}
+    save_split(prepared.split_path, prepared.root,
+               subsets | {f"dropped_{name}": members for name, members in prepared.dropped.items()},
+               seed=cfg.seed, val_fraction=cfg.val_fraction if cfg.data_dir else None, content=prepared.content,
+               skipped={s.path: s.reason for s in prepared.skipped})
+
+
+def _initial_split(cfg: CompareConfig, folders: Folders, images: list[LabelledImage]
+                   ) -> dict[str, list[LabelledImage]]:
+    """Stratified and seeded when the split is made here; the explicit folders otherwise."""
+    in_folder = lambda folder: [im for im in images if _absolute(folder.root) in im.path.parents]  # noqa: E731
+    test = in_folder(folders.test) if folders.test else []
+    if folders.val is not None:
+        return {"train": in_folder(folders.train), "val": in_folder(folders.val), "test": test}
+    train, val, fraction_test = split_stratified(in_folder(folders.train), cfg.val_fraction, cfg.seed,
+                                                 cfg.test_fraction)
+    return {"train": train, "val": val, "test": test or fraction_test}
 
 
 def labels_of(decoded: DecodedImages) -> np.ndarray:

@@ -7,7 +7,7 @@ caching its outputs exact. LayerNorm (ViT, Swin, ConvNeXt) has no running statis
 any other layer inside the unfrozen range.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -35,18 +35,21 @@ class UnfreezePlan:
     first_trainable_unit: int
     trainable_parameters: int
     total_parameters: int
+    # BatchNorm layers that train (Keras' semantics, --train-batchnorm): in train mode during fine-tuning
+    train_mode_modules: list[nn.Module] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "train_mode_modules"} | {
+            "batchnorm_trained": len(self.train_mode_modules)}
 
 
 def freeze_all(model: nn.Module) -> None:
     model.requires_grad_(False)
 
 
-def _apply(model, chosen: list[tuple[int, nn.Module]]) -> UnfreezePlan:
+def _apply(model, chosen: list[tuple[int, nn.Module]], train_batchnorm: bool = False) -> UnfreezePlan:
     freeze_all(model.backbone)
-    trainable = [(i, m) for i, m in chosen if not is_batchnorm(m)]
+    trainable = [(i, m) for i, m in chosen if train_batchnorm or not is_batchnorm(m)]
     for _, layer in trainable:
         layer.requires_grad_(True)
     model.head.requires_grad_(True)
@@ -54,7 +57,8 @@ def _apply(model, chosen: list[tuple[int, nn.Module]]) -> UnfreezePlan:
     return UnfreezePlan(layers_counted=len(chosen), trainable_layers=len(trainable),
                         batchnorm_kept_frozen=len(chosen) - len(trainable), first_trainable_unit=first,
                         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                        total_parameters=sum(p.numel() for p in model.parameters()))
+                        total_parameters=sum(p.numel() for p in model.parameters()),
+                        train_mode_modules=[m for _, m in trainable if is_batchnorm(m)])
 
 
 def _require_cuttable(model, option: str) -> None:
@@ -64,7 +68,7 @@ def _require_cuttable(model, option: str) -> None:
                         f"({reason}); use --unfreeze-blocks 0 (frozen features only) or another backbone")
 
 
-def unfreeze_last_layers(model, n_layers: int) -> UnfreezePlan:
+def unfreeze_last_layers(model, n_layers: int, train_batchnorm: bool = False) -> UnfreezePlan:
     """Keras' `base.layers[-n:]`, counted over layers that own parameters (conv, norm, linear).
 
     Keras also counts activations, adds and paddings as layers, so its count is larger: Keras
@@ -76,10 +80,10 @@ def unfreeze_last_layers(model, n_layers: int) -> UnfreezePlan:
     if not 0 <= n_layers <= len(layers):
         raise UserError(f"--unfreeze-last {n_layers} is out of range: this backbone has {len(layers)} layers "
                         "with parameters")
-    return _apply(model, layers[len(layers) - n_layers:] if n_layers else [])
+    return _apply(model, layers[len(layers) - n_layers:] if n_layers else [], train_batchnorm)
 
 
-def unfreeze_last_blocks(model, n_blocks: int) -> UnfreezePlan:
+def unfreeze_last_blocks(model, n_blocks: int, train_batchnorm: bool = False) -> UnfreezePlan:
     """fastai's freeze_to over timm's blocks (group_matcher): the last K blocks and all after them train.
 
     What follows the last block (conv_head/bn2, the final norm, the pooling's norm) trains with it, as
@@ -91,7 +95,47 @@ def unfreeze_last_blocks(model, n_blocks: int) -> UnfreezePlan:
     if not 0 <= n_blocks <= len(starts):
         raise UserError(f"--unfreeze-blocks {n_blocks} is out of range: this backbone has {len(starts)} blocks")
     first = starts[len(starts) - n_blocks] if n_blocks else len(model.units)
-    return _apply(model, [(i, m) for i, m in layers_with_parameters(model.units) if i >= first])
+    return _apply(model, [(i, m) for i, m in layers_with_parameters(model.units) if i >= first], train_batchnorm)
+
+
+KERAS_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
+                     nn.LeakyReLU, nn.ELU, nn.PReLU)
+
+
+def keras_layers(units: list[nn.Module]) -> list[tuple[int, nn.Module | None]]:
+    """The layers Keras would list for these units, in forward order: (unit index, module or None for an add).
+
+    Keras counts every convolution, normalisation, dense layer, activation and residual add; a timm block
+    with a skip connection (`has_skip`) ends with one add. Keras' ZeroPadding layers (four in MobileNetV2,
+    none in the TF 'same'-padded EfficientNets) have no module here and are not counted.
+    """
+    layers: list[tuple[int, nn.Module | None]] = []
+    for i, unit in enumerate(units):
+        for m in unit.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.LayerNorm, nn.modules.batchnorm._BatchNorm,
+                              *KERAS_ACTIVATIONS)):
+                layers.append((i, m))
+        if getattr(unit, "has_skip", False):
+            layers.append((i, None))
+    return layers
+
+
+def unfreeze_last_keras_layers(model, n_layers: int, train_batchnorm: bool = True) -> UnfreezePlan:
+    """What Keras' `for layer in base.layers[:-n]: layer.trainable = False` leaves trainable (seed 002: 20).
+
+    For MobileNetV2 the last 20 Keras layers are blocks 15 and 16 (expand, depthwise, project convolutions
+    with their BatchNorms and ReLU6s, block 15's add), Conv_1, its BatchNorm and out_relu: 14 layers with
+    parameters. Seed 000's `fine_tune_at = 100` of 154 layers is Keras' last 54, our last 53 (block_13_pad).
+    """
+    layers = keras_layers(model.units)
+    if n_layers:
+        _require_cuttable(model, f"--unfreeze-keras-layers {n_layers}")
+    if not 0 <= n_layers <= len(layers):
+        raise UserError(f"--unfreeze-keras-layers {n_layers} is out of range: this backbone has {len(layers)} "
+                        "Keras-style layers")
+    chosen = [(i, m) for i, m in layers[len(layers) - n_layers:]
+              if m is not None and next(m.parameters(recurse=False), None) is not None] if n_layers else []
+    return _apply(model, chosen, train_batchnorm)
 
 
 def freeze_backbone(model) -> UnfreezePlan:

@@ -8,7 +8,7 @@ from transferlab.atomic import write_text_atomic
 from transferlab.data.scan import quoted
 from transferlab.errors import UserError
 from transferlab.reporting.plots import confusion_plot_note, plot_confusion_matrix, plot_learning_curves
-from transferlab.reporting.tables import PHASE_LABELS, comparison_table, verdict_lines
+from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
 
 
 def render_markdown(results: dict) -> str:
@@ -22,17 +22,19 @@ def render_markdown(results: dict) -> str:
         f"`{results['weights']['location']}`, on {results['device']}; input "
         f"{results['preprocessing']['image_size_px']} px, {results['augment']['mode']}.",
         *([f"> {results['notice']}"] if results.get("notice") else []), "",
-        f"Data: {data['n_train']} training / {data['n_val']} validation images in "
+        f"Data: {data['n_train']} training / {data['n_val']} validation / {data.get('n_test', 0)} test images in "
         f"{len(data['class_names'])} classes ({data['split']}).", "",
+        recipe_line(results), "",
         "## Before and after", "", comparison_table(results), "",
-        "Train accuracy is the running accuracy over the best epoch (dropout on, as Keras reports it); "
-        "val accuracy is the kept best-val checkpoint re-evaluated. Seconds include building caches.", "",
+        "Train accuracy is the running accuracy over the kept epoch (dropout on, as Keras reports it); "
+        "val accuracy is the kept checkpoint re-evaluated. Validation chose the epochs and the kept model; the "
+        "test set (if any) was read once, at the end. Seconds include building caches.", "",
         f"Fine-tuning trained the last {finetune['layers_counted']} layers with parameters "
         f"({finetune['trainable_layers']} trainable, {finetune['batchnorm_kept_frozen']} BatchNorm kept frozen); "
         f"the saved model is the {PHASE_LABELS[results['model_phase']]} checkpoint.", "",
         "## Verdict", "", *verdict_lines(results), "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
-        f"## Confusion matrix ({PHASE_LABELS[cm['phase']]}, validation)", "",
+        f"## Confusion matrix ({PHASE_LABELS[cm['phase']]}, {cm.get('subset', 'validation')})", "",
         "![confusion matrix](confusion_matrix.png)", "",
         *([plot_note, ""] if plot_note else []),
         "## Data hygiene", "",
@@ -44,6 +46,11 @@ def render_markdown(results: dict) -> str:
                   else "" if not (leak["exact_duplicates"] + leak["near_duplicates"])
                   else "; validation accuracy is optimistic, --dedupe drops them"))
     lines += [f"  - `{path}`" for path in leak["examples"]]
+    if "test" in leak:
+        test_leak = leak["test"]
+        lines.append(f"- train/test leakage (checked when the test set was first read, at the end): "
+                     f"{test_leak['exact_duplicates']} exact and {test_leak['near_duplicates']} near duplicates"
+                     + (" (dropped: --dedupe)" if test_leak["dropped"] and test_leak["examples"] else ""))
     lines.append(f"- class counts (train): {dict(zip(data['class_names'], data['train_per_class']))}")
     lines += ["", "### Skipped files", ""]
     skipped = data["skipped"]
@@ -78,7 +85,7 @@ def write_report(run_dir: Path) -> Path:
     plot_learning_curves(results, run_dir / "learning_curves.png")
     cm = results["confusion_matrix"]
     plot_confusion_matrix(cm["matrix"], results["data"]["class_names"],
-                          f"{PHASE_LABELS[cm['phase']]} (validation)", run_dir / "confusion_matrix.png")
+                          f"{PHASE_LABELS[cm['phase']]} ({cm.get('subset', 'validation')})", run_dir / "confusion_matrix.png")
     markdown = render_markdown(results)
     write_text_atomic(run_dir / "report.md", markdown)
     write_text_atomic(run_dir / "report.html", _markdown_to_html(markdown))

@@ -11,33 +11,55 @@ def _pct(v: float | None) -> str:
 def comparison_table(results: dict) -> str:
     """Balanced accuracy gets a column when the classes are imbalanced (where plain accuracy flatters)."""
     balanced = results["data"].get("imbalanced", False)
-    rows = ["| model | train acc | val acc |" + (" balanced val acc |" if balanced else "") +
-            " gap (train−val) | best epoch | trainable params | seconds |",
-            "|---|---:|---:|" + ("---:|" if balanced else "") + "---:|---:|---:|---:|"]
+    has_test = results["data"].get("n_test", 0) > 0
+    columns = ["model", "train acc", "val acc"] + (["balanced val acc"] if balanced else []) + \
+        (["test acc"] if has_test else []) + (["balanced test acc"] if has_test and balanced else []) + \
+        ["gap (train−val)", "kept epoch", "trainable params", "seconds"]
+    rows = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     phases = results["phases"]
     for name in PHASE_ORDER:
         if name not in phases:
             continue
         p = phases[name]
         gap = "–" if p["gap"] is None else f"{100 * p['gap']:+.1f} pts"
-        rows.append(f"| {PHASE_LABELS[name]} | {_pct(p['train_acc'])} | {_pct(p['val_acc'])} | "
-                    + (f"{_pct(p['balanced_val_acc'])} | " if balanced else "") + f"{gap} | "
-                    f"{p['best_epoch']}/{len(p['epochs'])} | {p['trainable_parameters']:,} | {p['seconds']:.1f} |")
+        cells = [PHASE_LABELS[name], _pct(p["train_acc"]), _pct(p["val_acc"])] + \
+            ([_pct(p["balanced_val_acc"])] if balanced else []) + ([_pct(p.get("test_acc"))] if has_test else []) + \
+            ([_pct(p.get("balanced_test_acc"))] if has_test and balanced else []) + \
+            [gap, f"{p['best_epoch']}/{len(p['epochs'])}", f"{p['trainable_parameters']:,}", f"{p['seconds']:.1f}"]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def verdict_lines(results: dict) -> list[str]:
     v = results["verdict"]
     mark = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    lines = [f"- val accuracy {_pct(v['val_acc'])} vs target {_pct(v['target_val_acc'])}: "
-             f"**{mark(v['val_target_met'])}**",
-             f"- transfer time {v['transfer_seconds']:.0f} s (decode + frozen + fine-tune) vs budget "
-             f"{v['time_budget_seconds']:.0f} s: **{mark(v['time_target_met'])}**"]
+    model = PHASE_LABELS[results["model_phase"]]
+    subset = v["subset"]
+    lines = [f"- {subset} accuracy of the kept model ({model}, chosen on validation) {_pct(v['acc'])} vs target "
+             f"{_pct(v['target_acc'])}: **{mark(v['target_met'])}**"]
+    if subset == "validation":
+        lines.append(f"- no test set: this validation accuracy also chose the epochs and the model, so it is "
+                     f"optimistic (the kept epoch beat the last one by {100 * (v['val_optimism'] or 0):+.1f} pts); "
+                     "give --test DIR or --test-fraction for an unbiased number")
+    lines.append(f"- transfer time {v['transfer_seconds']:.0f} s (decode + frozen + fine-tune) vs budget "
+                 f"{v['time_budget_seconds']:.0f} s: **{mark(v['time_target_met'])}**")
     phases = results["phases"]
     if "scratch" in phases:
-        best = max(phases[p]["val_acc"] for p in ("frozen", "finetuned"))
-        lines.append(f"- transfer vs scratch: {_pct(best)} vs {_pct(phases['scratch']['val_acc'])} val accuracy "
-                     f"({100 * (best - phases['scratch']['val_acc']):+.1f} pts), "
+        key = "test_acc" if subset == "test" else "val_acc"
+        best = phases[results["model_phase"]][key]
+        lines.append(f"- transfer vs scratch: {_pct(best)} vs {_pct(phases['scratch'][key])} {subset} accuracy "
+                     f"({100 * (best - phases['scratch'][key]):+.1f} pts), "
                      f"{phases['frozen']['seconds'] + phases['finetuned']['seconds']:.0f} s vs "
                      f"{phases['scratch']['seconds']:.0f} s")
     return lines
+
+
+def recipe_line(results: dict) -> str:
+    r = results["recipe"]
+    changed = f" (overridden: {', '.join(r['overridden'])})" if r.get("overridden") else ""
+    return (f"Recipe `{r['name']}`{changed}: frozen {r['frozen_epochs']} epochs at {r['frozen_lr']:g}, then "
+            f"fine-tune `{r['unfreeze']}` for {r['finetune_epochs']} epochs at {r['finetune_lr']:g} "
+            f"({r['optimizer']}, {r['schedule']} schedule, label smoothing {r['label_smoothing']:g}, head dropout "
+            f"{r['head_dropout']:g}, augmentation {'on' if r['augment'] else 'off'}, "
+            f"{'best-validation' if r['keep_best_epoch'] else 'last'} epoch kept); scratch {r['scratch_epochs']} "
+            f"epochs at {r['scratch_lr']:g}.")

@@ -118,4 +118,8 @@ def prefix_runner(model: TransferModel, last_units: list[int], prep: Preprocessi
         warnings.warn(f"cannot export {model_key} to ONNX ({first_line}); running the frozen prefix on "
                       "PyTorch", stacklevel=2)
         return PrefixRunner(reference)
+    except OSError as e:  # a read-only or full cache: the export is an optimisation, not a result
+        warnings.warn(f"cannot write the ONNX export to {cache_dir} ({e.strerror}); running the frozen prefix "
+                      "on PyTorch", stacklevel=2)
+        return PrefixRunner(reference)
     return PrefixRunner(reference, onnxruntime_session(path))

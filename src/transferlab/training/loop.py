@@ -6,6 +6,7 @@ the checkpoint of epoch k goes on exactly as if it had never stopped.
 """
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -31,6 +32,12 @@ class PhaseSpec:
     batch_size: int
     seed: int
     class_weights: tuple[float, ...] | None = None
+    optimizer: str = "adam"              # adam | adamw | sgd (momentum 0.9, Nesterov)
+    weight_decay: float = 0.0
+    adam_eps: float = 1e-8
+    schedule: str = "constant"           # constant | warmup-cosine
+    label_smoothing: float = 0.0
+    keep_best_epoch: bool = True         # else the last epoch's weights are kept
 
 
 @dataclass
@@ -74,6 +81,28 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, la
                       predictions=predicted)
 
 
+WARMUP_FRACTION = 0.1  # of all steps; BiT and timm warm up for a few percent of training
+
+
+def make_optimizer(params: list[nn.Parameter], spec: PhaseSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.learning_rate, momentum=0.9, nesterov=True,
+                               weight_decay=spec.weight_decay)
+    kind = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=spec.learning_rate, eps=spec.adam_eps, weight_decay=spec.weight_decay)
+
+
+def learning_rate_at(step: int, total_steps: int, spec: PhaseSpec) -> float:
+    """Linear warm-up over the first 10% of steps, then cosine decay to zero (per step, not per epoch)."""
+    if spec.schedule == "constant" or total_steps <= 1:
+        return spec.learning_rate
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    if step < warmup:
+        return spec.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return spec.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def set_train_mode(module: nn.Module, train_modules: list[nn.Module]) -> None:
     module.eval()
     for m in train_modules:
@@ -86,10 +115,10 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                 state: PhaseState | None = None, optimizer_state: dict | None = None,
                 on_epoch_end: Callable[[PhaseState, torch.optim.Optimizer], None] | None = None,
                 should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True) -> PhaseState:
-    """Adam over the parameters that require grad; keeps the best-val state and restores it at the end."""
+    """The spec's optimizer over the parameters that require grad; keeps the best-val (or the last) state."""
     state = state or PhaseState()
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=spec.learning_rate)
+    optimizer = make_optimizer(params, spec)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     weight = (torch.tensor(spec.class_weights, dtype=torch.float32, device=device)
@@ -102,14 +131,17 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         order = epoch_rng(spec.seed, epoch).permutation(len(train_inputs))
         loss_sum, correct = 0.0, 0
         batches = range(0, len(order), spec.batch_size)
+        steps_per_epoch = len(batches)
         bar = tqdm(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
                    disable=not show_progress)
-        for start in bar:
+        for step, start in enumerate(bar):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(epoch * steps_per_epoch + step, spec.epochs * steps_per_epoch, spec)
             positions = order[start:start + spec.batch_size]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
             with autocast(device):
                 logits = forward(train_inputs.batch(positions, epoch)).float()
-            loss = nn.functional.cross_entropy(logits, target, weight=weight)
+            loss = nn.functional.cross_entropy(logits, target, weight=weight, label_smoothing=spec.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -122,7 +154,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
                "seconds": time.perf_counter() - started}
         state.history.append(row)
-        if val.accuracy > state.best_val_acc:
+        if val.accuracy > state.best_val_acc or not spec.keep_best_epoch:
             state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
             state.best_state = copy.deepcopy(module.state_dict())
         state.next_epoch = epoch + 1

@@ -15,25 +15,33 @@ from tqdm import tqdm
 from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore, RowView, key_digest
 from transferlab.models.transfer_model import TransferModel
+from transferlab.training.engines import prefix_runner, resolve_engine
 from transferlab.training.inputs import ImageInputs, augment_pixels, epoch_rng, normalise
 from transferlab.training.loop import autocast
 
 
+# Bump when TransferModel's units change meaning: a cut index then names other tensors than the cached ones.
+UNITS_LAYOUT = "units-v2"  # v2: units traced from timm's forward_features, pooling as the last unit
+
+
 def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView, content_keys: list[str],
                    prep: Preprocessing, cache_root: Path, model_key: str, device: torch.device, *,
-                   view: int = 0, batch_size: int = 64, show_progress: bool = True) -> list[RowView]:
+                   view: int = 0, batch_size: int = 64, engine: str = "auto",
+                   show_progress: bool = True) -> list[RowView]:
     """Outputs of units[:n] for each n in `last_units` (view 0 = unaugmented), computed only if missing.
 
     All requested cuts come out of one pass through the prefix; a cut whose cache is complete is neither
     computed nor written. `model_key` must identify the backbone and its weights; preprocessing, the cut,
-    the view, the dtype the prefix runs in and the timm/torch versions are added here, so any change to
-    them lands in a different cache.
+    the view, the dtype and engine the prefix runs on and the timm/torch versions are added here, so any
+    change to them lands in a different cache. The missing rows are computed on `engine` (training/engines.py: ONNX
+    Runtime on CPU, parity-checked against PyTorch); a warm cache never builds an engine.
     """
     model.eval()
     size = prep.image_size_px
     with torch.no_grad():
         probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
-    depends_on = (model_key, prep.to_dict(), view, compute_dtype(device), timm.__version__, torch.__version__)
+    depends_on = (UNITS_LAYOUT, model_key, prep.to_dict(), view, compute_dtype(device), resolve_engine(engine, device),
+                  timm.__version__, torch.__version__)
     stores = [RowStore(Path(cache_root) / "prefix" / key_digest(*depends_on, n), tuple(probe.shape[1:]), "float16")
               for n, probe in zip(last_units, probes)]
     todo = [(n, store) for n, store in zip(last_units, stores) if store.missing(content_keys)]
@@ -42,6 +50,7 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         position_of = {k: i for i, k in enumerate(content_keys)}
         positions = np.array([position_of[k] for k in missing])
         images = ImageInputs(pixels, prep, device)
+        run = prefix_runner(model, [n for n, _ in todo], prep, device, engine, cache_root, model_key)
         chunks: list[list[np.ndarray]] = [[] for _ in todo]
         for start in tqdm(range(0, len(positions), batch_size), desc="cache backbone outputs",
                           unit="batch", leave=False, disable=not show_progress):
@@ -53,9 +62,8 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
                 x = torch.cat([augment_pixels(raw[i:i + 1], view_rng(missing[start + i], view))
                                for i in range(len(chunk))])
                 x = normalise(x.to(device), prep)
-            with torch.no_grad(), autocast(device):
-                for out, y in zip(chunks, model.prefixes(x, [n for n, _ in todo])):
-                    out.append(y.float().cpu().numpy().astype(np.float16))
+            for out, y in zip(chunks, run(x)):
+                out.append(y.float().cpu().numpy().astype(np.float16))
         for (_, store), out in zip(todo, chunks):
             store.add(missing, np.concatenate(out))  # the store skips the keys it already has
     return [store.rows(content_keys) for store in stores]

@@ -1,0 +1,112 @@
+"""The honest protocol: train / validation (every choice) / test (reported once, read only at the end)."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from transferlab import compare
+from transferlab.data import row_store
+from transferlab.experiments import compare as compare_module
+
+SUBSETS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="module")
+def watched_run(small_data, tmp_path_factory):
+    """A run with --test-fraction whose every read of a cached row is logged by content key, in order with
+    the end of each training phase."""
+    events: list[tuple[str, object]] = []
+    patch = pytest.MonkeyPatch()
+    original_rows, original_subset = row_store.RowStore.rows, row_store.RowView.subset
+    original_getitem, original_train = row_store.RowView.__getitem__, compare_module.train_phase
+
+    def rows(self, keys):
+        view = original_rows(self, keys)
+        view.keys = np.array(keys)
+        return view
+
+    def subset(self, positions):
+        view = original_subset(self, positions)
+        view.keys = self.keys[np.asarray(positions, dtype=np.int64)]
+        return view
+
+    def getitem(self, positions):
+        events.append(("read", set(self.keys[positions].tolist())))
+        return original_getitem(self, positions)
+
+    def train_phase(*args, **kwargs):
+        state = original_train(*args, **kwargs)
+        events.append(("trained", args[6].name))
+        return state
+
+    patch.setattr(row_store.RowStore, "rows", rows)
+    patch.setattr(row_store.RowView, "subset", subset)
+    patch.setattr(row_store.RowView, "__getitem__", getitem)
+    patch.setattr(compare_module, "train_phase", train_phase)
+    try:
+        run_dir = compare(tiny_config(small_data, tmp_path_factory.mktemp("protocol"), test_fraction=0.25,
+                                      cache_dir=tmp_path_factory.mktemp("fresh-cache")))
+    finally:
+        patch.undo()
+    return run_dir, events
+
+
+def test_test_split_is_stratified_disjoint_and_saved(watched_run):
+    run_dir, _ = watched_run
+    files = json.loads((run_dir / "split.json").read_text())["files"]
+    by_subset = {s: {f for f, subset in files.items() if subset == s} for s in SUBSETS}
+    assert all(by_subset[a].isdisjoint(by_subset[b]) for a in SUBSETS for b in SUBSETS if a < b)
+    assert Counter(f.split("/")[0] for f in by_subset["test"]) == {c: 3 for c in
+                                                                   {f.split("/")[0] for f in files}}
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["data"]["n_test"] == 15 and results["verdict"]["subset"] == "test"
+    for phase in results["phases"].values():
+        assert 0 <= phase["test_acc"] <= 1
+
+
+def test_test_images_are_read_only_after_every_phase_trained(watched_run):
+    run_dir, events = watched_run
+    split = json.loads((run_dir / "split.json").read_text())
+    test_keys = {split["content"][f] for f, subset in split["files"].items() if subset == "test"}
+    last_training = max(i for i, (kind, _) in enumerate(events) if kind == "trained")
+    test_reads = [i for i, (kind, keys) in enumerate(events) if kind == "read" and keys & test_keys]
+    assert {name for kind, name in events if kind == "trained"} == {"frozen", "finetuned", "scratch"}
+    assert test_reads, "the test set was never evaluated"
+    assert min(test_reads) > last_training, "a test image was read before training ended"
+
+
+def test_without_a_test_set_the_report_says_validation_is_optimistic(finished_run):
+    results = json.loads((finished_run / "results.json").read_text())
+    assert results["verdict"]["subset"] == "validation" and results["data"]["n_test"] == 0
+    report = (finished_run / "report.md").read_text()
+    assert "optimistic" in report and "--test" in report
+
+
+def test_frozen_test_accuracy_is_the_pretrained_backbone_with_the_frozen_head(watched_run):
+    """Test features are computed after fine-tuning changed the tail: they must still be the pretrained
+    backbone's (the cache key says so), or the frozen phase's test number is another model's."""
+    import torch
+
+    from transferlab.data.images import load_for_model
+    from transferlab.models.backbones import load_backbone
+    from transferlab.models.transfer_model import TransferModel
+    from transferlab.training.inputs import normalise
+
+    run_dir, _ = watched_run
+    results = json.loads((run_dir / "results.json").read_text())
+    split = json.loads((run_dir / "split.json").read_text())
+    test_files = [f for f, subset in split["files"].items() if subset == "test"]
+    names = results["data"]["class_names"]
+    pretrained = load_backbone("tf_efficientnet_lite0", None, 32)
+    model = TransferModel(pretrained.module, len(names)).eval()
+    frozen_state = torch.load(run_dir / "checkpoints" / "frozen.pt", weights_only=True)["best_state"]
+    model.load_state_dict(frozen_state)
+    pixels = np.stack([load_for_model(Path(split["root"]) / f, pretrained.preprocessing) for f in test_files])
+    with torch.no_grad():
+        predicted = model(normalise(torch.from_numpy(pixels), pretrained.preprocessing)).argmax(1).numpy()
+    labels = np.array([names.index(f.split("/")[0]) for f in test_files])
+    assert abs(float((predicted == labels).mean()) - results["phases"]["frozen"]["test_acc"]) <= 1 / len(labels)

@@ -1,0 +1,87 @@
+"""Recipes: `seeds` trains exactly seed 002's layers and learning rates; the recipe is recorded; overrides."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from transferlab import compare
+from transferlab.errors import UserError
+from transferlab.experiments.config import CompareConfig
+from transferlab.models.backbones import create_backbone
+from transferlab.models.freezing import unfreeze_last_keras_layers
+from transferlab.models.transfer_model import TransferModel
+from transferlab.training.recipes import PRESETS
+
+
+def test_last_20_keras_layers_of_mobilenetv2_are_blocks_15_16_and_conv_1():
+    """Keras MobileNetV2: block_15_* (with its add), block_16_*, Conv_1, Conv_1_bn, out_relu."""
+    model = TransferModel(create_backbone("mobilenetv2_100"), 5)
+    plan = unfreeze_last_keras_layers(model, 20)
+    trainable = {name.split(".weight")[0].split(".bias")[0] for name, p in model.backbone.named_parameters()
+                 if p.requires_grad}
+    expected = {f"blocks.{stage}.{block}.{layer}" for stage, block in ((5, 2), (6, 0))
+                for layer in ("conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3")} | {"conv_head", "bn2"}
+    assert trainable == expected
+    assert plan.layers_counted == 14 and len(plan.train_mode_modules) == 7  # Keras trains their BatchNorms
+
+
+def test_seed_000_fine_tune_at_100_leaves_block_11_expand_conv_frozen():
+    model = TransferModel(create_backbone("mobilenetv2_100"), 5)
+    unfreeze_last_keras_layers(model, 53)  # Keras' layers[100:] minus block_13_pad
+    trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert "blocks.4.1.conv_pw.weight" not in trainable and "blocks.4.1.bn1.weight" not in trainable
+    assert "blocks.4.1.conv_dw.weight" in trainable and "blocks.4.0.conv_pwl.weight" not in trainable
+
+
+@pytest.fixture(scope="module")
+def seeds_run(small_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seeds")
+    cfg = tiny_config(small_data, tmp, recipe="seeds", unfreeze=None, frozen_epochs=None, finetune_epochs=None,
+                      scratch_epochs=1, image_size_px=32, skip_scratch=True)
+    return compare(cfg)
+
+
+def test_seeds_recipe_trains_the_seeds_layers_and_rates(seeds_run):
+    stored = json.loads((seeds_run / "config.json").read_text())
+    assert stored["recipe"]["name"] == "seeds" and stored["recipe"]["overridden"] == ["image_size_px", "scratch_epochs"]
+    assert stored["config"]["finetune_lr"] == 1e-5 and stored["config"]["unfreeze"] == "keras:20"
+    results = json.loads((seeds_run / "results.json").read_text())
+    frozen, finetuned = results["phases"]["frozen"], results["phases"]["finetuned"]
+    assert (frozen["learning_rate"], finetuned["learning_rate"]) == (1e-3, 1e-5)
+    assert len(frozen["epochs"]) == 5 and len(finetuned["epochs"]) == 5
+    assert finetuned["best_epoch"] == 5  # Keras keeps the last epoch, not the best one
+    assert finetuned["unfreeze"]["batchnorm_trained"] == 7
+    head = 1280 * 128 + 128 + 128 * 5 + 5
+    assert frozen["trainable_parameters"] == head  # no dropout layer in seed 002's head: same count
+    assert "Recipe `seeds`" in (seeds_run / "report.md").read_text()
+
+
+def test_seeds_recipe_updates_batchnorm_statistics_only_in_the_unfrozen_tail(seeds_run):
+    from transferlab.models.weights import load_pretrained
+    pristine = TransferModel(create_backbone("tf_efficientnet_lite0"), 5)
+    load_pretrained(pristine.backbone, "tf_efficientnet_lite0", None)
+    trained = torch.load(seeds_run / "checkpoints" / "finetuned.pt", weights_only=True)["module"]
+    before = pristine.state_dict()
+    changed = {k.rsplit(".", 1)[0] for k in before if k.endswith("running_mean")
+               and not torch.equal(before[k], trained[k])}
+    assert changed == {"backbone.blocks.5.3.bn1", "backbone.blocks.5.3.bn2", "backbone.blocks.5.3.bn3",
+                       "backbone.blocks.6.0.bn1", "backbone.blocks.6.0.bn2", "backbone.blocks.6.0.bn3",
+                       "backbone.bn2"}
+
+
+def test_default_recipe_is_recorded_and_overrides_are_named(small_data, tmp_path):
+    cfg = tiny_config(small_data, tmp_path)
+    assert cfg.recipe == "default"
+    assert set(cfg.overridden_recipe_fields()) >= {"frozen_epochs", "finetune_epochs", "unfreeze"}
+    assert PRESETS["default"].finetune_lr > PRESETS["seeds"].finetune_lr
+
+
+@pytest.mark.parametrize("bad, message", [({"recipe": "fastest"}, "--recipe 'fastest' is unknown"),
+                                          ({"optimizer": "lion"}, "--optimizer must be one of"),
+                                          ({"unfreeze": "some:3"}, "unfreeze 'some:3'"),
+                                          ({"label_smoothing": 1.5}, "--label-smoothing")])
+def test_bad_recipe_values_fail_when_the_config_is_built(bad, message, small_data):
+    with pytest.raises(UserError, match=message):
+        CompareConfig(data_dir=small_data, **bad)
