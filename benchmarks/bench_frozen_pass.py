@@ -67,7 +67,7 @@ def cpu_model() -> str:
 
 def load_images(work: Path, n_images: int, prep: Preprocessing) -> tuple[ImageInputs, np.ndarray]:
     """The first n embedded training images, decoded as compare does; (normalised batches, labels)."""
-    train_dir, _ = export_embedded(work / "embedded")
+    train_dir, _, _ = export_embedded(work / "embedded")
     images = sorted(scan_image_folder(train_dir).images, key=lambda im: im.path.name)[:n_images]
     decoded = decode_images(images, prep, work / "decoded", show_progress=False)
     labels = np.array([im.label for im in decoded.images], dtype=np.int64)

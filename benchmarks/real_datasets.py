@@ -3,7 +3,7 @@
 - fashion: the embedded Fashion-MNIST "hard five" (clothing photos, 28 px greyscale), train/val/test given.
 - icons: the Oxygen icon theme's 48 px PNGs by category (apt-get install oxygen-icon-theme; LGPL):
   actions, apps, devices, mimetypes, places, status: what an icon shows, drawn, in colour with alpha.
-- digits: scikit-learn's bundled handwritten digits (8x8, 10 classes, 1,797 images; BSD): drawings.
+- digits: scikit-learn's bundled handwritten digits (8x8, 10 classes; BSD), 60 per class: drawings.
 Each builder writes DIR/<class>/*.png once and returns (data_dir or (train, val, test) dirs).
 """
 
@@ -16,7 +16,8 @@ from transferlab.data.embedded import export_embedded
 
 OXYGEN_48 = Path("/usr/share/icons/oxygen/base/48x48")
 ICON_CLASSES = ("actions", "apps", "devices", "mimetypes", "places", "status")
-ICONS_PER_CLASS = 120  # the smallest categories have 59-92: imbalanced on purpose, as real folders are
+ICONS_PER_CLASS = 120
+DIGITS_PER_CLASS = 60  # "a few dozen to a few hundred per class" is the setting transferlab is for  # the smallest categories have 59-92: imbalanced on purpose, as real folders are
 
 
 def fashion(root: Path) -> dict:
@@ -45,7 +46,11 @@ def digits(root: Path) -> dict:
     if not (out / ".complete").exists():
         from sklearn.datasets import load_digits
         data = load_digits()
+        per_class: dict[int, int] = {}
         for i, (image, label) in enumerate(zip(data.images, data.target)):
+            per_class[label] = per_class.get(label, 0) + 1
+            if per_class[label] > DIGITS_PER_CLASS:
+                continue
             path = out / str(label) / f"{i:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((image * (255 / 16)).astype(np.uint8), mode="L").save(path)

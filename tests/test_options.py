@@ -97,3 +97,32 @@ def test_an_unwritable_runs_dir_as_a_normal_user(small_data, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: cannot create a run folder") and done.stderr.count("\n") == 1
     assert not any(runs.iterdir())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--test-fraction", "0.2"], "--test-fraction splits a data folder"),
+    (["--test", "VAL"], "overlaps the --val"),
+    (["--test", "TRAIN/Coat"], "overlaps the --train"),
+])
+def test_a_test_set_that_would_train_or_choose_is_refused(extra, message, embedded_dirs, tmp_path, capsys):
+    train, val, _ = embedded_dirs
+    extra = [e.replace("VAL", str(val)).replace("TRAIN", str(train)) for e in extra]
+    assert main(["compare", "--train", str(train), "--val", str(val), *extra,
+                 "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_older_run_is_refused_in_one_line(finished_run, tmp_path, capsys):
+    old = tmp_path / "old-run"
+    shutil.copytree(finished_run, old)
+    for name in ("config.json", "results.json"):
+        stored = json.loads((old / name).read_text())
+        stored.pop("format_version")
+        (old / name).write_text(json.dumps(stored))
+    assert main(["report", str(old)]) == 2
+    assert "older transferlab" in capsys.readouterr().err
+    assert main(["compare", "--resume", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert "older transferlab" in err and err.count("\n") == 1

@@ -104,7 +104,7 @@ DRIVER = textwrap.dedent("""
 def _cli_args(cfg, runs_dir: Path) -> list[str]:
     return ["compare", str(cfg.data_dir), "--backbone", cfg.backbone, "--image-size", str(cfg.image_size_px),
             "--scratch-epochs", "2", "--frozen-epochs", "2", "--finetune-epochs", "2", "--unfreeze-last",
-            str(cfg.unfreeze_last), "--batch-size", str(cfg.batch_size), "--runs-dir", str(runs_dir),
+            cfg.unfreeze.split(":")[1], "--batch-size", str(cfg.batch_size), "--runs-dir", str(runs_dir),
             "--cache-dir", str(cfg.cache_dir), "--engine", "torch", "--quiet"]
 
 
@@ -195,3 +195,21 @@ def test_config_json_holds_the_resolved_config(interrupted_run, monkeypatch, tmp
     monkeypatch.chdir(tmp_path.parent)  # a resume from another working directory finds the same data
     resume(run_dir, show_progress=False)
     assert (run_dir / "results.json").exists()
+
+
+def test_resume_with_sub_folders_in_classes_equals_uninterrupted(small_data, tmp_path, monkeypatch):
+    """A resume lists files in scan order (os.walk): the split must put them back in the first run's order."""
+    data = tmp_path / "nested"
+    for class_dir in sorted(small_data.iterdir()):
+        for i, image in enumerate(sorted(class_dir.iterdir())):
+            # os.walk lists a folder's own files before its sub-folders; sorted paths put "a_sub/" first
+            target = data / class_dir.name / ("a_sub" if i % 2 else "") / image.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, target)
+    reference = compare(tiny_config(data, tmp_path / "reference", **EPOCHS))
+    with monkeypatch.context() as patch:
+        _signal_at("frozen", patch, lambda: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(RunInterrupted) as stopped:
+            compare(tiny_config(data, tmp_path / "stopped", **EPOCHS))
+    resume(stopped.value.run_dir, show_progress=False)
+    assert _metrics(stopped.value.run_dir) == _metrics(reference)

@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         print(str(e), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # before a run folder exists: nothing to resume
-        print("interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a run's own handler: before its folder exists, or in report/predict
+        print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
         if e.errno not in DISK_ERRNOS:

@@ -16,7 +16,7 @@ import torch
 from transferlab.atomic import write_json_atomic, write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages
 from transferlab.errors import UserError
-from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.config import RUN_FORMAT_VERSION, CompareConfig
 from transferlab.experiments.datasets import (class_weights_for, labels_of, prepare_data, scan_folders,
                                               screen_test_set)
 from transferlab.experiments.interrupts import StopRequests, interruptible
@@ -35,7 +35,6 @@ from transferlab.training.prefix_cache import prefix_outputs
 from transferlab.training.recipes import Recipe, check_unfreeze
 
 log = logging.getLogger(__name__)
-PHASES = ("scratch", "frozen", "finetuned")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,6 +95,7 @@ class _Runner:
                             train_modules: list, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
         """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
         state, seconds = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
+        model.eval()  # also when no epoch ran: dropout off, BatchNorm on its running statistics
         final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device)
         self.predictions[spec.name] = final.predictions
         self.phases[spec.name] = _phase_summary(state, seconds, cache_seconds, spec.learning_rate, model, final,
@@ -129,45 +129,62 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     cannot drift.
     """
     resuming = run_dir is not None
+    if not resuming:
+        cfg = cfg.with_absolute_paths()  # scanned as stored: a resume sees the very same paths
     folders = scan_folders(cfg)
     device = resolve_device(cfg.device)
+    resolve_engine(cfg.engine, device)
     recipe = cfg.resolved_recipe()
     pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, recipe.image_size_px)
     torch.manual_seed(cfg.seed)
     model = TransferModel(pretrained.module, len(folders.train.class_names), HeadConfig(dropout=recipe.head_dropout))
-    unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
+    _check_input_size(model, pretrained)
+    plan = unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
     env = environment(device, pretrained.weights)
     if resuming:
-        _check_same_weights(run_dir, env)
-        overridden = read_run_config(run_dir).get("recipe", {}).get("overridden", [])
+        stored = read_run_config(run_dir)
+        _check_same_weights(stored, env)
+        overridden = stored.get("recipe", {}).get("overridden", [])
     else:
         overridden = cfg.overridden_recipe_fields()
-        cfg = replace(cfg.with_absolute_paths().with_recipe_filled_in(pretrained.preprocessing.image_size_px),
-                      backbone=pretrained.name,
+        cfg = replace(cfg.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
         run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(cfg.data_dir or cfg.train_dir).name)
         write_json_atomic(run_dir / "config.json", {
-            "config": cfg.to_dict(), "recipe": {"name": cfg.recipe, "overridden": overridden,
-                                                **cfg.resolved_recipe().to_dict()},
+            "format_version": RUN_FORMAT_VERSION, "config": cfg.to_dict(),
+            "recipe": {"name": cfg.recipe, "overridden": overridden, **cfg.resolved_recipe().to_dict()},
             "environment": env})
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     with interruptible(run_dir) as stop:
-        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop)
-    results["recipe"] = {"overridden": overridden, **results["recipe"]}
-    write_json_atomic(run_dir / "results.json", results | {"environment": env})
+        results = _train_and_evaluate(cfg, folders, pretrained, model, plan.first_trainable_unit, run_dir,
+                                      resuming, device, stop)
+        results["recipe"] = {"overridden": overridden, **results["recipe"]}
+        write_json_atomic(run_dir / "results.json",
+                          {"format_version": RUN_FORMAT_VERSION} | results | {"environment": env})
     return run_dir
 
 
-def _check_same_weights(run_dir: Path, env: dict) -> None:
-    before = read_run_config(run_dir).get("environment", {}).get("weights", {})
+def _check_input_size(model: TransferModel, pretrained: PretrainedBackbone) -> None:
+    """ViTs and Swins are built for one input size: another --image-size fails here, before any folder."""
+    size = pretrained.preprocessing.image_size_px
+    try:
+        with torch.no_grad():
+            model.backbone.eval().forward_features(torch.zeros(1, 3, size, size))
+    except (AssertionError, RuntimeError) as e:
+        raise UserError(f"backbone '{pretrained.name}' cannot take {size} px inputs ({str(e).splitlines()[0][:120]}); "
+                        "drop --image-size (or the recipe's size) to use the weights' own") from None
+
+
+def _check_same_weights(stored: dict, env: dict) -> None:
+    before = stored.get("environment", {}).get("weights", {})
     if before.get("fingerprint") not in (None, env["weights"]["fingerprint"]):
         raise UserError(f"the weights of this run ({before.get('location')}) changed since it started; "
                         "restore them or start a new run instead of resuming")
 
 
 def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, model: TransferModel,
-                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests) -> dict:
+                        cut: int, run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests) -> dict:
     started = time.perf_counter()
     recipe = cfg.resolved_recipe()
     runner = _Runner(cfg, recipe, run_dir, resuming, device, stop)
@@ -199,7 +216,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     model = model.to(device, memory_format=torch.channels_last)
     head_cfg = HeadConfig(dropout=recipe.head_dropout)
     # where fine-tuning will cut decides which activations to cache alongside the pooled features
-    cut, end = unfreeze_for_finetuning(model, recipe).first_trainable_unit, len(model.units)
+    end = len(model.units)
     frozen_plan = freeze_backbone(model)
     (train_features, train_acts), t_train = cached([end, cut], split.train, views)
     (val_features, val_acts), t_val = cached([end, cut], split.val, 1)
@@ -240,6 +257,9 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     test_predictions = {}
     if split.test is not None:
         split.test = screen_test_set(prepared, cfg)
+        if not split.test.images:
+            raise UserError("the test set is empty (too few images per class, or every test image duplicates a "
+                            "training one); give a larger --test-fraction or a --test folder")
         test_predictions = _evaluate_on_test(split.test, model, kept, scratch, [end, cut], prep, cache_dir,
                                              pretrained.cache_key, device, cfg, show)
         test_labels = labels_of(split.test)
@@ -284,7 +304,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
                     "val_optimism": None if on_test else phases[model_phase]["val_acc_over_last_epoch"],
                     "time_budget_seconds": cfg.time_budget_seconds, "transfer_seconds": transfer_seconds,
                     "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
-        "torch_threads": torch.get_num_threads(), "engine": resolve_engine(cfg.engine, device),
+        "engine": resolve_engine(cfg.engine, device),
         "total_seconds": time.perf_counter() - started,
     }
 
@@ -306,6 +326,7 @@ def _evaluate_on_test(test: DecodedImages, model: TransferModel, kept: dict, scr
         predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), CachedInputs([rows], device),
                                      labels, batch_size, device).predictions
     if scratch is not None:
+        scratch.eval()
         predictions["scratch"] = evaluate(scratch, ImageInputs(test.pixels, prep, device), labels, batch_size,
                                           device).predictions
     return predictions

@@ -5,6 +5,7 @@ Every option is checked here, when the config is built, so a bad value fails bef
 
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
 MAX_CACHED_VIEWS = 32
 MAX_BATCH_SIZE = 4096
+RUN_FORMAT_VERSION = 2   # config.json/results.json; 2: recipes, a test split, the resolved environment
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -70,9 +72,13 @@ class CompareConfig:
             raise UserError("--train and --val go together; give both folders")
         if self.test_dir is not None and self.test_fraction:
             raise UserError("give --test DIR or --test-fraction, not both")
-        if self.test_dir is not None and self.data_dir is not None and Path(self.test_dir).resolve() in (
-                Path(self.data_dir).resolve(), *Path(self.test_dir).resolve().parents):
-            raise UserError("--test must be a folder outside the data folder, or the test images would also train")
+        if self.val_dir is not None and self.test_fraction:
+            raise UserError("--test-fraction splits a data folder; with --train/--val give a --test DIR")
+        if self.test_dir is not None:
+            for name, other in (("data folder", self.data_dir), ("--train", self.train_dir), ("--val", self.val_dir)):
+                if other is not None and _overlap(Path(self.test_dir), Path(other)):
+                    raise UserError(f"--test '{self.test_dir}' overlaps the {name} '{other}': test images must "
+                                    "never train or choose; give a separate folder")
         if self.class_weights not in ("none", "auto"):
             raise UserError(f"--class-weights must be 'none' or 'auto' (got '{self.class_weights}')")
         for name in ("scratch_epochs", "frozen_epochs", "finetune_epochs"):
@@ -133,15 +139,29 @@ class CompareConfig:
     def from_file(cls, path: Path) -> "CompareConfig":
         try:
             stored = json.loads(Path(path).read_text())
-            return cls.from_dict(stored["config"] if "config" in stored else stored)
+            if stored.get("format_version") != RUN_FORMAT_VERSION:
+                raise UserError(f"run '{Path(path).parent}' was made by an older transferlab (config format "
+                                f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
+                                "new run instead of resuming")
+            return cls.from_dict(stored["config"])
         except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None
 
     def with_absolute_paths(self) -> "CompareConfig":
         """What config.json stores: a resume from another working directory finds the same folders."""
-        changes = {f.name: Path(getattr(self, f.name)).expanduser().resolve() for f in fields(self)
+        changes = {f.name: _absolute(getattr(self, f.name)) for f in fields(self)
                    if "Path" in str(f.type) and getattr(self, f.name) is not None}
         return type(self)(**(asdict(self) | changes))
+
+
+def _absolute(path: Path) -> Path:
+    """Absolute without following symlinks: the same normalisation the split uses for every file."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    a, b = _absolute(a), _absolute(b)
+    return a == b or a in b.parents or b in a.parents
 
 
 def _flag(name: str) -> str:

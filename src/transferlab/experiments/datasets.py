@@ -102,6 +102,8 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
         subsets = _initial_split(cfg, folders, images)
         save_split(split_path, root, subsets, seed=seed, val_fraction=fraction)
 
+    # one order for a first run and a resume alike (a resume finds files in scan order): the batches match
+    subsets = {name: sorted(members, key=lambda im: (im.label, str(im.path))) for name, members in subsets.items()}
     decoded = decode_images(images, prep, cache_dir, strict=cfg.strict, show_progress=cfg.show_progress)
     content = {im.path: key for im, key in zip(decoded.images, decoded.content_keys)}
     if resuming and split_path.exists():

@@ -6,7 +6,7 @@ import os
 import platform
 import re
 from datetime import datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -50,8 +50,15 @@ def new_run_dir(runs_dir: Path, name: str) -> Path:
 def environment(device: torch.device, weights: WeightsSource) -> dict:
     """What the numbers depend on besides the config: CPU results vary with the thread count."""
     return {"weights": {"kind": weights.kind, "location": weights.location, "fingerprint": weights.fingerprint},
-            "versions": {name: version(name) for name in VERSIONED_PACKAGES} | {"python": platform.python_version()},
+            "versions": {name: _version(name) for name in VERSIONED_PACKAGES} | {"python": platform.python_version()},
             "torch_threads": torch.get_num_threads(), "device": str(device), "machine": platform.machine()}
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # e.g. transferlab run from a source checkout without `pip install`
+        return "not installed"
 
 
 def read_run_config(run_dir: Path) -> dict:

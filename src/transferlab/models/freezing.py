@@ -15,6 +15,12 @@ from transferlab.errors import UserError
 from transferlab.models.transfer_model import backbone_name
 
 
+# keras.applications.MobileNetV2 builds its BatchNorms with momentum=0.999: running statistics move by 0.1%
+# a step. PyTorch counts the other way (new = (1 - m) * old + m * batch), so Keras' 0.999 is 0.001 here;
+# timm's 0.1 would replace the ImageNet statistics with a few fine-tuning batches' within ~20 steps.
+KERAS_BATCHNORM_MOMENTUM = 0.001
+
+
 def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
@@ -52,6 +58,8 @@ def _apply(model, chosen: list[tuple[int, nn.Module]], train_batchnorm: bool = F
     trainable = [(i, m) for i, m in chosen if train_batchnorm or not is_batchnorm(m)]
     for _, layer in trainable:
         layer.requires_grad_(True)
+        if is_batchnorm(layer):
+            layer.momentum = KERAS_BATCHNORM_MOMENTUM
     model.head.requires_grad_(True)
     first = min((i for i, _ in trainable), default=len(model.units))
     return UnfreezePlan(layers_counted=len(chosen), trainable_layers=len(trainable),

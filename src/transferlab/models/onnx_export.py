@@ -15,7 +15,7 @@ from torch import nn
 
 from transferlab.atomic import write_atomic
 from transferlab.data.row_store import key_digest
-from transferlab.models.transfer_model import TransferModel
+from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
 
 INPUT_NAME = "image"
 EXAMPLE_BATCH_SIZE = 2  # torch.export specialises a batch of 1 to a constant; 2 keeps the axis symbolic
@@ -64,7 +64,7 @@ def cached_prefix_onnx(model: TransferModel, last_units: list[int], image_size_p
     `model_key` must identify the backbone and its weights (PretrainedBackbone.cache_key); the size, the
     cuts and the versions of every tool that shapes the graph are added here.
     """
-    key = key_digest(model_key, image_size_px, list(last_units), torch.__version__, timm.__version__,
+    key = key_digest(UNITS_LAYOUT, model_key, image_size_px, list(last_units), torch.__version__, timm.__version__,
                      version("onnx"), version("onnxscript"))  # metadata, not an import: onnxscript takes 0.5 s
     path = Path(cache_dir) / "onnx" / f"prefix-{key}.onnx"
     if not path.exists():

@@ -241,6 +241,10 @@ def _traced_units(backbone: nn.Module, x: torch.Tensor) -> BackboneUnits:
     return BackboneUnits(units, [first_unit_of_block[b] for b in sorted(first_unit_of_block)])
 
 
+# Bump when the units change meaning: a cut index then names other tensors than the cached/exported ones.
+UNITS_LAYOUT = "units-v2"  # v2: units traced from timm's forward_features, pooling as the last unit
+
+
 class TransferModel(nn.Module):
     """backbone (timm, classifier removed, pooling kept) -> head. State dict keys stay timm's (backbone.*)."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from transferlab.atomic import write_text_atomic
 from transferlab.data.scan import quoted
 from transferlab.errors import UserError
+from transferlab.experiments.config import RUN_FORMAT_VERSION
 from transferlab.reporting.plots import confusion_plot_note, plot_confusion_matrix, plot_learning_curves
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
 
@@ -76,6 +77,10 @@ def read_results(run_dir: Path) -> dict:
                         f"damaged; {resume}") from None
     if not isinstance(results, dict):
         raise UserError(f"{quoted(path)} holds a JSON {type(results).__name__}, not a run's results; {resume}")
+    if results.get("format_version") != RUN_FORMAT_VERSION:
+        raise UserError(f"{quoted(path)} was written by an older transferlab (results format "
+                        f"{results.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); its report.md is "
+                        "still there, or re-run compare to rebuild it")
     return results
 
 

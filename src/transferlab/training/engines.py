@@ -44,6 +44,14 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     return engine
 
 
+def engine_version(engine: str) -> str:
+    """Part of every cache key: the stored rows come from this engine's kernels."""
+    if engine == "onnxruntime":
+        import onnxruntime
+        return onnxruntime.__version__
+    return torch.__version__
+
+
 def torch_prefixes(model: TransferModel, last_units: list[int], device: torch.device) -> Prefixes:
     def run(x: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad(), autocast(device):

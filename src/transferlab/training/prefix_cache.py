@@ -14,14 +14,13 @@ from tqdm import tqdm
 
 from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore, RowView, key_digest
-from transferlab.models.transfer_model import TransferModel
-from transferlab.training.engines import prefix_runner, resolve_engine
+from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
+from transferlab.training.engines import engine_version, prefix_runner, resolve_engine
 from transferlab.training.inputs import ImageInputs, augment_pixels, epoch_rng, normalise
 from transferlab.training.loop import autocast
 
 
-# Bump when TransferModel's units change meaning: a cut index then names other tensors than the cached ones.
-UNITS_LAYOUT = "units-v2"  # v2: units traced from timm's forward_features, pooling as the last unit
+AUGMENT_VERSION = 1  # bump when augment_pixels changes: cached views > 0 hold its output
 
 
 def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView, content_keys: list[str],
@@ -40,8 +39,9 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
     size = prep.image_size_px
     with torch.no_grad():
         probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
-    depends_on = (UNITS_LAYOUT, model_key, prep.to_dict(), view, compute_dtype(device), resolve_engine(engine, device),
-                  timm.__version__, torch.__version__)
+    engine = resolve_engine(engine, device)
+    depends_on = (UNITS_LAYOUT, model_key, prep.to_dict(), view, AUGMENT_VERSION if view else 0,
+                  compute_dtype(device), engine, engine_version(engine), timm.__version__, torch.__version__)
     stores = [RowStore(Path(cache_root) / "prefix" / key_digest(*depends_on, n), tuple(probe.shape[1:]), "float16")
               for n, probe in zip(last_units, probes)]
     todo = [(n, store) for n, store in zip(last_units, stores) if store.missing(content_keys)]
