@@ -20,7 +20,7 @@ def _decode(folder, cache):
 
 
 def test_exact_and_near_copies_are_found_and_nothing_else(embedded_dirs, tmp_path):
-    train_src, val_src = embedded_dirs
+    train_src, val_src, _ = embedded_dirs
     train, val = tmp_path / "train", tmp_path / "val"
     shutil.copytree(train_src, train)
     shutil.copytree(val_src, val)
@@ -52,6 +52,6 @@ def test_dedupe_drops_copies_from_validation_before_the_split_is_saved(small_dat
     split = json.loads((run / "split.json").read_text())["files"]
     leaked = results["data"]["leakage"]
     assert leaked["dropped"] and leaked["exact_duplicates"] >= 1
-    assert list(split.values()).count("dropped") == leaked["exact_duplicates"] + leaked["near_duplicates"]
+    assert list(split.values()).count("dropped_val") == leaked["exact_duplicates"] + leaked["near_duplicates"]
     assert results["data"]["n_val"] == list(split.values()).count("val")
     assert np.sum(results["confusion_matrix"]["matrix"]) == results["data"]["n_val"]

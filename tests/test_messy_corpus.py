@@ -396,7 +396,7 @@ def test_a_class_with_a_single_image_stays_in_training(tmp_path):
     assert folder.class_names == ("common", "rare")
     decoded, _ = decode([im.path for im in folder.images], tmp_path / "cache")
     assert len(decoded.images) == 6
-    train, val = split_stratified(list(folder.images), 0.2, seed=0)
+    train, val, _ = split_stratified(list(folder.images), 0.2, seed=0)
     assert [im.path.name for im in train if im.label == 1] == ["only.png"]
     assert all(im.label == 0 for im in val) and len(val) == 1
 
@@ -410,7 +410,7 @@ def test_one_to_fifty_class_imbalance(tmp_path):
     assert np.bincount([im.label for im in folder.images]).tolist() == [1, 50]  # 'few' sorts first
     decoded, _ = decode([im.path for im in folder.images], tmp_path / "cache")
     assert decoded.skipped == [] and all_pixels(decoded).shape == (51, SIZE_PX, SIZE_PX, 3)
-    train, val = split_stratified(list(folder.images), 0.2, seed=0)
+    train, val, _ = split_stratified(list(folder.images), 0.2, seed=0)
     assert np.bincount([im.label for im in train], minlength=2).tolist() == [1, 40]
     assert np.bincount([im.label for im in val], minlength=2).tolist() == [0, 10]
 

@@ -18,7 +18,7 @@ from transferlab.training.recipes import PRESETS
 def test_last_20_keras_layers_of_mobilenetv2_are_blocks_15_16_and_conv_1():
     """Keras MobileNetV2: block_15_* (with its add), block_16_*, Conv_1, Conv_1_bn, out_relu."""
     model = TransferModel(create_backbone("mobilenetv2_100"), 5)
-    plan = unfreeze_last_keras_layers(model, 20)
+    plan = unfreeze_last_keras_layers(model, 20, train_batchnorm=True)
     trainable = {name.split(".weight")[0].split(".bias")[0] for name, p in model.backbone.named_parameters()
                  if p.requires_grad}
     expected = {f"blocks.{stage}.{block}.{layer}" for stage, block in ((5, 2), (6, 0))
@@ -75,7 +75,7 @@ def test_default_recipe_is_recorded_and_overrides_are_named(small_data, tmp_path
     cfg = tiny_config(small_data, tmp_path)
     assert cfg.recipe == "default"
     assert set(cfg.overridden_recipe_fields()) >= {"frozen_epochs", "finetune_epochs", "unfreeze"}
-    assert PRESETS["default"].finetune_lr > PRESETS["seeds"].finetune_lr
+    assert cfg.resolved_recipe().label_smoothing == PRESETS["default"].label_smoothing  # not overridden
 
 
 @pytest.mark.parametrize("bad, message", [({"recipe": "fastest"}, "--recipe 'fastest' is unknown"),

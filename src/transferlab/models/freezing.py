@@ -76,19 +76,25 @@ def _require_cuttable(model, option: str) -> None:
                         f"({reason}); use --unfreeze-blocks 0 (frozen features only) or another backbone")
 
 
+def _last(model, items: list, n: int, option: str, what: str) -> list:
+    """The last `n` of `items` (layers or block starts), after the checks every unfreeze option shares."""
+    if n:
+        _require_cuttable(model, f"{option} {n}")
+    if not 0 <= n <= len(items):
+        raise UserError(f"{option} {n} is out of range: this backbone has {len(items)} {what}")
+    return items[len(items) - n:] if n else []
+
+
 def unfreeze_last_layers(model, n_layers: int, train_batchnorm: bool = False) -> UnfreezePlan:
-    """Keras' `base.layers[-n:]`, counted over layers that own parameters (conv, norm, linear).
+    """The last N layers that own parameters (conv, norm, linear).
 
     Keras also counts activations, adds and paddings as layers, so its count is larger: Keras
-    MobileNetV2's last 20 layers (blocks 15 and 16, Conv_1, its BN and ReLU) are 14 layers here.
+    MobileNetV2's last 20 layers (blocks 15 and 16, Conv_1, its BN and ReLU) are 14 layers here; for
+    Keras' count use `unfreeze_last_keras_layers`.
     """
     layers = layers_with_parameters(model.units)
-    if n_layers:
-        _require_cuttable(model, f"--unfreeze-last {n_layers}")
-    if not 0 <= n_layers <= len(layers):
-        raise UserError(f"--unfreeze-last {n_layers} is out of range: this backbone has {len(layers)} layers "
-                        "with parameters")
-    return _apply(model, layers[len(layers) - n_layers:] if n_layers else [], train_batchnorm)
+    chosen = _last(model, layers, n_layers, "--unfreeze-last", "layers with parameters")
+    return _apply(model, chosen, train_batchnorm)
 
 
 def unfreeze_last_blocks(model, n_blocks: int, train_batchnorm: bool = False) -> UnfreezePlan:
@@ -97,12 +103,8 @@ def unfreeze_last_blocks(model, n_blocks: int, train_batchnorm: bool = False) ->
     What follows the last block (conv_head/bn2, the final norm, the pooling's norm) trains with it, as
     timm groups it; the stem is not a block. K = 0 trains the head only.
     """
-    if n_blocks:
-        _require_cuttable(model, f"--unfreeze-blocks {n_blocks}")
-    starts = model.backbone_units.block_starts
-    if not 0 <= n_blocks <= len(starts):
-        raise UserError(f"--unfreeze-blocks {n_blocks} is out of range: this backbone has {len(starts)} blocks")
-    first = starts[len(starts) - n_blocks] if n_blocks else len(model.units)
+    starts = _last(model, model.backbone_units.block_starts, n_blocks, "--unfreeze-blocks", "blocks")
+    first = starts[0] if starts else len(model.units)
     return _apply(model, [(i, m) for i, m in layers_with_parameters(model.units) if i >= first], train_batchnorm)
 
 
@@ -128,21 +130,15 @@ def keras_layers(units: list[nn.Module]) -> list[tuple[int, nn.Module | None]]:
     return layers
 
 
-def unfreeze_last_keras_layers(model, n_layers: int, train_batchnorm: bool = True) -> UnfreezePlan:
+def unfreeze_last_keras_layers(model, n_layers: int, train_batchnorm: bool = False) -> UnfreezePlan:
     """What Keras' `for layer in base.layers[:-n]: layer.trainable = False` leaves trainable (seed 002: 20).
 
     For MobileNetV2 the last 20 Keras layers are blocks 15 and 16 (expand, depthwise, project convolutions
     with their BatchNorms and ReLU6s, block 15's add), Conv_1, its BatchNorm and out_relu: 14 layers with
     parameters. Seed 000's `fine_tune_at = 100` of 154 layers is Keras' last 54, our last 53 (block_13_pad).
     """
-    layers = keras_layers(model.units)
-    if n_layers:
-        _require_cuttable(model, f"--unfreeze-keras-layers {n_layers}")
-    if not 0 <= n_layers <= len(layers):
-        raise UserError(f"--unfreeze-keras-layers {n_layers} is out of range: this backbone has {len(layers)} "
-                        "Keras-style layers")
-    chosen = [(i, m) for i, m in layers[len(layers) - n_layers:]
-              if m is not None and next(m.parameters(recurse=False), None) is not None] if n_layers else []
+    tail = _last(model, keras_layers(model.units), n_layers, "--unfreeze-keras-layers", "Keras-style layers")
+    chosen = [(i, m) for i, m in tail if m is not None and next(m.parameters(recurse=False), None) is not None]
     return _apply(model, chosen, train_batchnorm)
 
 
