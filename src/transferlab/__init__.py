@@ -3,10 +3,12 @@
 Public API:
     compare(CompareConfig(...)) -> run dir with results.json, report.md, model.safetensors
     load_model(run_dir), predict(run_dir, images), evaluate_folder(run_dir, labelled_dir)
+    export(run_dir) -> model.onnx + model.onnx.json (parity-checked); predict(..., onnx=True) runs it
 """
 
 from pathlib import Path
 
+from transferlab.deploy import export_model as export
 from transferlab.errors import UserError
 from transferlab.experiments.compare import resume_compare, run_compare
 from transferlab.experiments.config import CompareConfig
@@ -14,7 +16,7 @@ from transferlab.models.saved import load_model
 from transferlab.predict import Prediction, evaluate_folder, predict
 from transferlab.reporting.report import write_report
 
-__all__ = ["CompareConfig", "Prediction", "UserError", "compare", "evaluate_folder", "load_model", "predict",
+__all__ = ["CompareConfig", "Prediction", "UserError", "compare", "evaluate_folder", "export", "load_model", "predict",
            "resume", "write_report"]
 
 

@@ -8,8 +8,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from transferlab import CompareConfig, UserError, compare, evaluate_folder, predict, resume
+from transferlab import CompareConfig, UserError, compare, evaluate_folder, export, predict, resume
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
+from transferlab.deploy import FORMATS, SIDECAR_FILE
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
 from transferlab.reporting.report import write_report
@@ -105,14 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
     pred.add_argument("--top-k", type=int, default=3)
     pred.add_argument("--json", action="store_true")
+    pred.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
 
     ev = sub.add_parser("evaluate", help="accuracy of a run's model on a labelled folder")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("labelled_dir", type=Path)
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
 
     rep = sub.add_parser("report", help="rebuild report.md/html of a run from its results.json")
     rep.add_argument("run_dir", type=Path)
+
+    exp = sub.add_parser("export", help="write a run's model as ONNX (parity-checked against PyTorch)")
+    exp.add_argument("run_dir", type=Path)
+    exp.add_argument("--format", choices=FORMATS, default="onnx")
+    exp.add_argument("--out", type=Path, metavar="DIR", help="where model.onnx + model.onnx.json go (default: RUN_DIR)")
+    exp.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE",
+                     help="check parity on these images (default: seeded noise images)")
     return parser
 
 
@@ -162,14 +172,14 @@ def run(argv: list[str]) -> int:
         else:
             _print_summary(compare(_config(args, data_dir=args.data)))
     elif args.command == "predict":
-        predictions = predict(args.run_dir, args.images, top_k=args.top_k)
+        predictions = predict(args.run_dir, args.images, top_k=args.top_k, onnx=args.onnx)
         if args.json:
             print(json.dumps([{"path": str(p.path), "top": [{"class": c, "probability": round(pr, 5)}
                                                             for c, pr in p.top]} for p in predictions], indent=2))
         for p in [] if args.json else predictions:
             print(f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top))
     elif args.command == "evaluate":
-        result = evaluate_folder(args.run_dir, args.labelled_dir)
+        result = evaluate_folder(args.run_dir, args.labelled_dir, onnx=args.onnx)
         if args.json:
             print(json.dumps(result, indent=2))
         else:
@@ -179,6 +189,10 @@ def run(argv: list[str]) -> int:
                 print(f"  {name}: {recall:.1%}")
     elif args.command == "report":
         print(write_report(args.run_dir))
+    elif args.command == "export":
+        onnx = export(args.run_dir, args.out, args.format, args.check_images)["onnx"]
+        print(f"wrote {(args.out or args.run_dir) / onnx['file']} (+ {SIDECAR_FILE}); max |delta logit| vs PyTorch "
+              f"{onnx['parity_max_abs_logit_delta']:.1e} on {onnx['parity_inputs']}")
     return 0
 
 

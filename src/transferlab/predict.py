@@ -68,21 +68,29 @@ def _probabilities(model, prep, paths: list[Path], where: str) -> Decoded:
     return kept, np.concatenate(probs), skipped
 
 
-def predict(run_dir: Path, images: list[Path], top_k: int = 3) -> list[Prediction]:
+def _load(run_dir: Path, onnx: bool):
+    """The run's PyTorch model, or its ONNX export (`transferlab export`) run by ONNX Runtime."""
+    if onnx:
+        from transferlab.deploy import load_onnx_model  # ONNX Runtime is imported only when asked for
+        return load_onnx_model(run_dir)
+    return load_model(run_dir)
+
+
+def predict(run_dir: Path, images: list[Path], top_k: int = 3, onnx: bool = False) -> list[Prediction]:
     """The top_k classes of each image (fewer when the model has fewer); undecodable files are skipped."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1 (got {top_k})")
     paths = _expand(images)
-    model, meta = load_model(run_dir)
+    model, meta = _load(run_dir, onnx)
     names = meta["class_names"]
     kept, probs, _ = _probabilities(model, meta["preprocessing"], paths, "given")
     k = min(top_k, len(names))
     return [Prediction(path, [(names[i], float(p[i])) for i in np.argsort(-p)[:k]]) for path, p in zip(kept, probs)]
 
 
-def evaluate_folder(run_dir: Path, labelled_dir: Path) -> dict:
+def evaluate_folder(run_dir: Path, labelled_dir: Path, onnx: bool = False) -> dict:
     """Accuracy, per-class recall and the confusion matrix on DIR/<class>/*, classes named as in training."""
-    model, meta = load_model(run_dir)
+    model, meta = _load(run_dir, onnx)
     names = meta["class_names"]
     folder = scan_image_folder(labelled_dir, class_names=tuple(names))
     label_of = {im.path: im.label for im in folder.images}

@@ -37,24 +37,26 @@ def output_names(last_units: list[int]) -> list[str]:
     return [f"units_{n}" for n in last_units]
 
 
-def export_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, path: Path) -> Path:
-    """Write the prefix units[:n] for each n in `last_units` to `path` in one file (weights inside).
+def export_onnx(module: nn.Module, image_size_px: int, path: Path, outputs: list[str]) -> Path:
+    """`module` (eval mode, one NCHW image batch in) to `path`, with a dynamic batch axis, weights inside.
 
-    Exported in eval mode (BatchNorm uses its running statistics, as the caches assume); the model's
-    mode is restored afterwards.
+    The caller puts the module in eval mode (BatchNorm on its running statistics) and restores its mode.
     """
+    device = next(module.parameters()).device
+    example = torch.zeros(EXAMPLE_BATCH_SIZE, 3, image_size_px, image_size_px, device=device)
+    write_atomic(Path(path), lambda tmp: torch.onnx.export(
+        module, (example,), tmp, dynamo=True, external_data=False, verbose=False,
+        input_names=[INPUT_NAME], output_names=outputs, dynamic_shapes=({0: torch.export.Dim("batch")},)))
+    return Path(path)
+
+
+def export_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, path: Path) -> Path:
+    """Write the prefix units[:n] for each n in `last_units` to `path` in one file (weights inside)."""
     was_training = model.training
-    prefixes = _Prefixes(model, last_units).eval()
     try:
-        device = next(model.parameters()).device
-        example = torch.zeros(EXAMPLE_BATCH_SIZE, 3, image_size_px, image_size_px, device=device)
-        write_atomic(Path(path), lambda tmp: torch.onnx.export(
-            prefixes, (example,), tmp, dynamo=True, external_data=False, verbose=False,
-            input_names=[INPUT_NAME], output_names=output_names(last_units),
-            dynamic_shapes=({0: torch.export.Dim("batch")},)))
+        return export_onnx(_Prefixes(model, last_units).eval(), image_size_px, path, output_names(last_units))
     finally:
         model.train(was_training)
-    return Path(path)
 
 
 def cached_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, cache_dir: Path,

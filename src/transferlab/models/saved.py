@@ -96,7 +96,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _read_meta(path: Path) -> dict:
+def read_model_meta(path: Path) -> dict:
+    """model.json (or an export's sidecar) checked against SCHEMA; a problem is one UserError naming the file."""
     try:
         meta = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -143,7 +144,7 @@ def load_model(directory: Path) -> tuple[TransferModel, dict]:
     if not meta_path.is_file() or not weights_path.is_file():
         raise UserError(f"'{directory}' has no model.json + model.safetensors; give a run folder that "
                         "finished `transferlab compare`")
-    meta = _read_meta(meta_path)
+    meta = read_model_meta(meta_path)
     state = _read_weights(weights_path)
     try:
         backbone = create_backbone(meta["backbone"])

@@ -1,0 +1,90 @@
+"""A run's model as ONNX (`transferlab export`): one graph from normalised image to logits, plus a sidecar.
+
+The graph has a dynamic batch axis and takes NCHW float32 images already normalised; the sidecar JSON
+(model.json's fields, so `predict --onnx` checks it the same way, plus an "onnx" section) says how to
+decode and normalise. The export shares its exporter with the frozen-pass engine, and is checked against
+PyTorch before it is kept: a graph that does not reproduce the model's logits is never left behind.
+"""
+
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.atomic import write_json_atomic
+from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
+from transferlab.data.scan import quoted
+from transferlab.errors import UserError
+from transferlab.models.onnx_export import INPUT_NAME, export_onnx
+from transferlab.models.saved import load_model, read_model_meta
+from transferlab.training.engines import onnxruntime_session
+from transferlab.training.inputs import normalise
+
+FORMATS = ("onnx",)
+OUTPUT_NAME = "logits"
+PARITY_TOLERANCE = 1e-4   # max |delta logit|, fp32 on CPU
+RANDOM_PARITY_IMAGES = 8  # without --check-images: seeded noise images, decoded-pixel range
+ONNX_FILE, SIDECAR_FILE = "model.onnx", "model.onnx.json"
+
+
+def _parity_inputs(prep, images: list[Path]) -> tuple[torch.Tensor, str]:
+    if images:
+        try:
+            pixels = np.stack([load_for_model(p, prep) for p in images])
+        except ImageDecodeError as e:
+            raise UserError(f"--check-images: {e}; give Pillow-readable images") from None
+        return normalise(torch.from_numpy(pixels), prep), f"{len(images)} given images"
+    rng = np.random.default_rng(0)
+    size = prep.image_size_px
+    pixels = rng.integers(0, 256, size=(RANDOM_PARITY_IMAGES, size, size, 3), dtype=np.uint8)
+    return normalise(torch.from_numpy(pixels), prep), f"{RANDOM_PARITY_IMAGES} seeded noise images"
+
+
+def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
+                 check_images: list[Path] | None = None) -> dict:
+    """Write model.onnx + model.onnx.json into `out_dir` (default: the run folder); returns the sidecar."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format '{fmt}' (option --format); choose one of: {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    model, meta = load_model(run_dir)
+    prep = meta["preprocessing"]
+    x, inputs_used = _parity_inputs(prep, list(check_images or []))
+    out_dir = Path(out_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path, sidecar_path = out_dir / ONNX_FILE, out_dir / SIDECAR_FILE
+    export_onnx(model, prep.image_size_px, onnx_path, [OUTPUT_NAME])
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnxruntime_session(onnx_path).run(None, {INPUT_NAME: x.contiguous().numpy()})[0]
+    delta = float(np.abs(got - expected).max())
+    if not delta <= PARITY_TOLERANCE:
+        onnx_path.unlink()
+        raise UserError(f"the ONNX export of {quoted(run_dir)} differs from PyTorch by {delta:.1e} in the logits "
+                        f"(limit {PARITY_TOLERANCE:g}); nothing was kept; report this with the backbone's name")
+    sidecar = read_model_meta(run_dir / "model.json") | {"onnx": {
+        "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME,
+        "input_layout": "NCHW float32, decoded and normalised as 'preprocessing' says; any batch size",
+        "parity_max_abs_logit_delta": delta, "parity_inputs": inputs_used,
+        "torch": torch.__version__, "onnxruntime": version("onnxruntime")}}
+    write_json_atomic(sidecar_path, sidecar)
+    return sidecar
+
+
+def load_onnx_model(run_dir: Path):
+    """(logits function on normalised NCHW batches, meta) from an export, for `predict --onnx`."""
+    run_dir = Path(run_dir)
+    onnx_path, sidecar_path = run_dir / ONNX_FILE, run_dir / SIDECAR_FILE
+    if not onnx_path.is_file() or not sidecar_path.is_file():
+        raise UserError(f"'{run_dir}' has no {ONNX_FILE} + {SIDECAR_FILE}; run `transferlab export {run_dir}` first")
+    meta = read_model_meta(sidecar_path)
+    try:
+        session = onnxruntime_session(onnx_path)
+    except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
+        raise UserError(f"{quoted(onnx_path)} cannot be loaded ({str(e).splitlines()[0][:120]}); "
+                        f"run `transferlab export {run_dir}` again") from None
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {INPUT_NAME: x.contiguous().numpy()})[0])
+
+    return logits, meta | {"preprocessing": Preprocessing.from_dict(meta["preprocessing"])}
