@@ -74,10 +74,10 @@ RSS_IMAGE_SIZE_PX = 224
 MAX_VAL_ACC_GAP = 0.01              # "val acc within 1 point" of the seed recipe done in PyTorch
 TARGETS = {  # ratio: (measured is ... than, bound), or None where the ratio is information, not a goal
     "seed recipe (PyTorch) total / transferlab cold total": (">=", 5.0),
-    "seed recipe (Keras) total / transferlab cold total": (">=", 5.0),
-    "transferlab cold frozen / best floor": ("<=", 1.3),
-    "transferlab cold frozen / (ONNX floor + its export)": None,  # the cold phase exports its own graph
-    "ONNX floor / eager floor (img/s)": None,
+    "seed recipe (Keras) total / transferlab cold total": (">=", 10.0),
+    "transferlab cold frozen / best cold floor": ("<=", 1.3),
+    "transferlab cold frozen / ONNX floor without its export": None,  # the export is paid once per graph
+    "ONNX floor / eager floor (img/s)": (">=", 3.0),
     "transferlab warm frozen / best floor": ("<=", 0.1),
 }
 RUN_LABELS = {"transferlab_cold": "transferlab, cold cache", "transferlab_warm": "transferlab, warm cache",
@@ -358,12 +358,17 @@ def ratios_of(report: dict) -> dict:
             ratios[name] = {**against_target(name, report[key]["total_seconds"] / cold["total_seconds"],
                                              not gated or abs(gap) <= MAX_VAL_ACC_GAP),
                             "val_acc_gap": gap, "val_acc_gap_gated": gated}
-    measured = {"transferlab cold frozen / best floor": cold["phases"]["frozen"]["seconds"] / floor["seconds"]}
+    # a cold run must pay for a graph before ONNX Runtime can run it: its floor is the cheaper of an eager
+    # pass and export + ONNX pass; a warm run finds the graph and the features cached
+    cold_floor = floor["seconds"]
+    measured = {}
     if "onnxruntime" in floor["engines"]:
         onnx, eager = floor["engines"]["onnxruntime"], floor["engines"]["eager"]
-        measured["transferlab cold frozen / (ONNX floor + its export)"] = (
-            cold["phases"]["frozen"]["seconds"] / (onnx["seconds"] + floor["onnx_export_seconds"]))
+        cold_floor = min(eager["seconds"], onnx["seconds"] + floor["onnx_export_seconds"])
+        measured["transferlab cold frozen / ONNX floor without its export"] = (
+            cold["phases"]["frozen"]["seconds"] / onnx["seconds"])
         measured["ONNX floor / eager floor (img/s)"] = onnx["img_per_s"] / eager["img_per_s"]
+    measured = {"transferlab cold frozen / best cold floor": cold["phases"]["frozen"]["seconds"] / cold_floor} | measured
     measured["transferlab warm frozen / best floor"] = warm["phases"]["frozen"]["seconds"] / floor["seconds"]
     return ratios | {name: against_target(name, value) for name, value in measured.items()}
 
