@@ -16,6 +16,7 @@ from transferlab.experiments.run_dir import default_cache_dir
 from transferlab.reporting.report import write_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
 from transferlab.training.engines import ENGINES
+from transferlab.training.loop import PRECISIONS
 from transferlab.training.recipes import OPTIMIZERS, PRESETS, SCHEDULES
 
 EXIT_USER_ERROR = 2
@@ -77,6 +78,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--engine", default="auto", choices=ENGINES,
                    help="runs the frozen backbone pass: auto = ONNX Runtime on CPU, PyTorch on GPU")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="training forwards: auto = bf16 autocast on GPUs that have it, fp32 on CPU")
     p.add_argument("--runs-dir", type=Path, default=d["runs_dir"].default)
     p.add_argument("--name", help="run name (default: the data folder's name)")
     p.add_argument("--cache-dir", type=Path, help=f"feature/decode caches (default {default_cache_dir()})")

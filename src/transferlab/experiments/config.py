@@ -13,6 +13,7 @@ from pathlib import Path
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
 from transferlab.training.engines import ENGINES
+from transferlab.training.loop import PRECISIONS
 from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
 
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
@@ -60,6 +61,7 @@ class CompareConfig:
     strict: bool = False                 # an undecodable file is an error instead of a skip
     device: str = "auto"
     engine: str = "auto"                 # the frozen pass: auto (ONNX Runtime on CPU), torch, onnxruntime
+    precision: str = "auto"              # training forwards: auto (bf16 on GPUs that have it), fp32, bf16
     runs_dir: Path = Path("runs")
     name: str | None = None
     cache_dir: Path | None = None        # None: ~/.cache/transferlab (or $XDG_CACHE_HOME)
@@ -105,6 +107,8 @@ class CompareConfig:
             raise UserError(f"--time-budget must be a positive duration such as 30m (got {self.time_budget_seconds})")
         if self.engine not in ENGINES:
             raise UserError(f"--engine '{self.engine}' is unknown; choose one of {', '.join(ENGINES)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision '{self.precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise UserError(f"--device '{self.device}' is not supported; use auto, cpu, cuda or cuda:N")
         if self.name is not None and not 0 < len(self.name) <= MAX_NAME_CHARS:

@@ -18,7 +18,7 @@ from transferlab.data.images import Preprocessing
 from transferlab.errors import UserError
 from transferlab.models.onnx_export import INPUT_NAME, cached_prefix_onnx
 from transferlab.models.transfer_model import TransferModel
-from transferlab.training.loop import autocast
+from transferlab.training.loop import prefix_autocast
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def engine_version(engine: str) -> str:
 
 def torch_prefixes(model: TransferModel, last_units: list[int], device: torch.device) -> Prefixes:
     def run(x: torch.Tensor) -> list[torch.Tensor]:
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), prefix_autocast(device):
             return model.prefixes(x, last_units)
     return run
 

@@ -17,7 +17,7 @@ from transferlab.data.row_store import RowStore, RowView, key_digest
 from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
 from transferlab.training.engines import engine_version, prefix_runner, resolve_engine
 from transferlab.training.inputs import ImageInputs, augment_pixels, epoch_rng, normalise
-from transferlab.training.loop import autocast
+from transferlab.training.loop import prefix_autocast
 
 
 AUGMENT_VERSION = 1  # bump when augment_pixels changes: cached views > 0 hold its output
@@ -70,8 +70,8 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
 
 
 def compute_dtype(device: torch.device) -> str:
-    """What the prefix runs in under the training loop's autocast (bf16 on GPUs that have it, else fp32)."""
-    with autocast(device):
+    """What the frozen prefix runs in (bf16 on GPUs that have it, else fp32)."""
+    with prefix_autocast(device):
         return str(torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32)
 
 
