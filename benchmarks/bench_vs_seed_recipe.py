@@ -47,8 +47,9 @@ from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import decode_images
 from transferlab.data.embedded import SUBSETS, export_embedded
 from transferlab.data.scan import LabelledImage
-from transferlab.experiments.compare import resolve_device, run_compare, unfreeze_for_finetuning
+from transferlab.experiments.compare import run_compare
 from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.phases import resolve_device, unfreeze_for_finetuning
 from transferlab.experiments.datasets import Split, labels_of, prepare_data, scan_folders
 from transferlab.models.backbones import OFFLINE_BACKBONE, PretrainedBackbone, create_backbone, load_backbone
 from transferlab.models.freezing import freeze_backbone
