@@ -1,0 +1,197 @@
+"""report.md and a self-contained report.html for a study, from its results.json alone.
+
+Every number carries its n (seeds); means come with 95 % t-intervals; a difference between methods is
+claimed only when the paired interval over seeds excludes zero.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.atomic import write_text_atomic
+from transferlab.data.scan import quoted
+from transferlab.errors import UserError
+from transferlab.experiments.study import STUDY_FORMAT_VERSION
+from transferlab.reporting.plots import plot_confusion_matrix, plot_data_efficiency, plot_time_to_accuracy
+from transferlab.reporting.report import markdown_to_html
+from transferlab.reporting.statistics import Estimate, mean_interval, paired_test
+from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
+from transferlab.training.metrics import confusion_matrix
+
+COMPARISONS = (("finetuned", "scratch"), ("frozen", "scratch"), ("finetuned", "frozen"))
+
+
+def _pct(e: Estimate) -> str:
+    spread = f" ± {100 * e.half_width:.1f}" if e.half_width is not None else ""
+    return f"{100 * e.mean:.1f}{spread} % (n={e.n})"
+
+
+def _groups(results: dict) -> list[tuple[str, float, dict[str, dict[int, dict]]]]:
+    """(label, images per class, method -> seed -> phase summary), ordered by images per class."""
+    groups: dict[float, tuple[str, dict]] = {}
+    for cell in results["cells"]:
+        label, methods = groups.setdefault(cell["images_per_class"], (str(cell["k"]), {}))
+        for name, phase in cell["phases"].items():
+            methods.setdefault(name, {})[cell["seed"]] = phase
+    return [(label, x, methods) for x, (label, methods) in sorted(groups.items())]
+
+
+def _accuracy(methods: dict, name: str) -> Estimate:
+    return mean_interval([p["test_acc"] for _, p in sorted(methods[name].items())])
+
+
+def _paired(methods: dict, a: str, b: str, key: str = "test_acc"):
+    seeds = sorted(set(methods[a]) & set(methods[b]))
+    return paired_test([methods[a][s][key] for s in seeds], [methods[b][s][key] for s in seeds])
+
+
+def data_efficiency_lines(results: dict) -> list[str]:
+    groups = _groups(results)
+    rows = ["| images per class | k asked | " + " | ".join(PHASE_LABELS[p] for p in PHASE_ORDER) + " |",
+            "|---:|---|" + "---:|" * len(PHASE_ORDER)]
+    for label, x, methods in groups:
+        rows.append(f"| {x:g} | {label} | " + " | ".join(_pct(_accuracy(methods, p)) if p in methods else "–"
+                                                         for p in PHASE_ORDER) + " |")
+    return rows + ["", *headline_lines(groups)]
+
+
+def headline_lines(groups: list) -> list[str]:
+    """The smallest k whose transfer mean reaches scratch on all data, and whether the intervals agree."""
+    _, all_x, all_methods = groups[-1]
+    scratch_all = _accuracy(all_methods, "scratch")
+    lines = []
+    for method in ("finetuned", "frozen"):
+        reached = next(((label, x, m) for label, x, m in groups if _accuracy(m, method).mean >= scratch_all.mean),
+                       None)
+        if reached is None:
+            lines.append(f"- {PHASE_LABELS[method]} does not reach scratch on all data "
+                         f"({_pct(scratch_all)}) at any k tried.")
+            continue
+        label, x, methods = reached
+        transfer = _accuracy(methods, method)
+        overlap = (transfer.interval is None or scratch_all.interval is None
+                   or transfer.interval[0] <= scratch_all.interval[1])
+        lines.append(f"- **{PHASE_LABELS[method]} needs {all_x / x:.0f}× less data**: with {x:g} images per "
+                     f"class it reaches {_pct(transfer)} test accuracy vs {_pct(scratch_all)} for scratch on all "
+                     f"{all_x:g} per class (means)" +
+                     ("; the 95 % intervals overlap, so the seeds do not show it is *better*, only not worse on "
+                      "average" if overlap else "; the 95 % intervals do not overlap") + ".")
+    return lines
+
+
+def paired_lines(results: dict) -> list[str]:
+    rows = ["| images per class | comparison | difference (pts, 95 % interval) | p (paired t) | supported? |",
+            "|---:|---|---:|---:|---|"]
+    for _, x, methods in _groups(results):
+        for a, b in COMPARISONS:
+            if a not in methods or b not in methods:
+                continue
+            test = _paired(methods, a, b)
+            d = test.difference
+            spread = f" ± {100 * d.half_width:.1f}" if d.half_width is not None else ""
+            p = "–" if test.p_value is None else f"{test.p_value:.3f}"
+            verdict = ("yes" if test.is_supported else "no: the interval includes 0") if test.p_value is not None \
+                else "no: one seed"
+            rows.append(f"| {x:g} | {PHASE_LABELS[a]} − {PHASE_LABELS[b]} | {100 * d.mean:+.1f}{spread} (n={d.n}) | "
+                        f"{p} | {verdict} |")
+    return rows
+
+
+def time_points(results: dict) -> dict[str, list[tuple[float, float, str]]]:
+    """Mean seconds and test accuracy per method and k; fine-tuning's clock includes the frozen phase it
+    starts from."""
+    points: dict[str, list] = {}
+    for _, x, methods in _groups(results):
+        for name in methods:
+            seeds = sorted(methods[name])
+            seconds = [methods[name][s]["seconds"] + (methods["frozen"][s]["seconds"] if name == "finetuned" else 0)
+                       for s in seeds]
+            points.setdefault(name, []).append((sum(seconds) / len(seconds), _accuracy(methods, name).mean, f"{x:g}"))
+    return points
+
+
+def per_class_lines(results: dict) -> tuple[list[str], str, list[list[int]]]:
+    """Confusion matrix and precision/recall of the method with the best mean *validation* accuracy on all
+    data, summed over seeds."""
+    _, x, methods = _groups(results)[-1]
+    best = max(methods, key=lambda m: mean_interval([p["val_acc"] for p in methods[m].values()]).mean)
+    cells = [c for c in results["cells"] if c["images_per_class"] == x]
+    labels, names = np.array(results["data"]["test_labels"]), results["data"]["class_names"]
+    matrix = [[0] * len(names) for _ in names]
+    for cell in cells:
+        for i, row in enumerate(confusion_matrix(labels, np.array(cell["test_predictions"][best]), len(names))):
+            matrix[i] = [a + b for a, b in zip(matrix[i], row)]
+    rows = ["| class | precision | recall | test images × seeds |", "|---|---:|---:|---:|"]
+    for i, name in enumerate(names):
+        predicted, actual = sum(r[i] for r in matrix), sum(matrix[i])
+        precision = f"{100 * matrix[i][i] / predicted:.1f} %" if predicted else "–"
+        recall = f"{100 * matrix[i][i] / actual:.1f} %" if actual else "–"
+        rows.append(f"| {name} | {precision} | {recall} | {actual} |")
+    return rows, best, matrix
+
+
+def render_markdown(results: dict) -> str:
+    budget, data = results["budget"], results["data"]
+    seeds, n_cells = results["seeds"], len(results["cells"])
+    trained = sum(not c.get("reused", False) for c in results["cells"])
+    table, best, _ = per_class_lines(results)
+    lines = [
+        f"# transferlab study: {Path(results['study_dir']).name}", "",
+        f"Backbone `{results['backbone']}` (weights: {results['weights']['kind']} `{results['weights']['location']}`) "
+        f"at {results['image_size_px']} px on {results['device']}; {len(data['class_names'])} classes, training pool "
+        f"{data['pool_per_class']} per class, {data['n_val']} validation and {data['n_test']} test images (the same "
+        f"for every cell). Seeds {seeds} (n = {len(seeds)}). {n_cells} cells: {trained} trained by this "
+        f"invocation, {n_cells - trained} reused from `cells/`.",
+        *([f"> {results['notice']}"] if results.get("notice") else []), "",
+        f"Budget: **fixed optimisation steps** — every cell trains frozen {budget['epochs']['frozen']}, fine-tune "
+        f"{budget['epochs']['finetuned']} and scratch {budget['epochs']['scratch']} epochs of ~{budget['pool_images']} "
+        f"images (a k-subset is repeated to the size of the pool), batch {budget['batch_size']}; not a fixed number "
+        "of epochs, which would give the k = 5 scratch model a twentieth of the steps.", "",
+        "Intervals are 95 % Student-t intervals over seeds; differences are paired by seed (same subset, same "
+        "initialisation) and called supported only when their interval excludes zero.", "",
+    ]
+    if "data" in results["studies"]:
+        lines += ["## Data efficiency: test accuracy vs images per class", "",
+                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results), "",
+                  "### Differences between methods", "", *paired_lines(results), ""]
+    if "time" in results["studies"]:
+        lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
+                  "Seconds are wall-clock per cell on this machine; fine-tuning's include the frozen phase it starts "
+                  "from, and the cell that first builds the feature cache pays for it.", ""]
+    lines += [f"## Per class ({PHASE_LABELS[best]}, all data, summed over {len(seeds)} seeds)", "",
+              "![confusion matrix](confusion_matrix.png)", "", *table, ""]
+    return "\n".join(lines) + "\n"
+
+
+def read_study_results(study_dir: Path) -> dict:
+    path = Path(study_dir) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{quoted(path)} does not exist: the study has not finished; re-run the same "
+                        "`transferlab study` command to finish it")
+    try:
+        results = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{quoted(path)} is not valid JSON ({e}); re-run the study to rebuild it") from None
+    if not isinstance(results, dict) or results.get("format_version") != STUDY_FORMAT_VERSION:
+        raise UserError(f"{quoted(path)} is not a study's results in format {STUDY_FORMAT_VERSION}; re-run the study")
+    return results
+
+
+def write_study_report(study_dir: Path) -> Path:
+    study_dir = Path(study_dir)
+    results = read_study_results(study_dir)
+    groups = _groups(results)
+    if "data" in results["studies"]:
+        curves = {p: [(x, _accuracy(m, p).mean, _accuracy(m, p).half_width) for _, x, m in groups if p in m]
+                  for p in PHASE_ORDER}
+        plot_data_efficiency(curves, _accuracy(groups[-1][2], "scratch").mean, study_dir / "data_efficiency.png")
+    if "time" in results["studies"]:
+        plot_time_to_accuracy(time_points(results), study_dir / "time_to_accuracy.png")
+    _, best, matrix = per_class_lines(results)
+    plot_confusion_matrix(matrix, results["data"]["class_names"], f"{PHASE_LABELS[best]} (test, all seeds)",
+                          study_dir / "confusion_matrix.png")
+    markdown = render_markdown(results)
+    write_text_atomic(study_dir / "report.md", markdown)
+    write_text_atomic(study_dir / "report.html", markdown_to_html(markdown, study_dir))
+    return study_dir / "report.md"

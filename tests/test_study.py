@@ -1,0 +1,94 @@
+"""study end to end on real (small) data: nested subsets, cells reused by hash, added seeds, the report."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+
+from transferlab import StudyConfig, study
+from transferlab.cli import main
+from transferlab.data.decoded import DecodedImages
+from transferlab.data.scan import LabelledImage
+from transferlab.experiments.study import nested_subset
+
+EPOCHS = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
+
+
+def _cells(study_dir: Path) -> list[dict]:
+    return json.loads((study_dir / "results.json").read_text())["cells"]
+
+
+def _finished_at(study_dir: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (study_dir / "cells").glob("*/results.json")}
+
+
+@pytest.fixture(scope="module")
+def two_seed_study(small_data, tmp_path_factory) -> tuple[Path, StudyConfig]:
+    tmp = tmp_path_factory.mktemp("study")
+    cfg = StudyConfig(tiny_config(small_data, tmp, test_fraction=0.25, **EPOCHS), studies=("data", "time"),
+                      seeds=2, ks=(2, None), study_dir=tmp / "study")
+    return study(cfg), cfg
+
+
+def test_nested_subsets_are_stratified_and_nested_per_seed():
+    pool = DecodedImages(images=[LabelledImage(Path(f"c{label}/{i}.png"), label) for label in range(3)
+                                 for i in range(20)], content_keys=[], pixels=None, skipped=[])
+    for seed in (0, 1):
+        smaller, larger = nested_subset(pool, 5, seed), nested_subset(pool, 10, seed)
+        assert set(smaller) < set(larger)
+        assert [sum(im.label == c for im in smaller) for c in range(3)] == [5, 5, 5]
+        assert nested_subset(pool, None, seed) and len(nested_subset(pool, None, seed)) == 60
+    assert set(nested_subset(pool, 5, 0)) != set(nested_subset(pool, 5, 1))
+
+
+def test_study_trains_every_cell_once_on_the_same_validation_and_test_sets(two_seed_study):
+    study_dir, _ = two_seed_study
+    cells = _cells(study_dir)
+    assert sorted((c["seed"], str(c["k"])) for c in cells) == [(0, "2"), (0, "all"), (1, "2"), (1, "all")]
+    assert not any(c["reused"] for c in cells)
+    keys = [json.loads((study_dir / "cells" / c["hash"] / "cell.json").read_text()) for c in cells]
+    assert len({(k["val"], k["test"]) for k in keys}) == 1
+    for c in cells:
+        assert set(c["phases"]) == {"scratch", "frozen", "finetuned"}
+        assert all(0 <= p["test_acc"] <= 1 for p in c["phases"].values())
+    # a fixed budget: the 2-per-class subset is repeated to the pool's size, so the step counts match
+    steps = {str(c["k"]): c["phases"]["scratch"]["steps"] for c in cells}
+    assert steps["2"] == steps["all"]
+
+
+def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two_seed_study):
+    study_dir, _ = two_seed_study
+    page = (study_dir / "report.html").read_text()
+    assert "<img" in page and "data:image/png;base64," in page
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    report = (study_dir / "report.md").read_text()
+    assert "fixed optimisation steps" in report and "(n=2)" in report and "95 %" in report
+    assert "less data" in report or "does not reach scratch" in report
+    for line in report.splitlines():
+        if line.startswith("| ") and "−" in line and "supported" not in line:
+            assert line.rstrip(" |").endswith(("yes", "includes 0", "one seed"))
+
+
+def test_rerun_trains_nothing_and_an_added_seed_trains_only_its_cells(two_seed_study):
+    study_dir, cfg = two_seed_study
+    before = _finished_at(study_dir)
+    study(cfg)
+    assert all(c["reused"] for c in _cells(study_dir)) and _finished_at(study_dir) == before
+    from dataclasses import replace
+    study(replace(cfg, seeds=3))
+    cells = _cells(study_dir)
+    assert sorted((c["seed"], c["reused"]) for c in cells) == [(0, True), (0, True), (1, True), (1, True),
+                                                                (2, False), (2, False)]
+    assert {k: v for k, v in _finished_at(study_dir).items() if k in before} == before
+
+
+@pytest.mark.parametrize("option, message", [(["--ks", "0"], "--ks"), (["--ks", "5,ten"], "--ks: 'ten'"),
+                                             (["--seeds", "0"], "--seeds"), (["--studies", "data,nope"], "nope")])
+def test_bad_study_options_are_one_line_errors_that_write_nothing(small_data, tmp_path, capsys, option, message):
+    code = main(["study", str(small_data), "--runs-dir", str(tmp_path / "runs"), "--cache-dir",
+                 str(tmp_path / "cache"), "--quiet", *option])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
