@@ -83,20 +83,20 @@ def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     from transferlab.cli import main
-    from transferlab.experiments import compare, datasets
+    from transferlab.experiments import datasets, phases
     stage = sys.argv[1]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     if stage in ("decode", "cache"):
-        module, name = (datasets, "decode_images") if stage == "decode" else (compare, "prefix_outputs")
+        module, name = (datasets, "decode_images") if stage == "decode" else (phases, "prefix_outputs")
         original = getattr(module, name)
         setattr(module, name, lambda *a, **k: die())
     else:
-        original = compare.save_checkpoint
+        original = phases.save_checkpoint
         def after(run_dir, phase, *a):
             original(run_dir, phase, *a)
             if phase == stage:
                 die()
-        compare.save_checkpoint = after
+        phases.save_checkpoint = after
     sys.exit(main(sys.argv[2:]))
 """)
 

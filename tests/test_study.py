@@ -92,3 +92,23 @@ def test_bad_study_options_are_one_line_errors_that_write_nothing(small_data, tm
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_backbones_table_lists_a_backbone_without_weights_as_skipped(small_data, tmp_path, capsys):
+    cfg = StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.25, **EPOCHS), studies=("backbones",),
+                      seeds=1, backbones=("tf_efficientnet_lite0", "mobilenetv9_nope"), study_dir=tmp_path / "runs" / "s")
+    study_dir = study(cfg)
+    entries = json.loads((study_dir / "results.json").read_text())["backbones"]
+    assert [e["name"] for e in entries] == ["tf_efficientnet_lite0", "mobilenetv9_nope"]
+    trained, skipped = entries
+    assert "unknown backbone" in skipped["skipped"]
+    assert trained["parameters"] > 0 and trained["latency_ms_per_image"]["batch_32"] > 0
+    assert set(trained["cells"][0]["phases"]) == {"frozen", "finetuned"}  # transfer only: scratch is the data study's
+    report = (study_dir / "report.md").read_text()
+    assert "`mobilenetv9_nope` skipped: unknown backbone" in report and "ms/image at batch 1" in report
+    (study_dir / "report.md").unlink()
+    assert main(["report", str(study_dir)]) == 0 and (study_dir / "report.md").exists()
+    capsys.readouterr()
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.startswith("s: tf_efficientnet_lite0, study (backbones), backbones trained: "
+                                              "tf_efficientnet_lite0")

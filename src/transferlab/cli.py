@@ -12,7 +12,7 @@ from transferlab import CompareConfig, StudyConfig, UserError, compare, evaluate
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
-from transferlab.experiments.study import DEFAULT_KS, STUDIES, parse_ks
+from transferlab.experiments.study import DEFAULT_BACKBONES, DEFAULT_KS, STUDIES, parse_ks
 from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
@@ -92,6 +92,8 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=d["seeds"].default, help="seeds 0..N-1 per cell (default 3)")
     p.add_argument("--ks", default=",".join("all" if k is None else str(k) for k in DEFAULT_KS),
                    help="images per class for the data study, e.g. 5,10,25,all")
+    p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
+                   help="timm names for the backbones study (weights that cannot be had are listed as skipped)")
     p.add_argument("--study-dir", type=Path, help="where cells and the report go (default RUNS_DIR/study-NAME); "
                    "re-running into the same folder trains only what is missing")
 
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(demo)
     _add_study_options(demo)
 
-    st = sub.add_parser("study", help="many cells: data efficiency and time to accuracy, over seeds")
+    st = sub.add_parser("study", help="many cells over seeds: data efficiency, time to accuracy, backbones")
     st.add_argument("data", nargs="?", type=Path, help="DATA/<class_name>/<images>")
     st.add_argument("--train", type=Path, dest="train_dir", help="explicit training pool (with --val)")
     st.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
@@ -158,7 +160,8 @@ def _config(args: argparse.Namespace, **data) -> CompareConfig:
 
 def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
     return StudyConfig(compare=cfg, studies=tuple(s.strip() for s in args.studies.split(",")), seeds=args.seeds,
-                       ks=parse_ks(args.ks), study_dir=args.study_dir)
+                       ks=parse_ks(args.ks), backbones=tuple(b.strip() for b in args.backbones.split(",")),
+                       study_dir=args.study_dir)
 
 
 def _print_study_summary(study_dir: Path) -> None:

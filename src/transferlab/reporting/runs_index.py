@@ -9,6 +9,9 @@ from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
 def _headline(results: dict) -> str:
     if results.get("kind") == "study":
         cells = results["cells"]
+        if not cells:
+            done = [b["name"] for b in results.get("backbones", []) if "skipped" not in b]
+            return f"study ({','.join(results['studies'])}), backbones trained: {', '.join(done) or 'none'}"
         trained = [c for c in cells if c["images_per_class"] == max(x["images_per_class"] for x in cells)]
         means = {p: sum(c["phases"][p]["test_acc"] for c in trained) / len(trained) for p in PHASE_ORDER
                  if all(p in c["phases"] for c in trained)}

@@ -131,11 +131,30 @@ def per_class_lines(results: dict) -> tuple[list[str], str, list[list[int]]]:
     return rows, best, matrix
 
 
+def backbone_lines(results: dict) -> list[str]:
+    """Transfer on all of the data per backbone; skipped ones are listed with the reason."""
+    rows = ["| backbone | frozen test acc | fine-tuned test acc | parameters | train seconds (frozen + fine-tune) | "
+            "ms/image at batch 1 | ms/image at batch 32 | size (fp32) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    skipped = []
+    for entry in results.get("backbones", []):
+        if "skipped" in entry:
+            skipped.append(f"- `{entry['name']}` skipped: {entry['skipped']}")
+            continue
+        cells = entry["cells"]
+        acc = {p: mean_interval([c["phases"][p]["test_acc"] for c in cells]) for p in ("frozen", "finetuned")}
+        seconds = mean_interval([c["phases"]["frozen"]["seconds"] + c["phases"]["finetuned"]["seconds"]
+                                 for c in cells])
+        latency = entry["latency_ms_per_image"]
+        rows.append(f"| `{entry['name']}` | {_pct(acc['frozen'])} | {_pct(acc['finetuned'])} | "
+                    f"{entry['parameters']:,} | {seconds.mean:.1f} | {latency['batch_1']:.2f} | "
+                    f"{latency['batch_32']:.2f} | {entry['size_mb']:.1f} MiB |")
+    return rows + ([""] + skipped if skipped else [])
+
+
 def render_markdown(results: dict) -> str:
     budget, data = results["budget"], results["data"]
     seeds, n_cells = results["seeds"], len(results["cells"])
     trained = sum(not c.get("reused", False) for c in results["cells"])
-    table, best, _ = per_class_lines(results)
     lines = [
         f"# transferlab study: {Path(results['study_dir']).name}", "",
         f"Backbone `{results['backbone']}` (weights: {results['weights']['kind']} `{results['weights']['location']}`) "
@@ -159,8 +178,14 @@ def render_markdown(results: dict) -> str:
         lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
                   "Seconds are wall-clock per cell on this machine; fine-tuning's include the frozen phase it starts "
                   "from, and the cell that first builds the feature cache pays for it.", ""]
-    lines += [f"## Per class ({PHASE_LABELS[best]}, all data, summed over {len(seeds)} seeds)", "",
-              "![confusion matrix](confusion_matrix.png)", "", *table, ""]
+    if results.get("backbones"):
+        lines += ["## Backbones (transfer on all of the data)", "", *backbone_lines(results), "",
+                  "Latency is the whole model (backbone and head) in PyTorch eager on this machine, median of "
+                  f"3 after a warm-up, at {results['image_size_px']} px.", ""]
+    if results["cells"]:
+        table, best, _ = per_class_lines(results)
+        lines += [f"## Per class ({PHASE_LABELS[best]}, all data, summed over {len(seeds)} seeds)", "",
+                  "![confusion matrix](confusion_matrix.png)", "", *table, ""]
     return "\n".join(lines) + "\n"
 
 
@@ -182,15 +207,16 @@ def write_study_report(study_dir: Path) -> Path:
     study_dir = Path(study_dir)
     results = read_study_results(study_dir)
     groups = _groups(results)
-    if "data" in results["studies"]:
+    if "data" in results["studies"] and groups:
         curves = {p: [(x, _accuracy(m, p).mean, _accuracy(m, p).half_width) for _, x, m in groups if p in m]
                   for p in PHASE_ORDER}
         plot_data_efficiency(curves, _accuracy(groups[-1][2], "scratch").mean, study_dir / "data_efficiency.png")
-    if "time" in results["studies"]:
+    if "time" in results["studies"] and groups:
         plot_time_to_accuracy(time_points(results), study_dir / "time_to_accuracy.png")
-    _, best, matrix = per_class_lines(results)
-    plot_confusion_matrix(matrix, results["data"]["class_names"], f"{PHASE_LABELS[best]} (test, all seeds)",
-                          study_dir / "confusion_matrix.png")
+    if results["cells"]:
+        _, best, matrix = per_class_lines(results)
+        plot_confusion_matrix(matrix, results["data"]["class_names"], f"{PHASE_LABELS[best]} (test, all seeds)",
+                              study_dir / "confusion_matrix.png")
     markdown = render_markdown(results)
     write_text_atomic(study_dir / "report.md", markdown)
     write_text_atomic(study_dir / "report.html", markdown_to_html(markdown, study_dir))
