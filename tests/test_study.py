@@ -111,4 +111,18 @@ def test_backbones_table_lists_a_backbone_without_weights_as_skipped(small_data,
     capsys.readouterr()
     assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert capsys.readouterr().out.startswith("s: tf_efficientnet_lite0, study (backbones), backbones trained: "
-                                              "tf_efficientnet_lite0")
+                                              "tf_efficientnet_lite0,")
+
+
+def test_unfreeze_grid_starts_every_cell_from_the_same_frozen_head(small_data, tmp_path):
+    cfg = StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.25, **EPOCHS), studies=("unfreeze",),
+                      seeds=1, study_dir=tmp_path / "s")
+    study_dir = study(cfg)
+    entries = json.loads((study_dir / "results.json").read_text())["unfreeze"]
+    assert [(e["blocks"], e["learning_rate"]) for e in entries] == [(b, lr) for b in (0, 1, 2, 4, "all")
+                                                                     for lr in (1e-4, 1e-5, 1e-6)]
+    assert len({e["cells"][0]["phases"]["frozen"]["test_acc"] for e in entries}) == 1
+    trainable = [e["cells"][0]["phases"]["finetuned"]["trainable_parameters"] for e in entries[::3]]
+    assert trainable == sorted(trainable) and trainable[0] < trainable[-1]
+    assert (study_dir / "unfreeze_heatmap.png").stat().st_size > 0
+    assert "Gradual unfreezing" in (study_dir / "report.md").read_text()

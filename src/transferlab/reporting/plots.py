@@ -109,3 +109,18 @@ def plot_time_to_accuracy(points: dict[str, list[tuple[float, float, str]]], pat
            ylim=(0, 1), title="time to accuracy (means over seeds; labels: images per class)")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_heatmap(values: list[list[float]], labels: list[list[str]], row_names: list[str], column_names: list[str],
+                 xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """A small annotated grid (values in [0, 1]), e.g. test accuracy over unfrozen blocks x learning rate."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(column_names), 1.2 + 0.6 * len(row_names)))
+    ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(column_names)), column_names)
+    ax.set_yticks(range(len(row_names)), row_names)
+    for i, row in enumerate(labels):
+        for j, text in enumerate(row):
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if values[i][j] > 0.6 else "white")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    _save(fig, path)

@@ -9,9 +9,10 @@ from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
 def _headline(results: dict) -> str:
     if results.get("kind") == "study":
         cells = results["cells"]
-        if not cells:
+        if not cells:  # backbones and unfreezing only: their own tables in report.md
             done = [b["name"] for b in results.get("backbones", []) if "skipped" not in b]
-            return f"study ({','.join(results['studies'])}), backbones trained: {', '.join(done) or 'none'}"
+            return (f"study ({','.join(results['studies'])}), backbones trained: {', '.join(done) or 'none'}, "
+                    f"unfreezing grid cells: {len(results.get('unfreeze', []))}")
         trained = [c for c in cells if c["images_per_class"] == max(x["images_per_class"] for x in cells)]
         means = {p: sum(c["phases"][p]["test_acc"] for c in trained) / len(trained) for p in PHASE_ORDER
                  if all(p in c["phases"] for c in trained)}

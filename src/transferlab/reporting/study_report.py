@@ -13,7 +13,8 @@ from transferlab.atomic import write_text_atomic
 from transferlab.data.scan import quoted
 from transferlab.errors import UserError
 from transferlab.experiments.study import STUDY_FORMAT_VERSION
-from transferlab.reporting.plots import plot_confusion_matrix, plot_data_efficiency, plot_time_to_accuracy
+from transferlab.reporting.plots import (plot_confusion_matrix, plot_data_efficiency, plot_heatmap,
+                                         plot_time_to_accuracy)
 from transferlab.reporting.report import markdown_to_html
 from transferlab.reporting.statistics import Estimate, mean_interval, paired_test
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
@@ -151,6 +152,32 @@ def backbone_lines(results: dict) -> list[str]:
     return rows + ([""] + skipped if skipped else [])
 
 
+def unfreeze_grid(results: dict) -> tuple[list[str], list[str], list[list[Estimate]]]:
+    """(blocks rows, learning-rate columns, test accuracy per cell of the grid)."""
+    entries = results.get("unfreeze", [])
+    rows = list(dict.fromkeys(str(e["blocks"]) for e in entries))
+    columns = list(dict.fromkeys(f"{e['learning_rate']:g}" for e in entries))
+    grid = [[None] * len(columns) for _ in rows]
+    for e in entries:
+        grid[rows.index(str(e["blocks"]))][columns.index(f"{e['learning_rate']:g}")] = mean_interval(
+            [c["phases"]["finetuned"]["test_acc"] for c in e["cells"]])
+    return rows, columns, grid
+
+
+def unfreeze_lines(results: dict) -> list[str]:
+    rows, columns, grid = unfreeze_grid(results)
+    entries = results["unfreeze"]
+    best = max(entries, key=lambda e: mean_interval([c["phases"]["finetuned"]["val_acc"] for c in e["cells"]]).mean)
+    frozen = mean_interval([c["phases"]["frozen"]["test_acc"] for c in entries[0]["cells"]])
+    table = ["| last blocks unfrozen | " + " | ".join(f"lr {c}" for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    table += [f"| {r} | " + " | ".join(_pct(e) if e else "–" for e in grid[i]) + " |" for i, r in enumerate(rows)]
+    return ["![unfreezing heat-map](unfreeze_heatmap.png)", "", *table, "",
+            f"Every cell starts from the same frozen-head phase (same seed, data and recipe: {_pct(frozen)} test "
+            f"accuracy), then fine-tunes the last K of {entries[0]['of_blocks']} timm blocks at the given rate. "
+            f"Best on validation: last {best['blocks']} blocks at {best['learning_rate']:g}."]
+
+
 def render_markdown(results: dict) -> str:
     budget, data = results["budget"], results["data"]
     seeds, n_cells = results["seeds"], len(results["cells"])
@@ -178,6 +205,8 @@ def render_markdown(results: dict) -> str:
         lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
                   "Seconds are wall-clock per cell on this machine; fine-tuning's include the frozen phase it starts "
                   "from, and the cell that first builds the feature cache pays for it.", ""]
+    if results.get("unfreeze"):
+        lines += ["## Gradual unfreezing: fine-tuned test accuracy", "", *unfreeze_lines(results), ""]
     if results.get("backbones"):
         lines += ["## Backbones (transfer on all of the data)", "", *backbone_lines(results), "",
                   "Latency is the whole model (backbone and head) in PyTorch eager on this machine, median of "
@@ -213,6 +242,13 @@ def write_study_report(study_dir: Path) -> Path:
         plot_data_efficiency(curves, _accuracy(groups[-1][2], "scratch").mean, study_dir / "data_efficiency.png")
     if "time" in results["studies"] and groups:
         plot_time_to_accuracy(time_points(results), study_dir / "time_to_accuracy.png")
+    if results.get("unfreeze"):
+        rows, columns, grid = unfreeze_grid(results)
+        plot_heatmap([[e.mean if e else 0.0 for e in row] for row in grid],
+                     [[f"{100 * e.mean:.1f}" + (f"±{100 * e.half_width:.1f}" if e and e.half_width is not None else "")
+                       if e else "–" for e in row] for row in grid], rows, [f"lr {c}" for c in columns],
+                     "fine-tune learning rate", "last blocks unfrozen", "fine-tuned test accuracy (%)",
+                     study_dir / "unfreeze_heatmap.png")
     if results["cells"]:
         _, best, matrix = per_class_lines(results)
         plot_confusion_matrix(matrix, results["data"]["class_names"], f"{PHASE_LABELS[best]} (test, all seeds)",
