@@ -28,3 +28,5 @@ def test_paired_test_matches_scipy_and_claims_only_what_the_interval_supports():
     noisy = paired_test([0.8, 0.6, 0.9], [0.7, 0.75, 0.74])
     assert not noisy.is_supported and noisy.p_value > 0.05
     assert not paired_test([0.9], [0.1]).is_supported  # one seed: no interval, no claim
+    same = paired_test([0.8, 0.9], [0.7, 0.8])  # equal differences: no spread to test against, no claim
+    assert same.p_value is None and not same.is_supported

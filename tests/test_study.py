@@ -68,7 +68,7 @@ def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two
     assert "less data" in report or "does not reach scratch" in report
     for line in report.splitlines():
         if line.startswith("| ") and "−" in line and "supported" not in line:
-            assert line.rstrip(" |").endswith(("yes", "includes 0", "one seed"))
+            assert line.rstrip(" |").endswith(("yes", "includes 0", "one seed", "test against"))
 
 
 def test_rerun_trains_nothing_and_an_added_seed_trains_only_its_cells(two_seed_study):
@@ -126,3 +126,9 @@ def test_unfreeze_grid_starts_every_cell_from_the_same_frozen_head(small_data, t
     assert trainable == sorted(trainable) and trainable[0] < trainable[-1]
     assert (study_dir / "unfreeze_heatmap.png").stat().st_size > 0
     assert "Gradual unfreezing" in (study_dir / "report.md").read_text()
+
+
+def test_demo_study_checks_its_options_before_exporting_the_data(tmp_path, capsys):
+    assert main(["demo", "--study", "--seeds", "0", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: --seeds must be a whole number")
+    assert not (tmp_path / "cache").exists()

@@ -90,6 +90,9 @@ def plot_data_efficiency(curves: dict[str, list[tuple[float, float, float | None
     if reference is not None:
         ax.axhline(reference, color="gray", ls="--", lw=1, label="scratch on all data (mean)")
     ax.set_xscale("log")
+    ticks = sorted({x for points in curves.values() for x, _, _ in points})
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
     ax.set(xlabel="training images per class (log)", ylabel="test accuracy", ylim=(0, 1),
            title="data efficiency: mean and 95 % interval over seeds")
     ax.legend(fontsize=8)

@@ -79,7 +79,7 @@ def mean_interval(values: list[float], confidence: float = CONFIDENCE) -> Estima
 @dataclass(frozen=True)
 class PairedTest:
     difference: Estimate    # mean of a − b over the pairs, with its 95 % interval
-    p_value: float | None   # two-sided paired t-test; None below two pairs
+    p_value: float | None   # two-sided paired t-test; None below two pairs or when every pair differs equally
 
     @property
     def is_supported(self) -> bool:
@@ -97,7 +97,7 @@ def paired_test(a: list[float], b: list[float]) -> PairedTest:
     if estimate.n < 2:
         return PairedTest(estimate, None)
     sd = math.sqrt(sum((d - estimate.mean) ** 2 for d in differences) / (estimate.n - 1))
-    if sd == 0:
-        return PairedTest(estimate, 1.0 if estimate.mean == 0 else 0.0)
+    if sd < 1e-12:  # no spread to judge the difference against (often: too few test images to move a number)
+        return PairedTest(Estimate(estimate.mean, None, estimate.n), None)
     t = estimate.mean / (sd / math.sqrt(estimate.n))
     return PairedTest(estimate, t_two_sided_p(t, estimate.n - 1))

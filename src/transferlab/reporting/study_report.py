@@ -73,11 +73,16 @@ def headline_lines(groups: list) -> list[str]:
         transfer = _accuracy(methods, method)
         overlap = (transfer.interval is None or scratch_all.interval is None
                    or transfer.interval[0] <= scratch_all.interval[1])
-        lines.append(f"- **{PHASE_LABELS[method]} needs {all_x / x:.0f}× less data**: with {x:g} images per "
-                     f"class it reaches {_pct(transfer)} test accuracy vs {_pct(scratch_all)} for scratch on all "
-                     f"{all_x:g} per class (means)" +
-                     ("; the 95 % intervals overlap, so the seeds do not show it is *better*, only not worse on "
-                      "average" if overlap else "; the 95 % intervals do not overlap") + ".")
+        ratio = f"{all_x / x:.3g}×"
+        if overlap:
+            lines.append(f"- {PHASE_LABELS[method]} reaches the mean of scratch on all {all_x:g} images per class "
+                         f"with {x:g} per class ({ratio} less data): {_pct(transfer)} vs {_pct(scratch_all)} test "
+                         "accuracy. The 95 % intervals overlap, so this rests on the means alone; the seeds do not "
+                         "show a difference.")
+        else:
+            lines.append(f"- **{PHASE_LABELS[method]} needs {ratio} less data**: with {x:g} images per class it "
+                         f"reaches {_pct(transfer)} test accuracy vs {_pct(scratch_all)} for scratch on all "
+                         f"{all_x:g} per class, and the 95 % intervals do not overlap.")
     return lines
 
 
@@ -93,7 +98,7 @@ def paired_lines(results: dict) -> list[str]:
             spread = f" ± {100 * d.half_width:.1f}" if d.half_width is not None else ""
             p = "–" if test.p_value is None else f"{test.p_value:.3f}"
             verdict = ("yes" if test.is_supported else "no: the interval includes 0") if test.p_value is not None \
-                else "no: one seed"
+                else "no: one seed" if d.n < 2 else "no: no spread over seeds to test against"
             rows.append(f"| {x:g} | {PHASE_LABELS[a]} − {PHASE_LABELS[b]} | {100 * d.mean:+.1f}{spread} (n={d.n}) | "
                         f"{p} | {verdict} |")
     return rows
@@ -193,7 +198,7 @@ def render_markdown(results: dict) -> str:
         f"Budget: **fixed optimisation steps** — every cell trains frozen {budget['epochs']['frozen']}, fine-tune "
         f"{budget['epochs']['finetuned']} and scratch {budget['epochs']['scratch']} epochs of ~{budget['pool_images']} "
         f"images (a k-subset is repeated to the size of the pool), batch {budget['batch_size']}; not a fixed number "
-        "of epochs, which would give the k = 5 scratch model a twentieth of the steps.", "",
+        "of epochs, which would give a model trained on a subset fewer steps in proportion to its size.", "",
         "Intervals are 95 % Student-t intervals over seeds; differences are paired by seed (same subset, same "
         "initialisation) and called supported only when their interval excludes zero.", "",
     ]
