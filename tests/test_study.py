@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from transferlab import StudyConfig, study
 from transferlab.cli import main
 from transferlab.data.decoded import DecodedImages
 from transferlab.data.scan import LabelledImage
+from transferlab.experiments import phases
+from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.study import nested_subset
 
 EPOCHS = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
@@ -76,7 +79,6 @@ def test_rerun_trains_nothing_and_an_added_seed_trains_only_its_cells(two_seed_s
     before = _finished_at(study_dir)
     study(cfg)
     assert all(c["reused"] for c in _cells(study_dir)) and _finished_at(study_dir) == before
-    from dataclasses import replace
     study(replace(cfg, seeds=3))
     cells = _cells(study_dir)
     assert sorted((c["seed"], c["reused"]) for c in cells) == [(0, True), (0, True), (1, True), (1, True),
@@ -132,3 +134,28 @@ def test_demo_study_checks_its_options_before_exporting_the_data(tmp_path, capsy
     assert main(["demo", "--study", "--seeds", "0", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 2
     assert capsys.readouterr().err.startswith("error: --seeds must be a whole number")
     assert not (tmp_path / "cache").exists()
+
+
+def test_interrupted_study_keeps_finished_cells_and_resumes_the_stopped_one(two_seed_study, tmp_path, monkeypatch):
+    reference_dir, cfg = two_seed_study
+    cfg = replace(cfg, study_dir=tmp_path / "again")
+    original, cells_seen = phases.save_checkpoint, []
+
+    def stop_in_second_cell(run_dir, phase, *args):
+        original(run_dir, phase, *args)
+        cells_seen.append(run_dir)
+        if len(set(cells_seen)) == 2 and phase == "finetuned":
+            raise KeyboardInterrupt  # what the signal handler raises
+    monkeypatch.setattr(phases, "save_checkpoint", stop_in_second_cell)
+    with pytest.raises(RunInterrupted, match="transferlab study"):
+        study(cfg)
+    monkeypatch.undo()
+    finished = _finished_at(cfg.study_dir)
+    assert len(finished) == 1
+    study(cfg)
+    cells = {c["hash"]: c for c in _cells(cfg.study_dir)}
+    assert [h for h, c in cells.items() if c["reused"]] == list(finished)
+    reference = {c["hash"]: c for c in _cells(reference_dir)}
+    for h, c in cells.items():  # same resolved config, same hash, the same numbers as without the interrupt
+        assert {p: (v["val_acc"], v["test_acc"]) for p, v in c["phases"].items()} == \
+            {p: (v["val_acc"], v["test_acc"]) for p, v in reference[h]["phases"].items()}
