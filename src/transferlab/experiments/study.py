@@ -235,7 +235,7 @@ def run_study(cfg: StudyConfig) -> Path:
 
         rows = []
         if "data" in cfg.studies or "time" in cfg.studies:  # `time` alone needs only all of the data
-            ks = cfg.ks if "data" in cfg.studies else (None,)
+            ks = tuple(dict.fromkeys((*cfg.ks, None))) if "data" in cfg.studies else (None,)  # all: the reference
             cells = plan_cells(cfg.seeds, ks, split, _common_key(pretrained, base, split, device, env, False))
             rows = run_all(cells, main, split, test_set, "data")
         unfreeze = []
