@@ -75,10 +75,11 @@ def headline_lines(groups: list) -> list[str]:
                    or transfer.interval[0] <= scratch_all.interval[1])
         ratio = f"{all_x / x:.3g}×"
         if overlap:
+            why = ("With one seed there is no interval" if transfer.interval is None or scratch_all.interval is None
+                   else "The 95 % intervals overlap")
             lines.append(f"- {PHASE_LABELS[method]} reaches the mean of scratch on all {all_x:g} images per class "
                          f"with {x:g} per class ({ratio} less data): {_pct(transfer)} vs {_pct(scratch_all)} test "
-                         "accuracy. The 95 % intervals overlap, so this rests on the means alone; the seeds do not "
-                         "show a difference.")
+                         f"accuracy. {why}, so this rests on the means alone; the seeds do not show a difference.")
         else:
             lines.append(f"- **{PHASE_LABELS[method]} needs {ratio} less data**: with {x:g} images per class it "
                          f"reaches {_pct(transfer)} test accuracy vs {_pct(scratch_all)} for scratch on all "
