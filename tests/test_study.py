@@ -127,7 +127,16 @@ def test_unfreeze_grid_starts_every_cell_from_the_same_frozen_head(small_data, t
     trainable = [e["cells"][0]["phases"]["finetuned"]["trainable_parameters"] for e in entries[::3]]
     assert trainable == sorted(trainable) and trainable[0] < trainable[-1]
     assert (study_dir / "unfreeze_heatmap.png").stat().st_size > 0
-    assert "Gradual unfreezing" in (study_dir / "report.md").read_text()
+    schedule = json.loads((study_dir / "results.json").read_text())["unfreeze_schedule"]
+    names = [s["name"] for s in schedule["stages"]]
+    assert names == ["stage-1", "stage-2", "stage-4", "stage-all"]
+    phases_run = schedule["cells"][0]["phases"]
+    assert set(phases_run) == {"frozen", *names} and phases_run["frozen"]["test_acc"] == entries[0]["cells"][0][
+        "phases"]["frozen"]["test_acc"]
+    assert [phases_run[n]["trainable_parameters"] for n in names] == sorted(
+        phases_run[n]["trainable_parameters"] for n in names)
+    report = (study_dir / "report.md").read_text()
+    assert "Gradual unfreezing" in report and "Stage by stage" in report
 
 
 def test_demo_study_checks_its_options_before_exporting_the_data(tmp_path, capsys):

@@ -47,7 +47,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     model = TransferModel(pretrained.module, len(folders.train.class_names), HeadConfig(dropout=recipe.head_dropout))
     check_input_size(model, pretrained)
-    plan = unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
+    unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
     env = environment(device, pretrained.weights)
     if resuming:
         stored = read_run_config(run_dir)
@@ -65,8 +65,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     with interruptible(run_dir) as stop:
-        results = _train_and_evaluate(cfg, folders, pretrained, model, plan.first_trainable_unit, run_dir,
-                                      resuming, device, stop)
+        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop)
         results["recipe"] = {"overridden": overridden, **results["recipe"]}
         write_json_atomic(run_dir / "results.json",
                           {"format_version": RUN_FORMAT_VERSION} | results | {"environment": env})
@@ -81,7 +80,7 @@ def _check_same_weights(stored: dict, env: dict) -> None:
 
 
 def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, model: TransferModel,
-                        cut: int, run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests) -> dict:
+                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests) -> dict:
     started = time.perf_counter()
     recipe = cfg.resolved_recipe()
     cache_dir, prep = Path(cfg.cache_dir or default_cache_dir()), pretrained.preprocessing
@@ -92,7 +91,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     n_classes = len(split.class_names)
     data = CellData(split.train, split.val, n_classes)
     runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop)
-    models = run_cell(runner, data, pretrained, model, cut, cache_dir, skip_scratch=cfg.skip_scratch)
+    models = run_cell(runner, data, pretrained, model, cache_dir, skip_scratch=cfg.skip_scratch)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)
     phases = runner.phases

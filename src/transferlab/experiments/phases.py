@@ -134,62 +134,84 @@ def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: 
             "total_parameters": sum(p.numel() for p in model.parameters()), **(extra or {})}
 
 
+@dataclass(frozen=True)
+class FineTuneStage:
+    """One fine-tuning phase; a cell runs one (the recipe's) or several in a row (unfreezing stage by stage)."""
+
+    name: str
+    unfreeze: str            # keras:N | layers:N | blocks:K
+    epochs: int
+    learning_rate: float
+
+
+def recipe_stages(recipe: Recipe) -> list[FineTuneStage]:
+    return [FineTuneStage("finetuned", recipe.unfreeze, recipe.finetune_epochs, recipe.finetune_lr)]
+
+
 @dataclass
 class CellModels:
     """What a cell's phases leave behind for the test read and for saving."""
 
     model: TransferModel                         # the transfer model (holds the last phase's state)
-    kept: dict[str, tuple[float, dict]]          # frozen/finetuned: (val accuracy, kept state)
+    kept: dict[str, tuple[float, dict]]          # frozen and each fine-tune stage: (val accuracy, kept state)
+    first_units: dict[str, int]                  # where each of those enters the model (its cached prefix ends)
     scratch: TransferModel | None
-    cuts: tuple[int, int]                        # (pooled features, fine-tune cut)
 
 
-def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone, model: TransferModel, cut: int,
-             cache_dir: Path, skip_scratch: bool = False) -> CellModels:
-    """Frozen, fine-tuned, then scratch on one train/validation pair; summaries land in `runner.phases`."""
-    cfg, recipe, device, show = runner.cfg, runner.recipe, runner.device, runner.cfg.show_progress
-    prep = pretrained.preprocessing
+def cache_prefix_inputs(model: TransferModel, last_units: list[int], decoded: DecodedImages, n_views: int,
+                        pretrained: PretrainedBackbone, cfg: CompareConfig, device: torch.device,
+                        cache_dir: Path) -> tuple[list[CachedInputs], float]:
+    """One pass per view through the frozen prefix, keeping the output at every requested cut."""
+    started = time.perf_counter()
+    per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, pretrained.preprocessing,
+                               cache_dir, pretrained.cache_key, device, view=v, engine=cfg.engine,
+                               show_progress=cfg.show_progress)
+                for v in range(n_views)]
+    inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
+    return inputs, time.perf_counter() - started
+
+
+def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone, model: TransferModel,
+             cache_dir: Path, skip_scratch: bool = False, stages: list[FineTuneStage] | None = None) -> CellModels:
+    """Frozen, then each fine-tune stage from the previous one's kept state (the recipe's one stage by
+    default), then scratch, on one train/validation pair; summaries land in `runner.phases`."""
+    cfg, recipe, device = runner.cfg, runner.recipe, runner.device
+    stages = stages or recipe_stages(recipe)
     views = recipe.cached_views if recipe.augment else 1
-
-    def cached(last_units: list[int], decoded: DecodedImages, n_views: int) -> tuple[list[CachedInputs], float]:
-        """One pass per view through the frozen prefix, keeping the output at every requested cut."""
-        t = time.perf_counter()
-        per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, prep,
-                                   cache_dir, pretrained.cache_key, device, view=v, engine=cfg.engine,
-                                   show_progress=show)
-                    for v in range(n_views)]
-        inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
-        return inputs, time.perf_counter() - t
-
     model = model.to(device, memory_format=torch.channels_last)
-    # where fine-tuning will cut decides which activations to cache alongside the pooled features
+    # where fine-tuning will cut decides which activations to cache alongside the pooled features; each
+    # stage's prefix stays frozen through the stages before it (they unfreeze later blocks only, or the same)
     end = len(model.units)
+    cuts = {s.name: unfreeze_by(model, s.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
     frozen_plan = freeze_backbone(model)
-    (train_features, train_acts), t_train = cached([end, cut], data.train, views)
-    (val_features, val_acts), t_val = cached([end, cut], data.val, 1)
-    # the one backbone pass is counted in the frozen phase; the fine-tune cut comes with it for free
-    cache_frozen, cache_finetune = t_train + t_val, 0.0
+    units = list(dict.fromkeys([end, *cuts.values()]))
+    train_inputs, t_train = cache_prefix_inputs(model, units, data.train, views, pretrained, cfg, device, cache_dir)
+    val_inputs, t_val = cache_prefix_inputs(model, units, data.val, 1, pretrained, cfg, device, cache_dir)
+    at = lambda inputs, unit: inputs[units.index(unit)]  # noqa: E731
 
-    # frozen: the whole backbone is the cached prefix; only the head trains
+    # frozen: the whole backbone is the cached prefix; only the head trains. The one backbone pass is
+    # counted here; the fine-tune cuts come with it for free
     frozen_forward = lambda x: model.forward_from(end, x)  # noqa: E731
     frozen = runner.train_and_summarise(runner.spec("frozen", recipe.frozen_epochs, recipe.frozen_lr), model,
-                                        frozen_forward, train_features, val_features, [model.head],
-                                        cache_frozen, {"unfreeze": frozen_plan.to_dict()})
-    kept = {"frozen": (frozen["val_acc"], copy_state(model))}
+                                        frozen_forward, at(train_inputs, end), at(val_inputs, end), [model.head],
+                                        t_train + t_val, {"unfreeze": frozen_plan.to_dict()})
+    kept, first_units = {"frozen": (frozen["val_acc"], copy_state(model))}, {"frozen": end}
 
-    # fine-tune: continue from the frozen phase's kept state; only the tail after the cut runs
-    plan = unfreeze_for_finetuning(model, recipe)
-    log.info("fine-tune: %s", plan)
-    finetune_forward = lambda x: model.forward_from(cut, x)  # noqa: E731
-    finetuned = runner.train_and_summarise(runner.spec("finetuned", recipe.finetune_epochs, recipe.finetune_lr),
-                                           model, finetune_forward, train_acts, val_acts,
-                                           [model.head, *plan.train_mode_modules], cache_finetune,
-                                           {"unfreeze": plan.to_dict()})
-    kept["finetuned"] = (finetuned["val_acc"], copy_state(model))
+    # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
+    for stage in stages:
+        plan = unfreeze_by(model, stage.unfreeze, recipe.train_batchnorm)
+        log.info("%s: %s", stage.name, plan)
+        cut = cuts[stage.name]
+        forward = lambda x, cut=cut: model.forward_from(cut, x)  # noqa: E731
+        summary = runner.train_and_summarise(runner.spec(stage.name, stage.epochs, stage.learning_rate), model,
+                                             forward, at(train_inputs, cut), at(val_inputs, cut),
+                                             [model.head, *plan.train_mode_modules], 0.0, {"unfreeze": plan.to_dict()})
+        kept[stage.name], first_units[stage.name] = (summary["val_acc"], copy_state(model)), cut
 
     # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
     scratch = None
     if not skip_scratch:
+        prep = pretrained.preprocessing
         torch.manual_seed(cfg.seed)
         scratch = TransferModel(create_backbone(pretrained.name), data.n_classes, HeadConfig(dropout=recipe.head_dropout))
         scratch = scratch.to(device, memory_format=torch.channels_last)
@@ -197,25 +219,26 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
         val_in = ImageInputs(data.val.pixels, prep, device)
         runner.train_and_summarise(runner.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch,
                                    scratch, train_in, val_in, [scratch])
-    return CellModels(model=model, kept=kept, scratch=scratch, cuts=(end, cut))
+    return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch)
 
 
 def predict_test_set(test: DecodedImages, models: CellModels, pretrained: PretrainedBackbone, cache_dir: Path,
                      device: torch.device, cfg: CompareConfig) -> dict[str, np.ndarray]:
     """Predictions of every phase's kept model on the test set: the only place the test set is read."""
     labels, batch_size, model = labels_of(test), cfg.batch_size * 2, models.model
-    end, cut = models.cuts
+    units = sorted(set(models.first_units.values()), reverse=True)
     # the frozen phase's state holds the pretrained backbone: after fine-tuning, the pooled features would
     # come from the fine-tuned tail and poison the cache kept under the pretrained weights' key
     model.load_state_dict(models.kept["frozen"][1])
-    features, activations = prefix_outputs(model, [end, cut], test.pixels, test.content_keys,
-                                           pretrained.preprocessing, cache_dir, pretrained.cache_key, device,
-                                           engine=cfg.engine, show_progress=cfg.show_progress)
+    rows = dict(zip(units, prefix_outputs(model, units, test.pixels, test.content_keys, pretrained.preprocessing,
+                                          cache_dir, pretrained.cache_key, device, engine=cfg.engine,
+                                          show_progress=cfg.show_progress)))
     predictions = {}
-    for name, first_unit, rows in (("frozen", end, features), ("finetuned", cut, activations)):
+    for name, first_unit in models.first_units.items():
         model.load_state_dict(models.kept[name][1])
-        predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), CachedInputs([rows], device),
-                                     labels, batch_size, device).predictions
+        inputs = CachedInputs([rows[first_unit]], device)
+        predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), inputs, labels, batch_size,
+                                     device).predictions
     if models.scratch is not None:
         models.scratch.eval()
         predictions["scratch"] = evaluate(models.scratch, ImageInputs(test.pixels, pretrained.preprocessing, device),
@@ -230,11 +253,16 @@ def record_test_accuracy(phases: dict[str, dict], predictions: dict[str, np.ndar
         phases[name]["balanced_test_acc"] = balanced_accuracy(labels, predicted, n_classes)
 
 
+def unfreeze_by(model: TransferModel, unfreeze: str, train_batchnorm: bool) -> UnfreezePlan:
+    """`unfreeze` as a recipe writes it: keras:N | layers:N | blocks:K."""
+    kind, count = check_unfreeze(unfreeze)
+    unfreeze_last = {"layers": unfreeze_last_layers, "blocks": unfreeze_last_blocks,
+                     "keras": unfreeze_last_keras_layers}[kind]
+    return unfreeze_last(model, count, train_batchnorm=train_batchnorm)
+
+
 def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe) -> UnfreezePlan:
-    kind, count = check_unfreeze(recipe.unfreeze)
-    unfreeze = {"layers": unfreeze_last_layers, "blocks": unfreeze_last_blocks,
-                "keras": unfreeze_last_keras_layers}[kind]
-    return unfreeze(model, count, train_batchnorm=recipe.train_batchnorm)
+    return unfreeze_by(model, recipe.unfreeze, recipe.train_batchnorm)
 
 
 def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

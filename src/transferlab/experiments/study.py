@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +32,13 @@ from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (PreparedData, Split, labels_of, prepare_data, scan_folders,
                                               screen_test_set, subset_of)
 from transferlab.experiments.interrupts import interruptible
-from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, predict_test_set,
-                                            record_test_accuracy, resolve_device, run_cell, unfreeze_for_finetuning)
+from transferlab.experiments.phases import (CellData, FineTuneStage, PhaseRunner, check_input_size,
+                                            predict_test_set, record_test_accuracy, resolve_device, run_cell,
+                                            unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, environment, safe_name
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.engines import resolve_engine
-from transferlab.training.recipes import Recipe
 
 STUDIES = ("data", "time", "backbones", "unfreeze")
 UNFREEZE_BLOCKS: tuple[int | None, ...] = (0, 1, 2, 4, None)  # the last K of timm's blocks; None: all of them
@@ -149,23 +149,15 @@ def plan_cells(seeds: int, ks: tuple[int | None, ...], split: Split, common_key:
     return cells
 
 
-@dataclass
-class _Backbone:
-    pretrained: PretrainedBackbone
-    probe: TransferModel          # a copy to ask where a recipe's fine-tuning cuts; never trained
-    cut: int                      # where the study recipe's fine-tuning cached prefix ends
-
-    def cut_for(self, recipe: Recipe) -> int:
-        return unfreeze_for_finetuning(self.probe, recipe).first_trainable_unit
-
-
-def _setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> _Backbone:
-    """Weights, input size and the fine-tune cut, checked before anything trains (UserError otherwise)."""
+def _setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> tuple[PretrainedBackbone, int]:
+    """Weights, input size and the fine-tune cut checked before anything trains (UserError otherwise);
+    returns the backbone and its number of timm blocks."""
     recipe = cfg.resolved_recipe()
     pretrained = load_backbone(name, cfg.weights if name == cfg.backbone else None, recipe.image_size_px)
     probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     check_input_size(probe, pretrained)
-    return _Backbone(pretrained, probe, unfreeze_for_finetuning(probe, recipe).first_trainable_unit)
+    unfreeze_for_finetuning(probe, recipe)
+    return pretrained, len(probe.backbone_units.block_starts)
 
 
 def _screened_once(prepared: PreparedData, cfg: CompareConfig):
@@ -199,8 +191,7 @@ def run_study(cfg: StudyConfig) -> Path:
     device = resolve_device(base.device)
     resolve_engine(base.engine, device)
     n_classes = len(folders.train.class_names)
-    main = _setup_backbone(base.backbone, base, n_classes)
-    pretrained = main.pretrained
+    pretrained, n_blocks = _setup_backbone(base.backbone, base, n_classes)
     base = replace(base.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
     recipe = base.resolved_recipe()
@@ -222,14 +213,15 @@ def run_study(cfg: StudyConfig) -> Path:
         split = prepared.split
         test_set = _screened_once(prepared, base)
 
-        def run_all(cells: list[Cell], backbone: _Backbone, split: Split, test_set, what: str,
-                    skip_scratch: bool = False, cfg: CompareConfig = base) -> list[dict]:
+        def run_all(cells: list[Cell], backbone: PretrainedBackbone, split: Split, test_set, what: str,
+                    skip_scratch: bool = False, cfg: CompareConfig = base,
+                    stages: list[FineTuneStage] | None = None) -> list[dict]:
             rows = []
             bar = tqdm(cells, desc=f"study cells: {what}", unit="cell", disable=not base.show_progress)
             for cell in bar:
                 cell_cfg = replace(cfg, seed=cell.seed, show_progress=False)
                 rows.append(_run_or_reuse(cell, cell_cfg, study_dir, split, backbone, test_set, device, stop,
-                                          skip_scratch))
+                                          skip_scratch, stages))
                 bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows))
             return rows
 
@@ -237,22 +229,24 @@ def run_study(cfg: StudyConfig) -> Path:
         if "data" in cfg.studies or "time" in cfg.studies:  # `time` alone needs only all of the data
             ks = tuple(dict.fromkeys((*cfg.ks, None))) if "data" in cfg.studies else (None,)  # all: the reference
             cells = plan_cells(cfg.seeds, ks, split, _common_key(pretrained, base, split, device, env, False))
-            rows = run_all(cells, main, split, test_set, "data")
-        unfreeze = []
+            rows = run_all(cells, pretrained, split, test_set, "data")
+        unfreeze, schedule = [], None
         if "unfreeze" in cfg.studies:
-            n_blocks = len(main.probe.backbone_units.block_starts)
+            def unfreeze_cells(variant: CompareConfig, what: str, stages: list[FineTuneStage] | None = None):
+                key = _common_key(pretrained, variant, split, device, env, skip_scratch=True) | {
+                    "stages": [asdict(s) for s in stages or []]}
+                return run_all(plan_cells(cfg.seeds, (None,), split, key), pretrained, split, test_set, what,
+                               skip_scratch=True, cfg=variant, stages=stages)
+
             for blocks in UNFREEZE_BLOCKS:
                 for lr in UNFREEZE_LRS:
                     variant = replace(base, unfreeze=f"blocks:{n_blocks if blocks is None else blocks}",
                                       finetune_lr=lr)
-                    cut = main.cut_for(variant.resolved_recipe())
-                    key = _common_key(pretrained, variant, split, device, env, skip_scratch=True)
-                    cells = plan_cells(cfg.seeds, (None,), split, key)
-                    rows_here = run_all(cells, replace(main, cut=cut), split, test_set,
-                                        f"unfreeze {'all' if blocks is None else blocks} at {lr:g}",
-                                        skip_scratch=True, cfg=variant)
                     unfreeze.append({"blocks": "all" if blocks is None else blocks, "of_blocks": n_blocks,
-                                     "learning_rate": lr, "cells": rows_here})
+                                     "learning_rate": lr, "cells": unfreeze_cells(
+                                         variant, f"unfreeze {'all' if blocks is None else blocks} at {lr:g}")})
+            schedule = _schedule(unfreeze, n_blocks, recipe.finetune_epochs)
+            schedule["cells"] = unfreeze_cells(base, "stage by stage", [FineTuneStage(**s) for s in schedule["stages"]])
         backbones = []
         if "backbones" in cfg.studies:
             backbones = _backbone_study(cfg, base, folders, study_dir, device, env, n_classes, run_all)
@@ -271,7 +265,8 @@ def run_study(cfg: StudyConfig) -> Path:
                      "pool_per_class": np.bincount(labels_of(split.train), minlength=n_classes).tolist(),
                      "n_val": len(split.val.images), "n_test": len(test.images),
                      "test_labels": labels_of(test).tolist(), "leakage": prepared.leakage},
-            "cells": rows, "backbones": backbones, "unfreeze": unfreeze, "environment": env})
+            "cells": rows, "backbones": backbones, "unfreeze": unfreeze, "unfreeze_schedule": schedule,
+            "environment": env})
     return study_dir
 
 
@@ -282,18 +277,29 @@ def _backbone_study(cfg: StudyConfig, base: CompareConfig, folders, study_dir: P
     entries = []
     for name in cfg.backbones:
         try:
-            backbone = _setup_backbone(name, base, n_classes)
+            b, _ = _setup_backbone(name, base, n_classes)
         except UserError as e:
             entries.append({"name": name, "skipped": str(e)})
             continue
-        b = backbone.pretrained
         prepared = prepare_data(base, folders, b.preprocessing, base.cache_dir, study_dir, resuming=True)
         key = _common_key(b, base, prepared.split, device, env, skip_scratch=True)
         cells = plan_cells(cfg.seeds, (None,), prepared.split, key)
-        rows = run_all(cells, backbone, prepared.split, _screened_once(prepared, base), name, skip_scratch=True)
+        rows = run_all(cells, b, prepared.split, _screened_once(prepared, base), name, skip_scratch=True)
         entries.append({"name": b.name, "weights": {"kind": b.weights.kind, "location": b.weights.location},
                         "cells": rows, **measure_inference(b, n_classes, device)})
     return entries
+
+
+def _schedule(grid: list[dict], n_blocks: int, epochs: int) -> dict:
+    """Unfreezing stage by stage (ULMFiT's gradual unfreezing) over the grid's depths, as one run: the
+    fine-tune epochs shared out over the stages (so it costs what one grid cell does), at the rate of the
+    grid point best on validation."""
+    best = max(grid, key=lambda e: sum(c["phases"]["finetuned"]["val_acc"] for c in e["cells"]) / len(e["cells"]))
+    depths = [b for b in UNFREEZE_BLOCKS if b != 0]
+    shares = [epochs // len(depths) + (i >= len(depths) - epochs % len(depths)) for i in range(len(depths))]
+    return {"learning_rate": best["learning_rate"], "stages": [
+        {"name": f"stage-{'all' if b is None else b}", "unfreeze": f"blocks:{n_blocks if b is None else b}",
+         "epochs": max(1, e), "learning_rate": best["learning_rate"]} for b, e in zip(depths, shares)]}
 
 
 LATENCY_REPEATS = 3
@@ -322,22 +328,22 @@ def measure_inference(pretrained: PretrainedBackbone, n_classes: int, device: to
             "latency_ms_per_image": latency}
 
 
-def _run_or_reuse(cell: Cell, cfg: CompareConfig, study_dir: Path, split: Split, backbone: _Backbone, test_set,
-                  device: torch.device, stop, skip_scratch: bool) -> dict:
+def _run_or_reuse(cell: Cell, cfg: CompareConfig, study_dir: Path, split: Split, pretrained: PretrainedBackbone,
+                  test_set, device: torch.device, stop, skip_scratch: bool,
+                  stages: list[FineTuneStage] | None) -> dict:
     cell_dir = study_dir / "cells" / cell.hash
     done = cell_dir / "results.json"
     if done.exists():
         return json.loads(done.read_text()) | {"k": "all" if cell.k is None else cell.k, "reused": True}
-    resuming = any(checkpoint_path(cell_dir, p).exists() for p in ("frozen", "finetuned", "scratch"))
+    resuming = checkpoint_path(cell_dir, "frozen").parent.is_dir()  # a stopped cell: each phase resumes
     write_json_atomic(cell_dir / "cell.json", cell.key)
     recipe = cfg.resolved_recipe()
     n_classes = len(split.class_names)
-    pretrained = backbone.pretrained
     torch.manual_seed(cfg.seed)
     model = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     data = CellData(cell.train, split.val, n_classes)
     runner = PhaseRunner(cfg, recipe, data, cell_dir, resuming, device, stop)
-    models = run_cell(runner, data, pretrained, model, backbone.cut, cfg.cache_dir, skip_scratch)
+    models = run_cell(runner, data, pretrained, model, cfg.cache_dir, skip_scratch, stages)
     test = test_set()  # every choice of this cell is made: its one read of the test set
     predictions = predict_test_set(test, models, pretrained, cfg.cache_dir, device, cfg)
     record_test_accuracy(runner.phases, predictions, labels_of(test), n_classes)

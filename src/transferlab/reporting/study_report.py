@@ -181,7 +181,20 @@ def unfreeze_lines(results: dict) -> list[str]:
     return ["![unfreezing heat-map](unfreeze_heatmap.png)", "", *table, "",
             f"Every cell starts from the same frozen-head phase (same seed, data and recipe: {_pct(frozen)} test "
             f"accuracy), then fine-tunes the last K of {entries[0]['of_blocks']} timm blocks at the given rate. "
-            f"Best on validation: last {best['blocks']} blocks at {best['learning_rate']:g}."]
+            f"Best on validation: last {best['blocks']} blocks at {best['learning_rate']:g}.", "",
+            *schedule_lines(results)]
+
+
+def schedule_lines(results: dict) -> list[str]:
+    schedule = results.get("unfreeze_schedule")
+    if not schedule:
+        return []
+    stages = schedule["stages"]
+    last = mean_interval([c["phases"][stages[-1]["name"]]["test_acc"] for c in schedule["cells"]])
+    steps = ", then ".join(f"{s['unfreeze'].split(':')[1]} blocks for {s['epochs']} epochs" for s in stages)
+    return [f"Stage by stage, as one run from the same frozen head: the last {steps}, each stage from the one "
+            f"before, at {schedule['learning_rate']:g} (the grid's best rate on validation): fine-tuned test "
+            f"accuracy {_pct(last)}."]
 
 
 def render_markdown(results: dict) -> str:
