@@ -12,7 +12,7 @@ CONFIDENCE = 0.95
 
 
 def _incomplete_beta_fraction(a: float, b: float, x: float) -> float:
-    tiny, h = 1e-300, 1.0
+    tiny = 1e-300
     c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
     d = 1 / (d if abs(d) > tiny else tiny)
     h = d
