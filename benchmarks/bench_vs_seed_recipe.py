@@ -47,15 +47,16 @@ from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import decode_images
 from transferlab.data.embedded import SUBSETS, export_embedded
 from transferlab.data.scan import LabelledImage
-from transferlab.experiments.compare import resolve_device, run_compare, unfreeze_for_finetuning
+from transferlab.experiments.compare import run_compare
 from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.phases import resolve_device, unfreeze_for_finetuning
 from transferlab.experiments.datasets import Split, labels_of, prepare_data, scan_folders
 from transferlab.models.backbones import OFFLINE_BACKBONE, PretrainedBackbone, create_backbone, load_backbone
 from transferlab.models.freezing import freeze_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.engines import prefix_runner, torch_prefixes
 from transferlab.training.inputs import ImageInputs
-from transferlab.training.loop import PhaseSpec, evaluate, train_phase
+from transferlab.training.loop import PhaseSpec, evaluate, resolve_precision, train_phase
 from transferlab.training.prefix_cache import prefix_outputs
 from transferlab.training.recipes import PRESETS, Recipe, check_unfreeze
 
@@ -196,12 +197,12 @@ def run_transferlab(cfg: CompareConfig, work: Path, device: torch.device) -> dic
             "transferlab_warm": compare_summary(run_compare(cfg))}
 
 
-def phase_spec(name: str, epochs: int, lr: float, cfg: CompareConfig, recipe: Recipe) -> PhaseSpec:
+def phase_spec(name: str, epochs: int, lr: float, cfg: CompareConfig, recipe: Recipe, device: torch.device) -> PhaseSpec:
     """What compare's runner builds for a phase (the benchmark uses no class weights)."""
     return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size, seed=cfg.seed,
                      optimizer=recipe.optimizer, weight_decay=recipe.weight_decay, adam_eps=recipe.adam_eps,
                      schedule=recipe.schedule, label_smoothing=recipe.label_smoothing,
-                     keep_best_epoch=recipe.keep_best_epoch)
+                     keep_best_epoch=recipe.keep_best_epoch, precision=resolve_precision(cfg.precision, device))
 
 
 def run_seed_torch(cfg: CompareConfig, work: Path, device: torch.device) -> dict[str, dict]:
@@ -222,10 +223,12 @@ def run_seed_torch(cfg: CompareConfig, work: Path, device: torch.device) -> dict
                              ("finetuned", recipe.finetune_epochs, recipe.finetune_lr)):
         plan = freeze_backbone(model) if name == "frozen" else unfreeze_for_finetuning(model, recipe)
         started = time.perf_counter()
-        train_phase(model, model, *data["train"], *data["val"], phase_spec(f"seed {name}", epochs, lr, cfg, recipe),
+        train_phase(model, model, *data["train"], *data["val"], phase_spec(f"seed {name}", epochs, lr, cfg, recipe, device),
                     [model.head, *plan.train_mode_modules], device, show_progress=cfg.show_progress)
         seconds = time.perf_counter() - started
-        val_acc, test_acc = (evaluate(model, *data[s], cfg.batch_size * 2, device).accuracy for s in ("val", "test"))
+        precision = resolve_precision(cfg.precision, device)
+        val_acc, test_acc = (evaluate(model, *data[s], cfg.batch_size * 2, device, precision).accuracy
+                             for s in ("val", "test"))
         phases[name] = phase_summary(val_acc, test_acc, 0.0, seconds)
     return {"seed_torch": run_summary(decode_seconds, phases)}
 

@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from transferlab import compare
 from transferlab.data import row_store
-from transferlab.experiments import compare as compare_module
+from transferlab.experiments import phases as phases_module
 
 SUBSETS = ("train", "val", "test")
 
@@ -22,7 +22,7 @@ def watched_run(small_data, tmp_path_factory):
     events: list[tuple[str, object]] = []
     patch = pytest.MonkeyPatch()
     original_rows, original_subset = row_store.RowStore.rows, row_store.RowView.subset
-    original_getitem, original_train = row_store.RowView.__getitem__, compare_module.train_phase
+    original_getitem, original_train = row_store.RowView.__getitem__, phases_module.train_phase
 
     def rows(self, keys):
         view = original_rows(self, keys)
@@ -46,7 +46,7 @@ def watched_run(small_data, tmp_path_factory):
     patch.setattr(row_store.RowStore, "rows", rows)
     patch.setattr(row_store.RowView, "subset", subset)
     patch.setattr(row_store.RowView, "__getitem__", getitem)
-    patch.setattr(compare_module, "train_phase", train_phase)
+    patch.setattr(phases_module, "train_phase", train_phase)
     try:
         run_dir = compare(tiny_config(small_data, tmp_path_factory.mktemp("protocol"), test_fraction=0.25,
                                       cache_dir=tmp_path_factory.mktemp("fresh-cache")))

@@ -20,7 +20,7 @@ from conftest import tiny_config
 
 from transferlab import compare, resume
 from transferlab.cli import main
-from transferlab.experiments import compare as compare_module
+from transferlab.experiments import phases as phases_module
 from transferlab.experiments import datasets
 from transferlab.experiments.interrupts import RunInterrupted
 
@@ -46,7 +46,7 @@ def reference(small_data, tmp_path_factory) -> Path:
 def _signal_at(stage: str, monkeypatch, send) -> None:
     """Make `send()` happen when the run reaches `stage`."""
     if stage in ("decode", "cache"):
-        module, name = (datasets, "decode_images") if stage == "decode" else (compare_module, "prefix_outputs")
+        module, name = (datasets, "decode_images") if stage == "decode" else (phases_module, "prefix_outputs")
         original = getattr(module, name)
 
         def wrapped(*args, **kwargs):
@@ -54,13 +54,13 @@ def _signal_at(stage: str, monkeypatch, send) -> None:
             return original(*args, **kwargs)
         monkeypatch.setattr(module, name, wrapped)
         return
-    original = compare_module.save_checkpoint
+    original = phases_module.save_checkpoint
 
     def after_first_epoch(run_dir, phase, *args):
         original(run_dir, phase, *args)
         if phase == stage:
             send()
-    monkeypatch.setattr(compare_module, "save_checkpoint", after_first_epoch)
+    monkeypatch.setattr(phases_module, "save_checkpoint", after_first_epoch)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -83,20 +83,20 @@ def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     from transferlab.cli import main
-    from transferlab.experiments import compare, datasets
+    from transferlab.experiments import datasets, phases
     stage = sys.argv[1]
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     if stage in ("decode", "cache"):
-        module, name = (datasets, "decode_images") if stage == "decode" else (compare, "prefix_outputs")
+        module, name = (datasets, "decode_images") if stage == "decode" else (phases, "prefix_outputs")
         original = getattr(module, name)
         setattr(module, name, lambda *a, **k: die())
     else:
-        original = compare.save_checkpoint
+        original = phases.save_checkpoint
         def after(run_dir, phase, *a):
             original(run_dir, phase, *a)
             if phase == stage:
                 die()
-        compare.save_checkpoint = after
+        phases.save_checkpoint = after
     sys.exit(main(sys.argv[2:]))
 """)
 

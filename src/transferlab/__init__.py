@@ -2,6 +2,7 @@
 
 Public API:
     compare(CompareConfig(...)) -> run dir with results.json, report.md, model.safetensors
+    study(StudyConfig(CompareConfig(...), studies=("data",), seeds=3)) -> study dir with results.json, report.md
     load_model(run_dir), predict(run_dir, images), evaluate_folder(run_dir, labelled_dir)
     export(run_dir) -> model.onnx + model.onnx.json (parity-checked); predict(..., onnx=True) runs it
 """
@@ -12,12 +13,14 @@ from transferlab.deploy import export_model as export
 from transferlab.errors import UserError
 from transferlab.experiments.compare import resume_compare, run_compare
 from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.study import StudyConfig, run_study
 from transferlab.models.saved import load_model
 from transferlab.predict import Prediction, evaluate_folder, predict
 from transferlab.reporting.report import write_report
+from transferlab.reporting.study_report import write_study_report
 
-__all__ = ["CompareConfig", "Prediction", "UserError", "compare", "evaluate_folder", "export", "load_model", "predict",
-           "resume", "write_report"]
+__all__ = ["CompareConfig", "Prediction", "StudyConfig", "UserError", "compare", "evaluate_folder", "export",
+           "load_model", "predict", "resume", "study", "write_report", "write_study_report"]
 
 
 def compare(cfg: CompareConfig) -> Path:
@@ -32,3 +35,10 @@ def resume(run_dir: Path, show_progress: bool = True) -> Path:
     run_dir = resume_compare(run_dir, show_progress=show_progress)
     write_report(run_dir)
     return run_dir
+
+
+def study(cfg: StudyConfig) -> Path:
+    """Train the study's missing cells and write its report; returns the study directory."""
+    study_dir = run_study(cfg)
+    write_study_report(study_dir)
+    return study_dir

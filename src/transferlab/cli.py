@@ -8,12 +8,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from transferlab import CompareConfig, UserError, compare, evaluate_folder, export, predict, resume
+from transferlab import (CompareConfig, StudyConfig, UserError, compare, evaluate_folder, export, predict, resume,
+                         study)
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
 from transferlab.deploy import FORMATS, SIDECAR_FILE
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
+from transferlab.experiments.study import DEFAULT_BACKBONES, DEFAULT_KS, STUDIES, parse_ks
 from transferlab.reporting.report import write_report
+from transferlab.reporting.runs_index import list_runs
+from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
 from transferlab.training.engines import ENGINES
 from transferlab.training.loop import PRECISIONS
@@ -86,6 +90,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    d = StudyConfig.__dataclass_fields__
+    p.add_argument("--studies", default=",".join(d["studies"].default),
+                   help=f"comma-separated, from {', '.join(STUDIES)} (default: data)")
+    p.add_argument("--seeds", type=int, default=d["seeds"].default, help="seeds 0..N-1 per cell (default 3)")
+    p.add_argument("--ks", default=",".join("all" if k is None else str(k) for k in DEFAULT_KS),
+                   help="images per class for the data study, e.g. 5,10,25,all")
+    p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
+                   help="timm names for the backbones study (weights that cannot be had are listed as skipped)")
+    p.add_argument("--study-dir", type=Path, help="where cells and the report go (default RUNS_DIR/study-NAME); "
+                   "re-running into the same folder trains only what is missing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transferlab", description="Transfer learning for small image datasets, with an honest "
@@ -94,7 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="compare on the embedded Fashion-MNIST 'hard five' dataset")
     demo.add_argument("--export", type=Path, metavar="DIR", help="only write the dataset to DIR and exit")
+    demo.add_argument("--study", action="store_true", help="run `transferlab study` on it instead of compare")
     _add_training_options(demo)
+    _add_study_options(demo)
+
+    st = sub.add_parser("study", help="many cells over seeds: data efficiency, time to accuracy, backbones")
+    st.add_argument("data", nargs="?", type=Path, help="DATA/<class_name>/<images>")
+    st.add_argument("--train", type=Path, dest="train_dir", help="explicit training pool (with --val)")
+    st.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
+    st.add_argument("--test", type=Path, dest="test_dir", help="a test folder")
+    _add_training_options(st)
+    _add_study_options(st)
+    st.set_defaults(test_fraction=0.2)  # a study reports test accuracy
 
     cmp = sub.add_parser("compare", help="scratch vs frozen vs fine-tuned on your data")
     cmp.add_argument("data", nargs="?", type=Path, help="DATA/<class_name>/<images>")
@@ -117,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
 
-    rep = sub.add_parser("report", help="rebuild report.md/html of a run from its results.json")
+    rep = sub.add_parser("report", help="rebuild report.md/html of a run or study from its results.json")
     rep.add_argument("run_dir", type=Path)
 
     exp = sub.add_parser("export", help="write a run's model as ONNX (parity-checked against PyTorch)")
@@ -126,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, metavar="DIR", help="where model.onnx + model.onnx.json go (default: RUN_DIR)")
     exp.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE",
                      help="check parity on these images (default: seeded noise images)")
+
+    runs = sub.add_parser("runs", help="list past runs and studies with their headline numbers")
+    runs.add_argument("--runs-dir", type=Path, default=CompareConfig.__dataclass_fields__["runs_dir"].default)
     return parser
 
 
@@ -139,6 +170,16 @@ def _config(args: argparse.Namespace, **data) -> CompareConfig:
         if count is not None:
             values["unfreeze"] = f"{kind}:{count}"
     return CompareConfig(**values, show_progress=not args.quiet)
+
+
+def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
+    return StudyConfig(compare=cfg, studies=tuple(s.strip() for s in args.studies.split(",")), seeds=args.seeds,
+                       ks=parse_ks(args.ks), backbones=tuple(b.strip() for b in args.backbones.split(",")),
+                       study_dir=args.study_dir)
+
+
+def _print_study_summary(study_dir: Path) -> None:
+    print(f"report: {study_dir / 'report.md'}\n        {study_dir / 'report.html'}")
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -166,8 +207,16 @@ def run(argv: list[str]) -> int:
         where = (args.cache_dir or default_cache_dir()) / "datasets" / EMBEDDED_NAME
         cfg = _config(args, train_dir=where / "train", val_dir=where / "val", test_dir=where / "test",
                       name=args.name or EMBEDDED_NAME)
+        study_cfg = _study_config(args, cfg) if args.study else None
         export_embedded(where)  # after the options were checked: a bad one writes nothing
-        _print_summary(compare(cfg))
+        if study_cfg is not None:
+            _print_study_summary(study(study_cfg))
+        else:
+            _print_summary(compare(cfg))
+    elif args.command == "study":
+        explicit = args.train_dir is not None
+        cfg = _config(args, data_dir=args.data, test_fraction=0.0 if explicit or args.test_dir else args.test_fraction)
+        _print_study_summary(study(_study_config(args, cfg)))
     elif args.command == "compare":
         if args.resume:
             _refuse_options_with_resume(args, argv)
@@ -191,11 +240,14 @@ def run(argv: list[str]) -> int:
             for name, recall in result["per_class_recall"].items():
                 print(f"  {name}: {recall:.1%}")
     elif args.command == "report":
-        print(write_report(args.run_dir))
+        is_study = (args.run_dir / "cells").is_dir()
+        print(write_study_report(args.run_dir) if is_study else write_report(args.run_dir))
     elif args.command == "export":
         onnx = export(args.run_dir, args.out, args.format, args.check_images)["onnx"]
         print(f"wrote {(args.out or args.run_dir) / onnx['file']} (+ {SIDECAR_FILE}); max |delta logit| vs PyTorch "
               f"{onnx['parity_max_abs_logit_delta']:.1e} on {onnx['parity_inputs']}")
+    elif args.command == "runs":
+        print("\n".join(list_runs(args.runs_dir)) or f"no runs in '{args.runs_dir}'")
     return 0
 
 

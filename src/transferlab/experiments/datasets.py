@@ -59,7 +59,9 @@ def scan_folders(cfg: CompareConfig) -> Folders:
     return Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
 
 
-def _subset(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
+def subset_of(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
+    """The decoded rows of `keep`, in its order; an image listed twice is there twice (a study repeats small
+    subsets to keep the number of optimisation steps fixed)."""
     index = {im.path: i for i, im in enumerate(decoded.images)}
     rows = [index[im.path] for im in keep if im.path in index]
     return DecodedImages(images=[decoded.images[i] for i in rows],
@@ -110,12 +112,12 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
         check_content_unchanged(split_path, root, content)
 
     has_test = folders.test is not None or cfg.test_fraction > 0
-    split = Split(_subset(decoded, subsets["train"]), _subset(decoded, subsets["val"]),
-                  _subset(decoded, subsets["test"]) if has_test else None, folders.train.class_names,
+    split = Split(subset_of(decoded, subsets["train"]), subset_of(decoded, subsets["val"]),
+                  subset_of(decoded, subsets["test"]) if has_test else None, folders.train.class_names,
                   [p for folder in folders.all for p in folder.ignored_files])
     leaked, leakage = _leakage(split.train, split.val, cfg.dedupe, "val")
     dropped = {"val": [split.val.images[i] for i in leaked] if cfg.dedupe else [], "test": []}
-    split.val = _subset(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
+    split.val = subset_of(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
     prepared = PreparedData(split=split, skipped=decoded.skipped, leakage=leakage, split_path=split_path, root=root,
                             subsets=subsets, content=content, dropped=dropped)
     _save(prepared, cfg)
@@ -129,7 +131,7 @@ def screen_test_set(prepared: PreparedData, cfg: CompareConfig) -> DecodedImages
     if cfg.dedupe and leaked:
         prepared.dropped["test"] = [test.images[i] for i in leaked]
         _save(prepared, cfg)
-    return _subset(test, [im for im in test.images if im not in set(prepared.dropped["test"])])
+    return subset_of(test, [im for im in test.images if im not in set(prepared.dropped["test"])])
 
 
 def _save(prepared: PreparedData, cfg: CompareConfig) -> None:

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 class RunInterrupted(Exception):
     """The run stopped on a signal; what finished is on disk and `--resume` continues from it."""
 
-    def __init__(self, run_dir: Path):
-        super().__init__(f"interrupted; continue with: transferlab compare --resume {run_dir}")
+    def __init__(self, run_dir: Path, resume_hint: str | None = None):
+        super().__init__(f"interrupted; continue with: {resume_hint or f'transferlab compare --resume {run_dir}'}")
         self.run_dir = run_dir
 
 
@@ -44,7 +44,7 @@ class StopRequests:
 
 
 @contextmanager
-def interruptible(run_dir: Path) -> Iterator[StopRequests]:
+def interruptible(run_dir: Path, resume_hint: str | None = None) -> Iterator[StopRequests]:
     """Turn SIGINT/SIGTERM anywhere inside into RunInterrupted(run_dir) (exit 130 in the CLI)."""
     stop = StopRequests()
     if threading.current_thread() is not threading.main_thread():  # signals only reach the main thread
@@ -63,7 +63,7 @@ def interruptible(run_dir: Path) -> Iterator[StopRequests]:
     try:
         yield stop
     except KeyboardInterrupt:
-        raise RunInterrupted(run_dir) from None
+        raise RunInterrupted(run_dir, resume_hint) from None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

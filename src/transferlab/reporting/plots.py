@@ -74,3 +74,56 @@ def plot_confusion_matrix(matrix: list[list[int]], class_names: list[str], title
                 ax.text(j, i, matrix[i][j], ha="center", va="center", fontsize=7,
                         color="white" if matrix[i][j] > top / 2 else "black")
     _save(fig, path)
+
+
+def plot_data_efficiency(curves: dict[str, list[tuple[float, float, float | None]]], reference: float | None,
+                         path: Path) -> None:
+    """Test accuracy vs images per class (log axis): per method (x, mean, 95 % half-width or None)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(p for p in PHASE_ORDER if p in curves):
+        x, mean, half = zip(*curves[name])
+        ax.plot(x, mean, "-o", color=f"C{i}", ms=4, label=PHASE_LABELS[name])
+        if any(h is not None for h in half):
+            width = [h or 0.0 for h in half]
+            ax.fill_between(x, [m - w for m, w in zip(mean, width)], [m + w for m, w in zip(mean, width)],
+                            color=f"C{i}", alpha=0.2)
+    if reference is not None:
+        ax.axhline(reference, color="gray", ls="--", lw=1, label="scratch on all data (mean)")
+    ax.set_xscale("log")
+    ticks = sorted({x for points in curves.values() for x, _, _ in points})
+    ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    ax.minorticks_off()
+    ax.set(xlabel="training images per class (log)", ylabel="test accuracy", ylim=(0, 1),
+           title="data efficiency: mean and 95 % interval over seeds")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_time_to_accuracy(points: dict[str, list[tuple[float, float, str]]], path: Path) -> None:
+    """Test accuracy vs wall-clock seconds per method: one point per (images per class), labelled."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(p for p in PHASE_ORDER if p in points):
+        seconds, acc, labels = zip(*sorted(points[name]))
+        ax.plot(seconds, acc, "o", color=f"C{i}", label=PHASE_LABELS[name])
+        for s, a, label in zip(seconds, acc, labels):
+            ax.annotate(label, (s, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="wall-clock seconds to train (log; frozen includes the feature cache)", ylabel="test accuracy",
+           ylim=(0, 1), title="time to accuracy (means over seeds; labels: images per class)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_heatmap(values: list[list[float]], labels: list[list[str]], row_names: list[str], column_names: list[str],
+                 xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """A small annotated grid (values in [0, 1]), e.g. test accuracy over unfrozen blocks x learning rate."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(column_names), 1.2 + 0.6 * len(row_names)))
+    ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(column_names)), column_names)
+    ax.set_yticks(range(len(row_names)), row_names)
+    for i, row in enumerate(labels):
+        for j, text in enumerate(row):
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if values[i][j] > 0.6 else "white")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    _save(fig, path)

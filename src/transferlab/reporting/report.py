@@ -1,5 +1,6 @@
 """report.md and report.html for a run, from results.json alone."""
 
+import base64
 import html
 import json
 from pathlib import Path
@@ -93,12 +94,13 @@ def write_report(run_dir: Path) -> Path:
                           f"{PHASE_LABELS[cm['phase']]} ({cm.get('subset', 'validation')})", run_dir / "confusion_matrix.png")
     markdown = render_markdown(results)
     write_text_atomic(run_dir / "report.md", markdown)
-    write_text_atomic(run_dir / "report.html", _markdown_to_html(markdown))
+    write_text_atomic(run_dir / "report.html", markdown_to_html(markdown, run_dir))
     return run_dir / "report.md"
 
 
-def _markdown_to_html(markdown: str) -> str:
-    """Just enough Markdown (headings, lists, one table, images) for a self-contained page."""
+def markdown_to_html(markdown: str, images_dir: Path) -> str:
+    """Just enough Markdown (headings, lists, tables, images) for a page that opens offline: every image
+    is embedded as base64 from `images_dir`, so the one file can be mailed or archived alone."""
     body, in_table = [], False
     for line in markdown.splitlines():
         if line.startswith("|"):
@@ -115,14 +117,15 @@ def _markdown_to_html(markdown: str) -> str:
             in_table = False
         if line.startswith("!["):
             alt, src = line[2:].split("](")
-            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
+            data = base64.b64encode((images_dir / src.rstrip(")")).read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
         elif line:
-            body.append(f"<p>{html.escape(line.lstrip('> '))}</p>")
+            body.append(f"<p>{html.escape(line.lstrip('> ')).replace('**', '')}</p>")
     if in_table:
         body.append("</table>")
     style = "body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"

@@ -1,0 +1,284 @@
+"""The phases every experiment is made of, on one train/validation pair: a *cell*.
+
+Transfer first (frozen head on cached pooled features, then fine-tuning of the tail on cached activations
+at the cut), then the scratch baseline on decoded images, then — once every choice was made on
+validation — the one read of the test set. `compare` runs one cell; a study runs many, each in its own
+folder, so checkpoints, resume and interrupts work the same for both.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.atomic import write_jsonl_atomic
+from transferlab.data.decoded import DecodedImages
+from transferlab.errors import UserError
+from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.datasets import class_weights_for, labels_of
+from transferlab.experiments.interrupts import StopRequests
+from transferlab.experiments.run_dir import load_checkpoint, save_checkpoint
+from transferlab.models.backbones import PretrainedBackbone, create_backbone
+from transferlab.models.freezing import (UnfreezePlan, freeze_backbone, unfreeze_last_blocks,
+                                         unfreeze_last_keras_layers, unfreeze_last_layers)
+from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.inputs import CachedInputs, ImageInputs
+from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, resolve_precision, train_phase
+from transferlab.training.metrics import balanced_accuracy
+from transferlab.training.prefix_cache import prefix_outputs
+from transferlab.training.recipes import Recipe, check_unfreeze
+
+log = logging.getLogger(__name__)
+
+PHASES = ("scratch", "frozen", "finetuned")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`name` was checked by CompareConfig; here only whether a GPU is really there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
+    return device
+
+
+@dataclass
+class CellData:
+    """What one cell trains and chooses on; its test set is read only by `predict_test_set`, at the end."""
+
+    train: DecodedImages
+    val: DecodedImages
+    n_classes: int
+
+
+class PhaseRunner:
+    """Shared state of one cell's phases; each phase is one call of `train_and_summarise`."""
+
+    def __init__(self, cfg: CompareConfig, recipe: Recipe, data: CellData, run_dir: Path, resuming: bool,
+                 device: torch.device, stop: StopRequests):
+        self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
+        self.device, self.stop = device, stop
+        self.precision = resolve_precision(cfg.precision, device)
+        self.train_labels, self.val_labels, self.n_classes = labels_of(data.train), labels_of(data.val), data.n_classes
+        if len(self.val_labels) == 0:
+            raise UserError("the validation set is empty: every class has a single image; add images or give --val")
+        self.class_weights = (class_weights_for(self.train_labels, data.n_classes)
+                              if cfg.class_weights == "auto" else None)
+        self.history: list[dict] = []
+        self.phases: dict[str, dict] = {}
+        self.predictions: dict[str, np.ndarray] = {}
+
+    def spec(self, name: str, epochs: int, lr: float) -> PhaseSpec:
+        r = self.recipe
+        return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=self.cfg.batch_size,
+                         seed=self.cfg.seed, class_weights=self.class_weights, optimizer=r.optimizer,
+                         weight_decay=r.weight_decay, adam_eps=r.adam_eps, schedule=r.schedule,
+                         label_smoothing=r.label_smoothing, keep_best_epoch=r.keep_best_epoch,
+                         precision=self.precision)
+
+    def run_phase(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
+                  train_modules: list) -> tuple[PhaseState, float]:
+        saved = load_checkpoint(self.run_dir, spec.name) if self.resuming else None
+        state, optimizer_state = None, None
+        if saved is not None:
+            module_state, optimizer_state, state = saved
+            model.load_state_dict(module_state)
+        started = time.perf_counter()
+        already = sum(r["seconds"] for r in state.history) if state else 0.0
+
+        def checkpoint(s: PhaseState, optimizer) -> None:
+            save_checkpoint(self.run_dir, spec.name, model, optimizer, s)
+            write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
+
+        with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops
+            state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels,
+                                spec, train_modules, self.device, state=state, optimizer_state=optimizer_state,
+                                on_epoch_end=checkpoint, should_stop=self.stop,
+                                show_progress=self.cfg.show_progress)
+        if state.best_state is None:  # zero epochs asked for
+            state.best_state = copy_state(model)
+        self.history += state.history
+        return state, time.perf_counter() - started + already
+
+    def train_and_summarise(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
+                            train_modules: list, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
+        """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
+        state, seconds = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
+        model.eval()  # also when no epoch ran: dropout off, BatchNorm on its running statistics
+        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device, self.precision)
+        self.predictions[spec.name] = final.predictions
+        steps = len(state.history) * -(-len(train_inputs) // spec.batch_size)
+        self.phases[spec.name] = _phase_summary(state, seconds, cache_seconds, spec.learning_rate, model, final,
+                                                self.val_labels, self.n_classes, {"steps": steps, **(extra or {})})
+        return self.phases[spec.name]
+
+
+def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: float, model: TransferModel,
+                   final_val, labels: np.ndarray, n_classes: int, extra: dict | None = None) -> dict:
+    kept = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+    train_acc = kept["train_acc"] if kept else None
+    last_val = state.history[-1]["val_acc"] if state.history else None
+    return {"epochs": state.history, "best_epoch": state.best_epoch, "train_acc": train_acc,
+            "val_acc": final_val.accuracy,
+            "balanced_val_acc": balanced_accuracy(labels, final_val.predictions, n_classes),
+            # what choosing the epoch on validation added: the optimism of a validation-only report
+            "val_acc_over_last_epoch": None if last_val is None else final_val.accuracy - last_val,
+            "gap": None if train_acc is None else train_acc - final_val.accuracy,
+            "seconds": seconds + cache_seconds, "cache_seconds": cache_seconds, "train_seconds": seconds,
+            "learning_rate": lr,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in model.parameters()), **(extra or {})}
+
+
+@dataclass(frozen=True)
+class FineTuneStage:
+    """One fine-tuning phase; a cell runs one (the recipe's) or several in a row (unfreezing stage by stage)."""
+
+    name: str
+    unfreeze: str            # keras:N | layers:N | blocks:K
+    epochs: int
+    learning_rate: float
+
+
+def recipe_stages(recipe: Recipe) -> list[FineTuneStage]:
+    return [FineTuneStage("finetuned", recipe.unfreeze, recipe.finetune_epochs, recipe.finetune_lr)]
+
+
+@dataclass
+class CellModels:
+    """What a cell's phases leave behind for the test read and for saving."""
+
+    model: TransferModel                         # the transfer model (holds the last phase's state)
+    kept: dict[str, tuple[float, dict]]          # frozen and each fine-tune stage: (val accuracy, kept state)
+    first_units: dict[str, int]                  # where each of those enters the model (its cached prefix ends)
+    scratch: TransferModel | None
+
+
+def cache_prefix_inputs(model: TransferModel, last_units: list[int], decoded: DecodedImages, n_views: int,
+                        pretrained: PretrainedBackbone, cfg: CompareConfig, device: torch.device,
+                        cache_dir: Path) -> tuple[list[CachedInputs], float]:
+    """One pass per view through the frozen prefix, keeping the output at every requested cut."""
+    started = time.perf_counter()
+    per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, pretrained.preprocessing,
+                               cache_dir, pretrained.cache_key, device, view=v, engine=cfg.engine,
+                               show_progress=cfg.show_progress)
+                for v in range(n_views)]
+    inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
+    return inputs, time.perf_counter() - started
+
+
+def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone, model: TransferModel,
+             cache_dir: Path, skip_scratch: bool = False, stages: list[FineTuneStage] | None = None) -> CellModels:
+    """Frozen, then each fine-tune stage from the previous one's kept state (the recipe's one stage by
+    default), then scratch, on one train/validation pair; summaries land in `runner.phases`."""
+    cfg, recipe, device = runner.cfg, runner.recipe, runner.device
+    stages = stages or recipe_stages(recipe)
+    views = recipe.cached_views if recipe.augment else 1
+    model = model.to(device, memory_format=torch.channels_last)
+    # where fine-tuning will cut decides which activations to cache alongside the pooled features; each
+    # stage's prefix stays frozen through the stages before it (they unfreeze later blocks only, or the same)
+    end = len(model.units)
+    cuts = {s.name: unfreeze_by(model, s.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
+    frozen_plan = freeze_backbone(model)
+    units = list(dict.fromkeys([end, *cuts.values()]))
+    train_inputs, t_train = cache_prefix_inputs(model, units, data.train, views, pretrained, cfg, device, cache_dir)
+    val_inputs, t_val = cache_prefix_inputs(model, units, data.val, 1, pretrained, cfg, device, cache_dir)
+    at = lambda inputs, unit: inputs[units.index(unit)]  # noqa: E731
+
+    # frozen: the whole backbone is the cached prefix; only the head trains. The one backbone pass is
+    # counted here; the fine-tune cuts come with it for free
+    frozen_forward = lambda x: model.forward_from(end, x)  # noqa: E731
+    frozen = runner.train_and_summarise(runner.spec("frozen", recipe.frozen_epochs, recipe.frozen_lr), model,
+                                        frozen_forward, at(train_inputs, end), at(val_inputs, end), [model.head],
+                                        t_train + t_val, {"unfreeze": frozen_plan.to_dict()})
+    kept, first_units = {"frozen": (frozen["val_acc"], copy_state(model))}, {"frozen": end}
+
+    # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
+    for stage in stages:
+        plan = unfreeze_by(model, stage.unfreeze, recipe.train_batchnorm)
+        log.info("%s: %s", stage.name, plan)
+        cut = cuts[stage.name]
+        forward = lambda x, cut=cut: model.forward_from(cut, x)  # noqa: E731
+        summary = runner.train_and_summarise(runner.spec(stage.name, stage.epochs, stage.learning_rate), model,
+                                             forward, at(train_inputs, cut), at(val_inputs, cut),
+                                             [model.head, *plan.train_mode_modules], 0.0, {"unfreeze": plan.to_dict()})
+        kept[stage.name], first_units[stage.name] = (summary["val_acc"], copy_state(model)), cut
+
+    # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
+    scratch = None
+    if not skip_scratch:
+        prep = pretrained.preprocessing
+        torch.manual_seed(cfg.seed)
+        scratch = TransferModel(create_backbone(pretrained.name), data.n_classes, HeadConfig(dropout=recipe.head_dropout))
+        scratch = scratch.to(device, memory_format=torch.channels_last)
+        train_in = ImageInputs(data.train.pixels, prep, device, cfg.seed if recipe.augment else None)
+        val_in = ImageInputs(data.val.pixels, prep, device)
+        runner.train_and_summarise(runner.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch,
+                                   scratch, train_in, val_in, [scratch])
+    return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch)
+
+
+def predict_test_set(test: DecodedImages, models: CellModels, pretrained: PretrainedBackbone, cache_dir: Path,
+                     device: torch.device, cfg: CompareConfig) -> dict[str, np.ndarray]:
+    """Predictions of every phase's kept model on the test set: the only place the test set is read."""
+    labels, batch_size, model = labels_of(test), cfg.batch_size * 2, models.model
+    precision = resolve_precision(cfg.precision, device)
+    units = sorted(set(models.first_units.values()), reverse=True)
+    # the frozen phase's state holds the pretrained backbone: after fine-tuning, the pooled features would
+    # come from the fine-tuned tail and poison the cache kept under the pretrained weights' key
+    model.load_state_dict(models.kept["frozen"][1])
+    rows = dict(zip(units, prefix_outputs(model, units, test.pixels, test.content_keys, pretrained.preprocessing,
+                                          cache_dir, pretrained.cache_key, device, engine=cfg.engine,
+                                          show_progress=cfg.show_progress)))
+    predictions = {}
+    for name, first_unit in models.first_units.items():
+        model.load_state_dict(models.kept[name][1])
+        inputs = CachedInputs([rows[first_unit]], device)
+        predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), inputs, labels, batch_size,
+                                     device, precision).predictions
+    if models.scratch is not None:
+        models.scratch.eval()
+        predictions["scratch"] = evaluate(models.scratch, ImageInputs(test.pixels, pretrained.preprocessing, device),
+                                          labels, batch_size, device, precision).predictions
+    return predictions
+
+
+def record_test_accuracy(phases: dict[str, dict], predictions: dict[str, np.ndarray], labels: np.ndarray,
+                         n_classes: int) -> None:
+    for name, predicted in predictions.items():
+        phases[name]["test_acc"] = float((predicted == labels).mean()) if len(labels) else 0.0
+        phases[name]["balanced_test_acc"] = balanced_accuracy(labels, predicted, n_classes)
+
+
+def unfreeze_by(model: TransferModel, unfreeze: str, train_batchnorm: bool) -> UnfreezePlan:
+    """`unfreeze` as a recipe writes it: keras:N | layers:N | blocks:K."""
+    kind, count = check_unfreeze(unfreeze)
+    unfreeze_last = {"layers": unfreeze_last_layers, "blocks": unfreeze_last_blocks,
+                     "keras": unfreeze_last_keras_layers}[kind]
+    return unfreeze_last(model, count, train_batchnorm=train_batchnorm)
+
+
+def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe) -> UnfreezePlan:
+    return unfreeze_by(model, recipe.unfreeze, recipe.train_batchnorm)
+
+
+def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def check_input_size(model: TransferModel, pretrained: PretrainedBackbone) -> None:
+    """ViTs and Swins are built for one input size: another --image-size fails here, before any folder."""
+    size = pretrained.preprocessing.image_size_px
+    try:
+        with torch.no_grad():
+            model.backbone.eval().forward_features(torch.zeros(1, 3, size, size))
+    except (AssertionError, RuntimeError) as e:
+        raise UserError(f"backbone '{pretrained.name}' cannot take {size} px inputs ({str(e).splitlines()[0][:120]}); "
+                        "drop --image-size (or the recipe's size) to use the weights' own") from None
+

@@ -1,0 +1,32 @@
+"""t-intervals and paired tests against values from SciPy (stats.t.ppf, stats.ttest_rel)."""
+
+import pytest
+
+from transferlab.reporting.statistics import mean_interval, paired_test, t_critical, t_two_sided_p
+
+
+@pytest.mark.parametrize("df, expected", [(1, 12.706204736174694), (2, 4.302652729749462),
+                                          (4, 2.7764451051977934), (9, 2.262157162798205)])
+def test_t_critical_values(df, expected):
+    assert t_critical(df) == pytest.approx(expected, rel=1e-9)
+
+
+def test_two_sided_p_value():
+    assert t_two_sided_p(2.0, 5) == pytest.approx(0.10193947882985835, rel=1e-9)
+
+
+def test_mean_interval_of_known_numbers():
+    e = mean_interval([1.0, 2.0, 3.0])
+    assert e.mean == 2.0 and e.n == 3 and e.half_width == pytest.approx(4.302652729749462 / 3 ** 0.5)
+    assert mean_interval([0.7]).half_width is None and mean_interval([0.7]).interval is None
+
+
+def test_paired_test_matches_scipy_and_claims_only_what_the_interval_supports():
+    test = paired_test([0.8, 0.82, 0.79, 0.85], [0.7, 0.75, 0.74, 0.72])
+    assert test.difference.mean == pytest.approx(0.0875) and test.p_value == pytest.approx(0.015392438073302287)
+    assert test.is_supported
+    noisy = paired_test([0.8, 0.6, 0.9], [0.7, 0.75, 0.74])
+    assert not noisy.is_supported and noisy.p_value > 0.05
+    assert not paired_test([0.9], [0.1]).is_supported  # one seed: no interval, no claim
+    same = paired_test([0.8, 0.9], [0.7, 0.8])  # equal differences: no spread to test against, no claim
+    assert same.p_value is None and not same.is_supported
