@@ -30,3 +30,13 @@ def test_paired_test_matches_scipy_and_claims_only_what_the_interval_supports():
     assert not paired_test([0.9], [0.1]).is_supported  # one seed: no interval, no claim
     same = paired_test([0.8, 0.9], [0.7, 0.8])  # equal differences: no spread to test against, no claim
     assert same.p_value is None and not same.is_supported
+
+
+def test_the_headline_claims_nothing_when_every_seed_gives_the_same_accuracy():
+    from transferlab.reporting.study_report import headline_lines
+    same = lambda acc: {s: {"test_acc": acc} for s in range(3)}  # noqa: E731 - zero spread over 3 seeds
+    groups = [("5", 5.0, {"finetuned": same(0.9), "frozen": same(0.4), "scratch": same(0.3)}),
+              ("all", 100.0, {"finetuned": same(0.95), "frozen": same(0.8), "scratch": same(0.5)})]
+    lines = headline_lines(groups)
+    assert not any("**" in line for line in lines)
+    assert "no spread over the seeds" in lines[0]

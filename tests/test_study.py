@@ -168,3 +168,31 @@ def test_interrupted_study_keeps_finished_cells_and_resumes_the_stopped_one(two_
     for h, c in cells.items():  # same resolved config, same hash, the same numbers as without the interrupt
         assert {p: (v["val_acc"], v["test_acc"]) for p, v in c["phases"].items()} == \
             {p: (v["val_acc"], v["test_acc"]) for p, v in reference[h]["phases"].items()}
+
+
+def test_a_rerun_with_options_that_draw_another_split_is_refused(two_seed_study):
+    study_dir, cfg = two_seed_study
+    for changed in (dict(seed=7), dict(test_fraction=0.3)):
+        with pytest.raises(Exception, match=r"holds a study on another split \(--(seed|test-fraction) changed\)"):
+            study(replace(cfg, compare=replace(cfg.compare, **changed)))
+    assert json.loads((study_dir / "config.json").read_text())["study"]["compare"]["seed"] == cfg.compare.seed
+
+
+def test_a_second_process_on_the_same_study_folder_is_refused(two_seed_study):
+    from filelock import FileLock
+    study_dir, cfg = two_seed_study
+    with FileLock(study_dir / ".lock"):  # what a running study holds
+        with pytest.raises(Exception, match="another `transferlab study` is working in"):
+            study(cfg)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--seeds", "2"], "--seeds belong to `demo --study`"),
+    (["study", "DATA", "--test", "DATA", "--test-fraction", "0.3"], "--test-fraction draws the test part"),
+])
+def test_study_options_that_would_be_ignored_are_refused(small_data, tmp_path, capsys, argv, message):
+    argv = [str(small_data) if a == "DATA" else a for a in argv]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()

@@ -90,6 +90,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+STUDY_OPTIONS = ("--studies", "--seeds", "--ks", "--backbones", "--study-dir")
+
+
 def _add_study_options(p: argparse.ArgumentParser) -> None:
     d = StudyConfig.__dataclass_fields__
     p.add_argument("--studies", default=",".join(d["studies"].default),
@@ -207,6 +210,9 @@ def run(argv: list[str]) -> int:
         where = (args.cache_dir or default_cache_dir()) / "datasets" / EMBEDDED_NAME
         cfg = _config(args, train_dir=where / "train", val_dir=where / "val", test_dir=where / "test",
                       name=args.name or EMBEDDED_NAME)
+        stray = [t.split("=")[0] for t in argv if t.split("=")[0] in STUDY_OPTIONS]
+        if stray and not args.study:
+            raise UserError(f"{', '.join(stray)} belong to `demo --study`; add --study or drop them")
         study_cfg = _study_config(args, cfg) if args.study else None
         export_embedded(where)  # after the options were checked: a bad one writes nothing
         if study_cfg is not None:
@@ -215,6 +221,8 @@ def run(argv: list[str]) -> int:
             _print_summary(compare(cfg))
     elif args.command == "study":
         explicit = args.train_dir is not None
+        if (explicit or args.test_dir) and any(t.split("=")[0] == "--test-fraction" for t in argv):
+            raise UserError("--test-fraction draws the test part from DATA; with --test or --train/--val drop it")
         cfg = _config(args, data_dir=args.data, test_fraction=0.0 if explicit or args.test_dir else args.test_fraction)
         _print_study_summary(study(_study_config(args, cfg)))
     elif args.command == "compare":

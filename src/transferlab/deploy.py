@@ -6,6 +6,7 @@ decode and normalise. The export shares its exporter with the frozen-pass engine
 PyTorch before it is kept: a graph that does not reproduce the model's logits is never left behind.
 """
 
+import os
 from importlib.metadata import version
 from pathlib import Path
 
@@ -53,15 +54,22 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
     out_dir = Path(out_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, sidecar_path = out_dir / ONNX_FILE, out_dir / SIDECAR_FILE
-    export_onnx(model, prep.image_size_px, onnx_path, [OUTPUT_NAME])
+    checking = out_dir / f".{ONNX_FILE}.checking"  # an earlier export stays until this one has passed
+    try:
+        export_onnx(model, prep.image_size_px, checking, [OUTPUT_NAME])
+    except torch.onnx.errors.OnnxExporterError as e:
+        raise UserError(f"cannot export the model of {quoted(run_dir)} to ONNX ({str(e).strip().splitlines()[0][:120]})"
+                        "; report this with the backbone's name") from None
     with torch.no_grad():
         expected = model(x).numpy()
-    got = onnxruntime_session(onnx_path).run(None, {INPUT_NAME: x.contiguous().numpy()})[0]
+    got = onnxruntime_session(checking).run(None, {INPUT_NAME: x.contiguous().numpy()})[0]
     delta = float(np.abs(got - expected).max())
     if not delta <= PARITY_TOLERANCE:
-        onnx_path.unlink()
+        checking.unlink()
         raise UserError(f"the ONNX export of {quoted(run_dir)} differs from PyTorch by {delta:.1e} in the logits "
-                        f"(limit {PARITY_TOLERANCE:g}); nothing was kept; report this with the backbone's name")
+                        f"(limit {PARITY_TOLERANCE:g}); nothing was changed; report this with the backbone's name")
+    sidecar_path.unlink(missing_ok=True)  # a graph without its sidecar is refused, never paired with a stale one
+    os.replace(checking, onnx_path)
     sidecar = read_model_meta(run_dir / "model.json") | {"onnx": {
         "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME,
         "input_layout": "NCHW float32, decoded and normalised as 'preprocessing' says; any batch size",

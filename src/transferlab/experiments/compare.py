@@ -43,6 +43,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     folders = scan_folders(cfg)
     device = resolve_device(cfg.device)
     resolve_engine(cfg.engine, device)
+    resolve_precision(cfg.precision, device)
     recipe = cfg.resolved_recipe()
     pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, recipe.image_size_px)
     torch.manual_seed(cfg.seed)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from transferlab.atomic import write_json_atomic
@@ -192,19 +193,52 @@ def run_study(cfg: StudyConfig) -> Path:
     folders = scan_folders(base)
     device = resolve_device(base.device)
     resolve_engine(base.engine, device)
+    resolve_precision(base.precision, device)
     n_classes = len(folders.train.class_names)
     pretrained, n_blocks = _setup_backbone(base.backbone, base, n_classes)
     base = replace(base.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
-    recipe = base.resolved_recipe()
     name = base.name or Path(base.data_dir or base.train_dir).name
     study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
     env = environment(device, pretrained.weights)
     try:
         (study_dir / "cells").mkdir(parents=True, exist_ok=True)
+        lock = FileLock(study_dir / ".lock")
+        lock.acquire(timeout=0)
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+        raise UserError(f"another `transferlab study` is working in {quoted(study_dir)}; wait for it to finish or "
+                        "give another --study-dir") from None
     except OSError as e:
         raise UserError(f"cannot create the study folder {quoted(study_dir)} ({e.strerror}); choose a writable "
                         "--study-dir") from None
+    try:
+        return _run_study_locked(cfg, base, folders, device, pretrained, n_blocks, study_dir, env)
+    finally:
+        lock.release()
+
+
+SPLIT_FIELDS = ("data_dir", "train_dir", "val_dir", "test_dir", "seed", "val_fraction", "test_fraction", "dedupe")
+
+
+def _check_same_split(study_dir: Path, base: CompareConfig) -> None:
+    """split.json is reused by a re-run: options that would have drawn another split are refused, not ignored."""
+    config_path = study_dir / "config.json"
+    if not (study_dir / "split.json").exists() or not config_path.exists():
+        return
+    stored = json.loads(config_path.read_text()).get("study", {}).get("compare", {})
+    now = base.to_dict()
+    changed = [f for f in SPLIT_FIELDS if f in stored and stored[f] != now.get(f)]
+    if changed:
+        options = ", ".join("--" + f.replace("_dir", "").replace("_", "-") for f in changed)
+        raise UserError(f"{quoted(study_dir)} holds a study on another split ({options} changed); give another "
+                        "--study-dir for the new split, or the options it was started with")
+
+
+def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: torch.device,
+                      pretrained: PretrainedBackbone, n_blocks: int, study_dir: Path, env: dict) -> Path:
+    recipe = base.resolved_recipe()
+    n_classes = len(folders.train.class_names)
+    _check_same_split(study_dir, base)
     write_json_atomic(study_dir / "config.json", {"format_version": STUDY_FORMAT_VERSION,
                                                   "study": replace(cfg, compare=base).to_dict(),
                                                   "environment": env})
@@ -240,7 +274,7 @@ def run_study(cfg: StudyConfig) -> Path:
                 return run_all(plan_cells(cfg.seeds, (None,), split, key), pretrained, split, test_set, what,
                                skip_scratch=True, cfg=variant, stages=stages)
 
-            for blocks in UNFREEZE_BLOCKS:
+            for blocks in grid_depths(n_blocks):
                 for lr in UNFREEZE_LRS:
                     variant = replace(base, unfreeze=f"blocks:{n_blocks if blocks is None else blocks}",
                                       finetune_lr=lr)
@@ -292,12 +326,17 @@ def _backbone_study(cfg: StudyConfig, base: CompareConfig, folders, study_dir: P
     return entries
 
 
+def grid_depths(n_blocks: int) -> list[int | None]:
+    """UNFREEZE_BLOCKS that a backbone of `n_blocks` blocks has (None: all of them)."""
+    return [b for b in UNFREEZE_BLOCKS if b is None or b < n_blocks]
+
+
 def _schedule(grid: list[dict], n_blocks: int, epochs: int) -> dict:
     """Unfreezing stage by stage (ULMFiT's gradual unfreezing) over the grid's depths, as one run: the
     fine-tune epochs shared out over the stages (so it costs what one grid cell does), at the rate of the
     grid point best on validation."""
     best = max(grid, key=lambda e: sum(c["phases"]["finetuned"]["val_acc"] for c in e["cells"]) / len(e["cells"]))
-    depths = [b for b in UNFREEZE_BLOCKS if b != 0]
+    depths = [b for b in grid_depths(n_blocks) if b != 0]
     shares = [epochs // len(depths) + (i >= len(depths) - epochs % len(depths)) for i in range(len(depths))]
     return {"learning_rate": best["learning_rate"], "stages": [
         {"name": f"stage-{'all' if b is None else b}", "unfreeze": f"blocks:{n_blocks if b is None else b}",

@@ -56,7 +56,7 @@ def export_onnx(module: nn.Module, image_size_px: int, path: Path, outputs: list
 
     def torchscript(tmp: Path) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its deprecation notice, printed on every call
+            warnings.simplefilter("ignore", DeprecationWarning)  # its deprecation notice, on every call
             torch.onnx.export(module, (example,), tmp, dynamo=False, input_names=[INPUT_NAME], output_names=outputs,
                               dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]})
 

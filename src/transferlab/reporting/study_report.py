@@ -71,11 +71,12 @@ def headline_lines(groups: list) -> list[str]:
             continue
         label, x, methods = reached
         transfer = _accuracy(methods, method)
-        overlap = (transfer.interval is None or scratch_all.interval is None
-                   or transfer.interval[0] <= scratch_all.interval[1])
+        # identical values over seeds give a zero-width interval: no evidence of spread, so no claim either
+        no_interval = any(a.interval is None or not a.half_width for a in (transfer, scratch_all))
+        overlap = no_interval or transfer.interval[0] <= scratch_all.interval[1]
         ratio = f"{all_x / x:.3g}×"
         if overlap:
-            why = ("With one seed there is no interval" if transfer.interval is None or scratch_all.interval is None
+            why = ("With one seed, or no spread over the seeds, there is no interval" if no_interval
                    else "The 95 % intervals overlap")
             lines.append(f"- {PHASE_LABELS[method]} reaches the mean of scratch on all {all_x:g} images per class "
                          f"with {x:g} per class ({ratio} less data): {_pct(transfer)} vs {_pct(scratch_all)} test "

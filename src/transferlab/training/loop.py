@@ -9,6 +9,7 @@ import copy
 import functools
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
@@ -85,12 +86,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision '{precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
-    has_bf16 = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    if precision == "bf16" and device.type == "cuda" and not has_bf16:
-        raise UserError("--precision bf16: this GPU has no bf16; use --precision fp32 or auto")
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and has_bf16 else "fp32"
-    return precision
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16: this GPU has no bf16; use --precision fp32 or auto")
+        return "bf16" if precision == "auto" and torch.cuda.is_bf16_supported() else precision.replace("auto", "fp32")
+    if precision == "bf16" and not cpu_has_native_bf16():
+        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than "
+                      "fp32", stacklevel=2)
+    return "fp32" if precision == "auto" else precision
 
 
 def autocast(device: torch.device, precision: str):

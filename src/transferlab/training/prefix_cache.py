@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore, RowView, key_digest
+from transferlab.models.onnx_export import EXPORTERS
 from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
 from transferlab.training.engines import engine_version, prefix_runner, resolve_engine
 from transferlab.training.inputs import ImageInputs, augment_pixels, epoch_rng, normalise
@@ -41,7 +42,8 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
     engine = resolve_engine(engine, device)
     depends_on = (UNITS_LAYOUT, model_key, prep.to_dict(), view, AUGMENT_VERSION if view else 0,
-                  compute_dtype(device), engine, engine_version(engine), timm.__version__, torch.__version__)
+                  compute_dtype(device), engine, engine_version(engine), EXPORTERS if engine == "onnxruntime" else None,
+                  timm.__version__, torch.__version__)
     stores = [RowStore(Path(cache_root) / "prefix" / key_digest(*depends_on, n), tuple(probe.shape[1:]), "float16")
               for n, probe in zip(last_units, probes)]
     todo = [(n, store) for n, store in zip(last_units, stores) if store.missing(content_keys)]
