@@ -39,6 +39,7 @@ from transferlab.models.backbones import OFFLINE_BACKBONE, load_backbone
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.engines import prefix_runner, torch_prefixes
 from transferlab.training.inputs import ImageInputs
+from transferlab.training.loop import BF16_CPU_FLAGS, cpu_flags
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BACKBONES = {OFFLINE_BACKBONE: True, "mobilenetv2_100": False}  # name: pretrained (MobileNetV2: no offline weights)
@@ -47,15 +48,6 @@ FULL = {"image_size": 224, "images": 500, "rounds": 3, "train_batch_size": 32}
 QUICK = {"image_size": 96, "images": 64, "rounds": 1, "train_batch_size": 8}
 BATCH_SIZE = 64          # prefix_outputs' batch size
 TRAIN_LR = 1e-5          # CompareConfig.finetune_lr: the fine-tuning phase trains the backbone
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> set[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return set()
-    return {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
-            for flag in line.split(":", 1)[1].split()}
 
 
 def cpu_model() -> str:
@@ -185,7 +177,7 @@ def main(args: argparse.Namespace) -> dict:
                               "onnxruntime": version("onnxruntime"), "onnx": version("onnx"),
                               "onnxscript": version("onnxscript"), "threads": torch.get_num_threads(),
                               "python": platform.python_version(), "cpu": cpu_model(),
-                              "cpu_bf16_flags": sorted(flags & set(BF16_CPU_FLAGS)),
+                              "cpu_bf16_flags": sorted(flags & BF16_CPU_FLAGS),
                               "load_average_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="transferlab-bench-") as tmp:
         work = Path(tmp)

@@ -70,7 +70,7 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                         f"(limit {PARITY_TOLERANCE:g}); nothing was changed; report this with the backbone's name")
     sidecar_path.unlink(missing_ok=True)  # a graph without its sidecar is refused, never paired with a stale one
     os.replace(checking, onnx_path)
-    sidecar = read_model_meta(run_dir / "model.json") | {"onnx": {
+    sidecar = meta | {"preprocessing": prep.to_dict(), "onnx": {
         "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME,
         "input_layout": "NCHW float32, decoded and normalised as 'preprocessing' says; any batch size",
         "parity_max_abs_logit_delta": delta, "parity_inputs": inputs_used,

@@ -68,12 +68,17 @@ BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them CPU autocast emulat
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
-        return False
-    return any(line.startswith("flags") and BF16_CPU_FLAGS & set(line.split(":", 1)[1].split())
-               for line in cpuinfo.read_text().splitlines())
+        return frozenset()
+    return frozenset(flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+                     for flag in line.split(":", 1)[1].split())
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(BF16_CPU_FLAGS & cpu_flags())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
