@@ -4,9 +4,9 @@
   pytorch_cl         eager, channels_last (compare's memory format for the transfer model)
   onnxruntime        transferlab.training.engines: the exported prefix, intra-op threads = torch's
 
-Engines take turns within each round, so load from other processes hits all of them alike. img/s is
-images / seconds spent inside the engine (normalisation excluded: it is the same for all), median over
-rounds. The ONNX export is timed on its own: it is paid once per backbone, weights, size and cuts.
+Engines take turns within each round, so load from other processes hits all of them alike. Every engine
+gets the decode cache's uint8 NHWC pixels and normalises them (ONNX Runtime inside its graph), as the
+frozen pass does; img/s is images / seconds spent inside the engine, median over rounds. The ONNX export is timed on its own: it is paid once per backbone, weights, size and cuts.
 
 --train-steps N adds full training steps (forward + backward + Adam, every layer trainable, batch 32) of
 EfficientNet-Lite0 under bf16 autocast vs fp32, alternating, from the same weights on the same batches.
@@ -38,7 +38,7 @@ from transferlab.data.scan import scan_image_folder
 from transferlab.models.backbones import OFFLINE_BACKBONE, load_backbone
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.engines import prefix_runner, torch_prefixes
-from transferlab.training.inputs import ImageInputs
+from transferlab.training.inputs import ImageInputs, normalise
 from transferlab.training.loop import BF16_CPU_FLAGS, cpu_flags
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -76,8 +76,12 @@ def engine_runners(name: str, pretrained: bool, image_size_px: int, work: Path) 
     started = time.perf_counter()
     onnx = prefix_runner(model, cuts, backbone.preprocessing, cpu, "onnxruntime", work / "cache", backbone.cache_key)
     export_seconds = time.perf_counter() - started
-    runners = {"pytorch": torch_prefixes(model, cuts, cpu), "pytorch_cl": torch_prefixes(channels_last, cuts, cpu),
-               "onnxruntime": onnx}
+    prep = backbone.preprocessing
+
+    def contiguous(pixels: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return model.prefixes(normalise(pixels, prep).contiguous(), cuts)
+    runners = {"pytorch": contiguous, "pytorch_cl": torch_prefixes(channels_last, cuts, prep, cpu), "onnxruntime": onnx}
     return runners, backbone.preprocessing, export_seconds
 
 
@@ -86,14 +90,13 @@ def measure_frozen_pass(name: str, pretrained: bool, settings: dict, work: Path)
     inputs, _ = load_images(work, settings["images"], prep)
     batches = [np.arange(s, min(s + BATCH_SIZE, len(inputs))) for s in range(0, len(inputs), BATCH_SIZE)]
     for run in runners.values():  # warm-up: first-call allocations, and the ONNX parity check
-        run(inputs.batch(batches[0][:8], 0))
+        run(torch.from_numpy(inputs.pixels[batches[0][:8]]))
     seconds: dict[str, list[float]] = {e: [] for e in ENGINES}
     for round_ in range(settings["rounds"]):
         for engine in ENGINES[round_ % len(ENGINES):] + ENGINES[:round_ % len(ENGINES)]:  # rotate who goes first
             spent = 0.0
             for positions in batches:
-                x = inputs.batch(positions, 0)  # channels_last, as compare makes them
-                x = x.contiguous() if engine == "pytorch" else x
+                x = torch.from_numpy(inputs.pixels[positions])
                 started = time.perf_counter()
                 runners[engine](x)
                 spent += time.perf_counter() - started

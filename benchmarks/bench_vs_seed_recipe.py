@@ -152,23 +152,23 @@ def measure_floor(cfg: CompareConfig, device: torch.device, work: Path) -> dict:
     model = TransferModel(pretrained.module, len(split.class_names))
     model = model.to(device, memory_format=torch.channels_last).eval()  # compare's memory format
     cuts = [len(model.units)]  # pooled features: the frozen phase's cache
-    runners, export_seconds = {"eager": torch_prefixes(model, cuts, device)}, None
+    runners, export_seconds = {"eager": torch_prefixes(model, cuts, prep, device)}, None
     if device.type == "cpu":  # ONNX Runtime runs on the CPU only
         started = time.perf_counter()
         runners["onnxruntime"] = prefix_runner(model, cuts, prep, device, "onnxruntime", work / "cache",
                                                pretrained.cache_key)
         export_seconds = time.perf_counter() - started
-    sources = [ImageInputs(d.pixels, prep, device) for d in (split.train, split.val)]
-    batches = [(images, np.arange(start, min(start + FLOOR_BATCH_SIZE, len(images))))
-               for images in sources for start in range(0, len(images), FLOOR_BATCH_SIZE)]
+    sources = [d.pixels for d in (split.train, split.val)]  # uint8 NHWC rows of the decode cache, as compare reads them
+    batches = [(pixels, np.arange(start, min(start + FLOOR_BATCH_SIZE, len(pixels))))
+               for pixels in sources for start in range(0, len(pixels), FLOOR_BATCH_SIZE)]
     for run in runners.values():
-        run(sources[0].batch(np.arange(min(WARMUP_IMAGES, len(sources[0]))), 0))
+        run(torch.from_numpy(sources[0][np.arange(min(WARMUP_IMAGES, len(sources[0])))]))
     passes: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(FLOOR_PASSES):
         for name, run in runners.items():
             started = time.perf_counter()
-            for images, positions in batches:
-                for y in run(images.batch(positions, 0)):
+            for pixels, positions in batches:
+                for y in run(torch.from_numpy(pixels[positions])):
                     y.float().cpu()  # what prefix_outputs does before it stores a batch
             passes[name].append(time.perf_counter() - started)
     n_images = sum(len(s) for s in sources)

@@ -13,7 +13,7 @@ from transferlab.errors import UserError
 from transferlab.models.backbones import load_backbone
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.engines import prefix_runner, resolve_engine
-from transferlab.training.inputs import ImageInputs
+from transferlab.training.inputs import normalise
 
 CPU = torch.device("cpu")
 IMAGE_SIZE_PX = 64
@@ -21,16 +21,21 @@ IMAGE_SIZE_PX = 64
 
 @pytest.fixture(scope="module")
 def lite0(small_data, tmp_path_factory):
-    """EfficientNet-Lite0 (offline ImageNet weights), the small_data images as one channels_last batch."""
+    """EfficientNet-Lite0 (offline ImageNet weights), the small_data images as one uint8 NHWC batch."""
     pretrained = load_backbone("tf_efficientnet_lite0", None, IMAGE_SIZE_PX)
     torch.manual_seed(0)
     model = TransferModel(pretrained.module, n_classes=5).eval()
     prep = pretrained.preprocessing
     decoded = decode_images(list(scan_image_folder(small_data).images), prep, tmp_path_factory.mktemp("decoded"),
                             show_progress=False)
-    images = ImageInputs(decoded.pixels, prep, CPU).batch(np.arange(len(decoded.images)), epoch=0)
+    images = torch.from_numpy(decoded.pixels[np.arange(len(decoded.images))])
     cuts = [len(model.units) // 2, len(model.units)]  # a mid-network activation and the pooled features
     return pretrained, model, images, cuts, tmp_path_factory.mktemp("cache")
+
+
+def _torch_prefixes(model, images, cuts, prep):
+    with torch.no_grad():
+        return model.prefixes(normalise(images, prep), cuts)
 
 
 def _run_in_batches(runner, images: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
@@ -45,9 +50,8 @@ def test_onnxruntime_matches_pytorch_at_a_mid_cut_and_at_the_pooled_features(lit
     pretrained, model, images, cuts, cache = lite0
     runner = prefix_runner(model, cuts, pretrained.preprocessing, CPU, "onnxruntime", cache, pretrained.cache_key)
     got = _run_in_batches(runner, images, [25, 1, len(images) - 26])
-    with torch.no_grad():
-        want = model.prefixes(images, cuts)
-    assert runner.engine == "onnxruntime"  # no silent fallback to PyTorch
+    want = _torch_prefixes(model, images, cuts, pretrained.preprocessing)
+    assert images.dtype == torch.uint8 and runner.engine == "onnxruntime"  # no silent fallback to PyTorch
     mid, pooled = got
     assert mid.dim() == 4 and pooled.shape == (len(images), model.backbone.num_features)
     for g, w in zip(got, want):
@@ -88,8 +92,7 @@ def test_a_graph_that_disagrees_with_pytorch_falls_back_with_one_warning(lite0):
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and messages[0].startswith("ONNX Runtime differs from PyTorch by ")
     assert runner.engine == "torch" and runner.max_abs_delta > 1e-2
-    with torch.no_grad():
-        want = changed.prefixes(images, cuts)
+    want = _torch_prefixes(changed, images, cuts, pretrained.preprocessing)
     assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
@@ -101,8 +104,7 @@ def test_a_network_the_exporter_rejects_runs_on_pytorch_with_a_warning(lite0, tm
     monkeypatch.setattr(torch.onnx, "export", reject)
     with pytest.warns(UserWarning, match=r"cannot export .* to ONNX \(unsupported operator\); running"):
         runner = prefix_runner(model, cuts, pretrained.preprocessing, CPU, "auto", tmp_path, "other-key")
-    with torch.no_grad():
-        want = model.prefixes(images[:3], cuts)
+    want = _torch_prefixes(model, images[:3], cuts, pretrained.preprocessing)
     assert runner.engine == "torch" and all(torch.equal(g, w) for g, w in zip(runner(images[:3]), want))
 
 

@@ -1,12 +1,12 @@
-"""The frozen prefix of a TransferModel as an ONNX graph, for ONNX Runtime (and `transferlab export`).
+"""A network as an ONNX graph, for ONNX Runtime's frozen pass (training/engines.py) and `transferlab export`.
 
-One graph gives the outputs at every requested cut, like `TransferModel.prefixes`, with a dynamic batch
-axis and fp32 weights. Two exporters, both torch's own: the TorchScript one first, because it takes
-0.45 s for MobileNetV2 where `dynamo=True` (torch.export + onnxscript, the default since torch 2.9)
-takes 7.6 s on 2 CPU cores, a third of a cold 1,000-image run, for a graph ONNX Runtime runs at the same
-speed (188.7 vs 191.6 img/s, measured here). The TorchScript exporter is deprecated: where it is gone or
-fails, the dynamo one exports. Either graph is checked against PyTorch before its outputs are used (by
-the engine, and by `transferlab export`), and graphs are cached by everything that shapes them.
+Graphs have a dynamic batch axis and fp32 weights inside. Two exporters, both torch's own: the TorchScript
+one first, because it takes 0.45 s for MobileNetV2 where `dynamo=True` (torch.export + onnxscript, the
+default since torch 2.9) takes 7.6 s on 2 CPU cores, a third of a cold 1,000-image run, for a graph ONNX
+Runtime runs at the same speed (188.7 vs 191.6 img/s, measured here). The TorchScript exporter is
+deprecated: where it is gone or fails, the dynamo one exports. Either graph is checked against PyTorch
+before its outputs are used (by the engine, and by `transferlab export`), and graphs are cached by
+everything that shapes them.
 """
 
 import logging
@@ -21,38 +21,25 @@ from torch import nn
 
 from transferlab.atomic import write_atomic
 from transferlab.data.row_store import key_digest
-from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
+from transferlab.models.transfer_model import UNITS_LAYOUT
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-EXPORTERS = "torchscript, else dynamo"  # part of the cache key: which exporter wrote a cached graph
+EXPORTERS = "torchscript, else dynamo"  # part of the cache keys: which exporter wrote a cached graph
 EXAMPLE_BATCH_SIZE = 2  # torch.export specialises a batch of 1 to a constant; 2 keeps the axis symbolic
-
-
-class _Prefixes(nn.Module):
-    """TransferModel.prefixes as a forward(), the one entry point an exporter traces."""
-
-    def __init__(self, model: TransferModel, last_units: list[int]):
-        super().__init__()
-        self.model = model
-        self.last_units = list(last_units)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.prefixes(x, self.last_units))
 
 
 def output_names(last_units: list[int]) -> list[str]:
     return [f"units_{n}" for n in last_units]
 
 
-def export_onnx(module: nn.Module, image_size_px: int, path: Path, outputs: list[str]) -> Path:
-    """`module` (eval mode, one NCHW image batch in) to `path`, with a dynamic batch axis, weights inside.
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> Path:
+    """`module` (eval mode, one image batch like `example` in) to `path`, dynamic batch axis, weights inside.
 
-    The caller puts the module in eval mode (BatchNorm on its running statistics) and restores its mode.
+    `example` has EXAMPLE_BATCH_SIZE images. The caller puts the module in eval mode (BatchNorm on its
+    running statistics) and restores its mode.
     """
-    device = next(module.parameters()).device
-    example = torch.zeros(EXAMPLE_BATCH_SIZE, 3, image_size_px, image_size_px, device=device)
 
     def torchscript(tmp: Path) -> None:
         with warnings.catch_warnings():
@@ -74,26 +61,12 @@ def export_onnx(module: nn.Module, image_size_px: int, path: Path, outputs: list
     return Path(path)
 
 
-def export_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, path: Path) -> Path:
-    """Write the prefix units[:n] for each n in `last_units` to `path` in one file (weights inside)."""
-    was_training = model.training
-    try:
-        return export_onnx(_Prefixes(model, last_units).eval(), image_size_px, path, output_names(last_units))
-    finally:
-        model.train(was_training)
-
-
-def cached_prefix_onnx(model: TransferModel, last_units: list[int], image_size_px: int, cache_dir: Path,
-                       model_key: str) -> Path:
-    """The exported prefix from `cache_dir`, exported first if no graph has this key yet.
-
-    `model_key` must identify the backbone and its weights (PretrainedBackbone.cache_key); the size, the
-    cuts and the versions of every tool that shapes the graph are added here.
-    """
-    key = key_digest(UNITS_LAYOUT, EXPORTERS, model_key, image_size_px, list(last_units), torch.__version__,
-                     timm.__version__,
-                     version("onnx"), version("onnxscript"))  # metadata, not an import: onnxscript takes 0.5 s
-    path = Path(cache_dir) / "onnx" / f"prefix-{key}.onnx"
+def cached_onnx(module: nn.Module, example: torch.Tensor, outputs: list[str], cache_dir: Path, *key: object) -> Path:
+    """`module` exported into `cache_dir`/onnx once per `key`, which must identify everything that shapes it
+    (network, weights, inputs, cuts); the versions of the tools that write the graph are added here."""
+    digest = key_digest(UNITS_LAYOUT, EXPORTERS, *key, torch.__version__, timm.__version__,
+                        version("onnx"), version("onnxscript"))  # metadata, not an import: onnxscript takes 0.5 s
+    path = Path(cache_dir) / "onnx" / f"prefix-{digest}.onnx"
     if not path.exists():
-        export_prefix_onnx(model, last_units, image_size_px, path)
+        export_onnx(module, example, path, outputs)
     return path

@@ -52,8 +52,17 @@ class ImageInputs:
 
 
 def normalise(pixels_nhwc: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    mean = torch.tensor(prep.mean, device=pixels_nhwc.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep.std, device=pixels_nhwc.device).view(1, 3, 1, 1) * 255
+    return normalise_by(pixels_nhwc, *normalisation(prep, pixels_nhwc.device))
+
+
+def normalisation(prep: Preprocessing, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the weights in pixel units, shaped to broadcast over NCHW."""
+    return (torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255,
+            torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255)
+
+
+def normalise_by(pixels_nhwc: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW, channels_last (the permute alone already has its strides)."""
     x = pixels_nhwc.permute(0, 3, 1, 2).float()
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 

@@ -16,8 +16,8 @@ from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore, RowView, key_digest
 from transferlab.models.onnx_export import EXPORTERS
 from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
-from transferlab.training.engines import engine_version, prefix_runner, resolve_engine
-from transferlab.training.inputs import ImageInputs, augment_pixels, epoch_rng, normalise
+from transferlab.training.engines import PIXELS_IN, engine_version, prefix_runner, resolve_engine
+from transferlab.training.inputs import augment_pixels, epoch_rng
 from transferlab.training.loop import prefix_autocast
 
 
@@ -42,7 +42,8 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
     engine = resolve_engine(engine, device)
     depends_on = (UNITS_LAYOUT, model_key, prep.to_dict(), view, AUGMENT_VERSION if view else 0,
-                  compute_dtype(device), engine, engine_version(engine), EXPORTERS if engine == "onnxruntime" else None,
+                  compute_dtype(device), engine, engine_version(engine),
+                  (EXPORTERS, PIXELS_IN) if engine == "onnxruntime" else None,
                   timm.__version__, torch.__version__)
     stores = [RowStore(Path(cache_root) / "prefix" / key_digest(*depends_on, n), tuple(probe.shape[1:]), "float16")
               for n, probe in zip(last_units, probes)]
@@ -51,19 +52,15 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
     if missing:
         position_of = {k: i for i, k in enumerate(content_keys)}
         positions = np.array([position_of[k] for k in missing])
-        images = ImageInputs(pixels, prep, device)
         run = prefix_runner(model, [n for n, _ in todo], prep, device, engine, cache_root, model_key)
         chunks: list[list[np.ndarray]] = [[] for _ in todo]
         for start in tqdm(range(0, len(positions), batch_size), desc="cache backbone outputs",
                           unit="batch", leave=False, disable=not show_progress):
             chunk = positions[start:start + batch_size]
-            if view == 0:
-                x = images.batch(chunk, epoch=0)
-            else:  # a view is a fixed augmentation of each image, seeded by its content
-                raw = torch.from_numpy(pixels[chunk])
-                x = torch.cat([augment_pixels(raw[i:i + 1], view_rng(missing[start + i], view))
+            x = torch.from_numpy(pixels[chunk])
+            if view > 0:  # a view is a fixed augmentation of each image, seeded by its content
+                x = torch.cat([augment_pixels(x[i:i + 1], view_rng(missing[start + i], view))
                                for i in range(len(chunk))])
-                x = normalise(x.to(device), prep)
             for out, y in zip(chunks, run(x)):
                 out.append(y.float().cpu().numpy().astype(np.float16))
         for (_, store), out in zip(todo, chunks):
