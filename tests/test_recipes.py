@@ -59,16 +59,24 @@ def test_seeds_recipe_trains_the_seeds_layers_and_rates(seeds_run):
 
 
 def test_seeds_recipe_updates_batchnorm_statistics_only_in_the_unfrozen_tail(seeds_run):
+    from safetensors.torch import load_file
+
     from transferlab.models.weights import load_pretrained
     pristine = TransferModel(create_backbone("tf_efficientnet_lite0"), 5)
     load_pretrained(pristine.backbone, "tf_efficientnet_lite0", None)
-    trained = torch.load(seeds_run / "checkpoints" / "finetuned.pt", weights_only=True)["module"]
     before = pristine.state_dict()
+    saved = torch.load(seeds_run / "checkpoints" / "finetuned.pt", weights_only=True)["module"]
+    # the run's final model: every entry, whichever phase validation kept
+    final = load_file(seeds_run / "model.safetensors")
+    kept = json.loads((seeds_run / "model.json").read_text())["trained_phase"]
+    tail = {"backbone.blocks.5.3.bn1", "backbone.blocks.5.3.bn2", "backbone.blocks.5.3.bn3",
+            "backbone.blocks.6.0.bn1", "backbone.blocks.6.0.bn2", "backbone.blocks.6.0.bn3", "backbone.bn2"}
+    in_checkpoint = {k.rsplit(".", 1)[0] for k in saved if k.endswith("running_mean")}
     changed = {k.rsplit(".", 1)[0] for k in before if k.endswith("running_mean")
-               and not torch.equal(before[k], trained[k])}
-    assert changed == {"backbone.blocks.5.3.bn1", "backbone.blocks.5.3.bn2", "backbone.blocks.5.3.bn3",
-                       "backbone.blocks.6.0.bn1", "backbone.blocks.6.0.bn2", "backbone.blocks.6.0.bn3",
-                       "backbone.bn2"}
+               and not torch.equal(before[k], final[k])}
+    assert in_checkpoint == tail  # the checkpoint holds what the phase can change, and only that
+    assert all(not torch.equal(before[f"{m}.running_mean"], saved[f"{m}.running_mean"]) for m in tail)
+    assert changed == (tail if kept == "finetuned" else set())
 
 
 def test_default_recipe_is_recorded_and_overrides_are_named(small_data, tmp_path):

@@ -213,3 +213,30 @@ def test_resume_with_sub_folders_in_classes_equals_uninterrupted(small_data, tmp
             compare(tiny_config(data, tmp_path / "stopped", **EPOCHS))
     resume(stopped.value.run_dir, show_progress=False)
     assert _metrics(stopped.value.run_dir) == _metrics(reference)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path):
+    """Checkpoints hold only what their phase can change; loading one into the wrong model must not
+    quietly load nothing."""
+    import torch
+
+    from transferlab.errors import UserError
+    from transferlab.experiments.run_dir import checkpoint_path, load_checkpoint, save_checkpoint
+    from transferlab.training.loop import PhaseState
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    state = PhaseState(next_epoch=1, history=[], best_epoch=1, best_val_acc=0.5, best_state=model.state_dict())
+    save_checkpoint(tmp_path, "frozen", model, optimizer, state, {"0.weight", "0.bias"})
+    path = checkpoint_path(tmp_path, "frozen")
+    assert set(torch.load(path, weights_only=True)["module"]) == {"0.weight", "0.bias"}
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+        target = model
+    else:
+        target = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, 3))  # no "0.weight"
+    message = rf"^checkpoint '{path}' cannot be read \(.*\); delete it to redo the frozen phase$"
+    with pytest.raises(UserError, match=message) as e:
+        load_checkpoint(tmp_path, "frozen", target)
+    assert "\n" not in str(e.value)

@@ -22,7 +22,7 @@ from transferlab.experiments.datasets import class_weights_for, labels_of
 from transferlab.experiments.interrupts import StopRequests
 from transferlab.experiments.run_dir import load_checkpoint, save_checkpoint
 from transferlab.models.backbones import PretrainedBackbone, create_backbone
-from transferlab.models.freezing import (UnfreezePlan, freeze_backbone, unfreeze_last_blocks,
+from transferlab.models.freezing import (UnfreezePlan, changing_state_keys, freeze_backbone, unfreeze_last_blocks,
                                          unfreeze_last_keras_layers, unfreeze_last_layers)
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.inputs import CachedInputs, ImageInputs
@@ -84,16 +84,14 @@ class PhaseRunner:
 
     def run_phase(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
                   train_modules: list) -> tuple[PhaseState, float]:
-        saved = load_checkpoint(self.run_dir, spec.name) if self.resuming else None
-        state, optimizer_state = None, None
-        if saved is not None:
-            module_state, optimizer_state, state = saved
-            model.load_state_dict(module_state)
+        saved = load_checkpoint(self.run_dir, spec.name, model) if self.resuming else None
+        optimizer_state, state = saved or (None, None)
+        changing = changing_state_keys(model, train_modules)
         started = time.perf_counter()
         already = sum(r["seconds"] for r in state.history) if state else 0.0
 
         def checkpoint(s: PhaseState, optimizer) -> None:
-            save_checkpoint(self.run_dir, spec.name, model, optimizer, s)
+            save_checkpoint(self.run_dir, spec.name, model, optimizer, s, changing)
             write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
 
         with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops

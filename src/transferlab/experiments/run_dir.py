@@ -77,10 +77,14 @@ def checkpoint_path(run_dir: Path, phase: str) -> Path:
 
 
 def save_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: PhaseState) -> None:
-    """Tensors and plain values only, so loading needs no pickle that can run code."""
-    payload = {"module": module.state_dict(), "optimizer": optimizer.state_dict(),
-               "best_state": state.best_state,
+                    state: PhaseState, changing: set[str]) -> None:
+    """What the phase can change (`changing` state_dict keys) and its progress: everything else is the
+    pretrained weights and the earlier phases, rebuilt on resume. Tensors and plain values only, so loading
+    needs no pickle that can run code."""
+    def only_changing(tensors: dict | None) -> dict | None:
+        return None if tensors is None else {k: v for k, v in tensors.items() if k in changing}
+    payload = {"module": only_changing(module.state_dict()), "optimizer": optimizer.state_dict(),
+               "best_state": only_changing(state.best_state),
                "state": {"next_epoch": state.next_epoch, "history": json.dumps(state.history),
                          "best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc}}
     buffer = io.BytesIO()  # serialised in memory: a full disk then fails as a plain OSError naming the file
@@ -88,18 +92,23 @@ def save_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module, optimize
     write_bytes_atomic(checkpoint_path(run_dir, phase), buffer.getvalue())
 
 
-def load_checkpoint(run_dir: Path, phase: str) -> tuple[dict, dict, PhaseState] | None:
-    """(module state, optimizer state, phase state), or None if this phase never finished an epoch."""
+def load_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module) -> tuple[dict, PhaseState] | None:
+    """Loads the phase's saved entries into `module`: (optimizer state, phase state with the full kept
+    state), or None if this phase never finished an epoch."""
     path = checkpoint_path(run_dir, phase)
     if not path.exists():
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+        unexpected = module.load_state_dict(payload["module"], strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{len(unexpected)} entries this model does not have, e.g. {unexpected[0]}")
     except Exception as e:  # a truncated or foreign file
-        raise UserError(f"checkpoint '{path}' cannot be read ({str(e)[:100]}); delete it to redo the "
+        raise UserError(f"checkpoint '{path}' cannot be read ({' '.join(str(e).split())[:100]}); delete it to redo the "
                         f"{phase} phase") from None
     s = payload["state"]
     state = PhaseState(next_epoch=s["next_epoch"], history=json.loads(s["history"]),
                        best_epoch=s["best_epoch"], best_val_acc=s["best_val_acc"],
-                       best_state=payload["best_state"])
-    return payload["module"], payload["optimizer"], state
+                       best_state=None if payload["best_state"] is None else
+                       {k: v.detach().clone() for k, v in module.state_dict().items()} | payload["best_state"])
+    return payload["optimizer"], state
