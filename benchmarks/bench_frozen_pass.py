@@ -37,6 +37,7 @@ from transferlab.data.images import Preprocessing
 from transferlab.data.scan import scan_image_folder
 from transferlab.models.backbones import OFFLINE_BACKBONE, load_backbone
 from transferlab.models.transfer_model import TransferModel
+from transferlab.training.cpu_precision import cpu_name
 from transferlab.training.engines import prefix_runner, torch_prefixes
 from transferlab.training.inputs import ImageInputs, normalise
 from transferlab.training.loop import BF16_CPU_FLAGS, cpu_flags
@@ -48,13 +49,6 @@ FULL = {"image_size": 224, "images": 500, "rounds": 3, "train_batch_size": 32}
 QUICK = {"image_size": 96, "images": 64, "rounds": 1, "train_batch_size": 8}
 BATCH_SIZE = 64          # prefix_outputs' batch size
 TRAIN_LR = 1e-5          # CompareConfig.finetune_lr: the fine-tuning phase trains the backbone
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def load_images(work: Path, n_images: int, prep: Preprocessing) -> tuple[ImageInputs, np.ndarray]:
@@ -179,7 +173,7 @@ def main(args: argparse.Namespace) -> dict:
               "environment": {"torch": torch.__version__, "timm": version("timm"),
                               "onnxruntime": version("onnxruntime"), "onnx": version("onnx"),
                               "onnxscript": version("onnxscript"), "threads": torch.get_num_threads(),
-                              "python": platform.python_version(), "cpu": cpu_model(),
+                              "python": platform.python_version(), "cpu": cpu_name(),
                               "cpu_bf16_flags": sorted(flags & BF16_CPU_FLAGS),
                               "load_average_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="transferlab-bench-") as tmp:

@@ -187,7 +187,8 @@ def compare_summary(run_dir: Path) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     phases = {name: phase_summary(p["val_acc"], p.get("test_acc"), p["cache_seconds"], p["train_seconds"])
               for name, p in results["phases"].items()}
-    return run_summary(results["decode_seconds"], phases, engine=results["engine"])
+    return run_summary(results["decode_seconds"], phases, engine=results["engine"],
+                       precision=results["training_precision"])
 
 
 def run_transferlab(cfg: CompareConfig, work: Path, device: torch.device) -> dict[str, dict]:
@@ -197,12 +198,19 @@ def run_transferlab(cfg: CompareConfig, work: Path, device: torch.device) -> dic
             "transferlab_warm": compare_summary(run_compare(cfg))}
 
 
+def seed_precision(cfg: CompareConfig, device: torch.device) -> str:
+    """The naive recipe runs as the seed does, in fp32, unless bf16 is asked for; compare's 'fastest' (measure
+    per phase, on CPU) is part of what transferlab does and the seed does not."""
+    precision = resolve_precision(cfg.precision, device)
+    return "fp32" if precision == "fastest" else precision
+
+
 def phase_spec(name: str, epochs: int, lr: float, cfg: CompareConfig, recipe: Recipe, device: torch.device) -> PhaseSpec:
     """What compare's runner builds for a phase (the benchmark uses no class weights)."""
     return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size, seed=cfg.seed,
                      optimizer=recipe.optimizer, weight_decay=recipe.weight_decay, adam_eps=recipe.adam_eps,
                      schedule=recipe.schedule, label_smoothing=recipe.label_smoothing,
-                     keep_best_epoch=recipe.keep_best_epoch, precision=resolve_precision(cfg.precision, device))
+                     keep_best_epoch=recipe.keep_best_epoch, precision=seed_precision(cfg, device))
 
 
 def run_seed_torch(cfg: CompareConfig, work: Path, device: torch.device) -> dict[str, dict]:
@@ -226,7 +234,7 @@ def run_seed_torch(cfg: CompareConfig, work: Path, device: torch.device) -> dict
         train_phase(model, model, *data["train"], *data["val"], phase_spec(f"seed {name}", epochs, lr, cfg, recipe, device),
                     [model.head, *plan.train_mode_modules], device, show_progress=cfg.show_progress)
         seconds = time.perf_counter() - started
-        precision = resolve_precision(cfg.precision, device)
+        precision = seed_precision(cfg, device)
         val_acc, test_acc = (evaluate(model, *data[s], cfg.batch_size * 2, device, precision).accuracy
                              for s in ("val", "test"))
         phases[name] = phase_summary(val_acc, test_acc, 0.0, seconds)

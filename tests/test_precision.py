@@ -3,13 +3,16 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from conftest import tiny_config
 from transferlab.experiments.compare import run_compare
 from transferlab.training.inputs import CachedInputs
-from transferlab.training.loop import PhaseSpec, evaluate, resolve_precision, train_phase
+from transferlab.training import cpu_precision
+from transferlab.training.cpu_precision import BF16_MIN_SPEEDUP, choose_cpu_precision
+from transferlab.training.loop import PhaseSpec, cpu_has_native_bf16, evaluate, resolve_precision, train_phase
 
 CPU = torch.device("cpu")
 
@@ -25,9 +28,9 @@ class RecordsAutocast(nn.Module):
         return self.linear(x)
 
 
-def test_auto_is_fp32_on_cpu_and_bf16_is_honoured():
-    assert resolve_precision("auto", CPU) == "fp32" and resolve_precision("fp32", CPU) == "fp32"
-    assert resolve_precision("bf16", CPU) == "bf16"
+def test_auto_on_cpu_is_measured_where_bf16_is_native_and_bf16_is_honoured():
+    assert resolve_precision("auto", CPU) == ("fastest" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
 
 
 def test_the_spec_precision_reaches_training_and_evaluation(tmp_path):
@@ -42,10 +45,42 @@ def test_the_spec_precision_reaches_training_and_evaluation(tmp_path):
         assert module.seen == expected
 
 
-def test_results_record_the_precision_used(small_data, tmp_path):
+def test_results_record_the_precision_each_phase_used(small_data, tmp_path):
     for precision in ("auto", "bf16"):
         run = run_compare(tiny_config(small_data, tmp_path / precision, precision=precision, skip_scratch=True,
                                       frozen_epochs=1, finetune_epochs=1))
         results = json.loads((run / "results.json").read_text())
-        assert results["training_precision"] == resolve_precision(precision, CPU)
+        used = results["training_precision"]
+        assert set(used) == {"frozen", "finetuned"} and set(used.values()) <= {"fp32", "bf16"}
+        for name, phase in results["phases"].items():
+            assert phase["precision"] == used[name] and {r["precision"] for r in phase["epochs"]} == {used[name]}
+            probe = phase["precision_probe"]
+            if precision == "bf16" or not cpu_has_native_bf16():
+                assert probe is None and used[name] == resolve_precision(precision, CPU)
+            else:  # measured, and the faster one kept
+                seconds = probe["step_seconds"]
+                assert used[name] == ("bf16" if seconds["fp32"] >= BF16_MIN_SPEEDUP * seconds["bf16"] else "fp32")
+        assert json.loads((run / "config.json").read_text())["config"]["precision"] == precision
+
+
+def test_the_precision_probe_leaves_everything_as_it_found_it_and_is_measured_once(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 3)).eval()
+    rows = np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32)
+    labels = np.arange(32) % 3
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    choice = choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path)
+    assert choice["precision"] in ("fp32", "bf16") and set(choice["step_seconds"]) == {"fp32", "bf16"}
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
+    assert all(p.grad is None for p in module.parameters()) and not module.training
+    assert torch.equal(torch.get_rng_state(), rng_before)  # dropout masks of the run are not shifted
+
+    def measured_again(*args):
+        raise AssertionError("the cached choice was not used")
+    monkeypatch.setattr(cpu_precision, "step_seconds", measured_again)
+    assert choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path) == choice
+    with pytest.raises(AssertionError, match="not used"):  # another batch shape is another measurement
+        choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 8, [module], tmp_path)
         assert json.loads((run / "config.json").read_text())["config"]["precision"] == precision

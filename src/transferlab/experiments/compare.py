@@ -147,7 +147,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
                     "time_budget_seconds": cfg.time_budget_seconds, "transfer_seconds": transfer_seconds,
                     "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
         "engine": resolve_engine(cfg.engine, device),
-        "training_precision": resolve_precision(cfg.precision, device),
+        "training_precision": {name: phase["precision"] for name, phase in phases.items()},
         "total_seconds": time.perf_counter() - started,
     }
 

@@ -8,7 +8,7 @@ folder, so checkpoints, resume and interrupts work the same for both.
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,12 @@ from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import class_weights_for, labels_of
 from transferlab.experiments.interrupts import StopRequests
-from transferlab.experiments.run_dir import load_checkpoint, save_checkpoint
+from transferlab.experiments.run_dir import default_cache_dir, load_checkpoint, save_checkpoint
 from transferlab.models.backbones import PretrainedBackbone, create_backbone
 from transferlab.models.freezing import (UnfreezePlan, changing_state_keys, freeze_backbone, unfreeze_last_blocks,
                                          unfreeze_last_keras_layers, unfreeze_last_layers)
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.cpu_precision import choose_cpu_precision
 from transferlab.training.inputs import CachedInputs, ImageInputs
 from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, resolve_precision, train_phase
 from transferlab.training.metrics import balanced_accuracy
@@ -71,6 +72,7 @@ class PhaseRunner:
         self.class_weights = (class_weights_for(self.train_labels, data.n_classes)
                               if cfg.class_weights == "auto" else None)
         self.history: list[dict] = []
+        self.precision_probes: dict[str, dict] = {}  # phase: what cpu_precision measured, where it did
         self.phases: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}
 
@@ -83,11 +85,22 @@ class PhaseRunner:
                          precision=self.precision)
 
     def run_phase(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
-                  train_modules: list) -> tuple[PhaseState, float]:
+                  train_modules: list) -> tuple[PhaseState, float, str]:
+        """(state, seconds, precision it trained in) of one phase, resumed from its checkpoint if any."""
         saved = load_checkpoint(self.run_dir, spec.name, model) if self.resuming else None
         optimizer_state, state = saved or (None, None)
         changing = changing_state_keys(model, train_modules)
         started = time.perf_counter()
+        if state is not None and state.history:  # resumed: on in the precision its first epochs ran in
+            spec = replace(spec, precision=state.history[0].get("precision", spec.precision))
+        elif spec.precision == "fastest" and spec.epochs == 0:
+            spec = replace(spec, precision="fp32")  # nothing trains: nothing to measure
+        elif spec.precision == "fastest":
+            probe = choose_cpu_precision(model, forward, train_inputs, self.train_labels, spec.batch_size,
+                                         train_modules, Path(self.cfg.cache_dir or default_cache_dir()))
+            log.info("%s: %s on this CPU (fp32 %.3f s, bf16 %.3f s a step)", spec.name, probe["precision"],
+                     probe["step_seconds"]["fp32"], probe["step_seconds"]["bf16"])
+            spec, self.precision_probes[spec.name] = replace(spec, precision=probe["precision"]), probe
         already = sum(r["seconds"] for r in state.history) if state else 0.0
 
         def checkpoint(s: PhaseState, optimizer) -> None:
@@ -102,18 +115,21 @@ class PhaseRunner:
         if state.best_state is None:  # zero epochs asked for
             state.best_state = copy_state(model)
         self.history += state.history
-        return state, time.perf_counter() - started + already
+        return state, time.perf_counter() - started + already, spec.precision
 
     def train_and_summarise(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
                             train_modules: list, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
         """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
-        state, seconds = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
+        state, seconds, precision = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
         model.eval()  # also when no epoch ran: dropout off, BatchNorm on its running statistics
-        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device, self.precision)
+        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device, precision)
         self.predictions[spec.name] = final.predictions
         steps = len(state.history) * -(-len(train_inputs) // spec.batch_size)
         self.phases[spec.name] = _phase_summary(state, seconds, cache_seconds, spec.learning_rate, model, final,
-                                                self.val_labels, self.n_classes, {"steps": steps, **(extra or {})})
+                                                self.val_labels, self.n_classes,
+                                                {"steps": steps, "precision": precision,
+                                                 "precision_probe": self.precision_probes.get(spec.name),
+                                                 **(extra or {})})
         return self.phases[spec.name]
 
 
@@ -156,6 +172,7 @@ class CellModels:
     kept: dict[str, tuple[float, dict]]          # frozen and each fine-tune stage: (val accuracy, kept state)
     first_units: dict[str, int]                  # where each of those enters the model (its cached prefix ends)
     scratch: TransferModel | None
+    precisions: dict[str, str]                   # what each phase trained and was validated in
 
 
 def cache_prefix_inputs(model: TransferModel, last_units: list[int], decoded: DecodedImages, n_views: int,
@@ -219,14 +236,14 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
         val_in = ImageInputs(data.val.pixels, prep, device)
         runner.train_and_summarise(runner.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch,
                                    scratch, train_in, val_in, [scratch])
-    return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch)
+    return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,
+                      precisions={name: summary["precision"] for name, summary in runner.phases.items()})
 
 
 def predict_test_set(test: DecodedImages, models: CellModels, pretrained: PretrainedBackbone, cache_dir: Path,
                      device: torch.device, cfg: CompareConfig) -> dict[str, np.ndarray]:
     """Predictions of every phase's kept model on the test set: the only place the test set is read."""
     labels, batch_size, model = labels_of(test), cfg.batch_size * 2, models.model
-    precision = resolve_precision(cfg.precision, device)
     units = sorted(set(models.first_units.values()), reverse=True)
     # the frozen phase's state holds the pretrained backbone: after fine-tuning, the pooled features would
     # come from the fine-tuned tail and poison the cache kept under the pretrained weights' key
@@ -239,11 +256,11 @@ def predict_test_set(test: DecodedImages, models: CellModels, pretrained: Pretra
         model.load_state_dict(models.kept[name][1])
         inputs = CachedInputs([rows[first_unit]], device)
         predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), inputs, labels, batch_size,
-                                     device, precision).predictions
+                                     device, models.precisions[name]).predictions
     if models.scratch is not None:
         models.scratch.eval()
         predictions["scratch"] = evaluate(models.scratch, ImageInputs(test.pixels, pretrained.preprocessing, device),
-                                          labels, batch_size, device, precision).predictions
+                                          labels, batch_size, device, models.precisions["scratch"]).predictions
     return predictions
 
 

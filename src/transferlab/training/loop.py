@@ -42,7 +42,7 @@ class PhaseSpec:
     schedule: str = "constant"           # constant | warmup-cosine
     label_smoothing: float = 0.0
     keep_best_epoch: bool = True         # else the last epoch's weights are kept
-    precision: str = "fp32"              # resolved: fp32 | bf16 (autocast)
+    precision: str = "fp32"              # resolved: fp32 | bf16 (autocast) | fastest (training/cpu_precision.py)
 
 
 @dataclass
@@ -82,12 +82,10 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """What the training and evaluation forwards run in: 'bf16' (autocast) or 'fp32'.
+    """What the training and evaluation forwards run in: 'bf16' (autocast), 'fp32', or 'fastest'.
 
-    auto: bf16 on GPUs that have it; fp32 on CPU, where bf16 is not reliably faster. Measured on a 2-core
-    AVX-512 BF16 CPU: the seeds' MobileNetV2 fine-tune tail at 224 px 1.5x faster (10.3-10.7 -> 6.8-7.0 s),
-    the default recipe's EfficientNet-Lite0 tail no faster, a scratch Lite0 at 96 px 0.82x (53-58 -> 65-70 s);
-    test accuracy equal within the spread (default recipe, fine-tuned: 78.8 % fp32 vs 79.3 % bf16, 3 seeds).
+    auto: bf16 on GPUs that have it; on a CPU with native bf16, 'fastest': each phase measures both and
+    keeps the faster (training/cpu_precision.py, where the measurements that call for it are); else fp32.
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision '{precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
@@ -98,7 +96,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and not cpu_has_native_bf16():
         warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than "
                       "fp32", stacklevel=2)
-    return "fp32" if precision == "auto" else precision
+    if precision == "auto":
+        return "fastest" if cpu_has_native_bf16() else "fp32"
+    return precision
 
 
 def autocast(device: torch.device, precision: str):
@@ -201,7 +201,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         val = evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device, spec.precision)
         row = {"phase": spec.name, "epoch": epoch + 1, "train_loss": loss_sum / len(order),
                "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, "precision": spec.precision}
         state.history.append(row)
         if val.accuracy > state.best_val_acc or not spec.keep_best_epoch:
             state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
