@@ -209,6 +209,9 @@ def _refuse_options_with_resume(args: argparse.Namespace, argv: list[str]) -> No
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        if torchrun_ranks().is_distributed:  # every rank would write the same images at once
+            raise UserError("demo is not run under torchrun; write the data once with `transferlab demo --export DIR`, "
+                            "then torchrun `compare --train DIR/train --val DIR/val --test DIR/test`")
         if args.export:
             print("wrote " + ", ".join(map(str, export_embedded(args.export))))
             return 0

@@ -187,10 +187,10 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         optimizer.load_state_dict(optimizer_state)
     weight = (torch.tensor(spec.class_weights, dtype=torch.float32, device=device)
               if spec.class_weights else None)
+    parallel_forward = None  # under torchrun: DDP around the phase's forward, only when an epoch is left to train
     if ranks.is_distributed and state.next_epoch < spec.epochs:
         _check_every_rank_gets_images(len(train_inputs), spec, ranks)
-    step_forward = (data_parallel(module, forward, device) if ranks.is_distributed and state.next_epoch < spec.epochs
-                    else forward)
+        parallel_forward = data_parallel(module, forward, device)
 
     for epoch in range(state.next_epoch, spec.epochs):
         started = time.perf_counter()
@@ -208,7 +208,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             positions = order[start:start + spec.batch_size]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
             if ranks.is_distributed:
-                loss, logits, target = _rank_share_loss(step_forward, train_inputs, positions, target, epoch, weight,
+                loss, logits, target = _rank_share_loss(parallel_forward, train_inputs, positions, target, epoch, weight,
                                                         spec, device, ranks)
             else:
                 with autocast(device, spec.precision):
@@ -243,7 +243,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     return state
 
 
-def _rank_share_loss(step_forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, positions: np.ndarray,
+def _rank_share_loss(parallel_forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, positions: np.ndarray,
                      target: torch.Tensor, epoch: int, weight: torch.Tensor | None, spec: PhaseSpec,
                      device: torch.device, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's share of the global batch's mean loss, times the world size (DDP divides by it again).
@@ -255,7 +255,7 @@ def _rank_share_loss(step_forward: Callable[[torch.Tensor], torch.Tensor], input
     # mean reduction divides by the summed weights of the targets (by the count without weights)
     norm = weight[target].sum() if weight is not None else torch.tensor(float(len(positions)), device=device)
     with autocast(device, spec.precision):
-        logits = step_forward(inputs.batch(positions, epoch)[mine]).float()
+        logits = parallel_forward(inputs.batch(positions, epoch)[mine]).float()
     share = nn.functional.cross_entropy(logits, target[mine], weight=weight, label_smoothing=spec.label_smoothing,
                                         reduction="sum") / norm
     return share * ranks.world_size, logits, target[mine]
