@@ -6,7 +6,8 @@
 
 Engines take turns within each round, so load from other processes hits all of them alike. Every engine
 gets the decode cache's uint8 NHWC pixels and normalises them (ONNX Runtime inside its graph), as the
-frozen pass does; img/s is images / seconds spent inside the engine, median over rounds. The ONNX export is timed on its own: it is paid once per backbone, weights, size and cuts.
+frozen pass does; img/s is images / seconds spent inside the engine, median over rounds. The ONNX
+export is timed on its own: it is paid once per backbone, weights, size and cuts.
 
 --train-steps N adds full training steps (forward + backward + Adam, every layer trainable, batch 32) of
 EfficientNet-Lite0 under bf16 autocast vs fp32, alternating, from the same weights on the same batches.

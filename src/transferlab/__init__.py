@@ -2,6 +2,7 @@
 
 Public API:
     compare(CompareConfig(...)) -> run dir with results.json, report.md, model.safetensors
+        (under torchrun: data-parallel over the ranks; rank 0 writes)
     study(StudyConfig(CompareConfig(...), studies=("data",), seeds=3)) -> study dir with results.json, report.md
     load_model(run_dir), predict(run_dir, images), evaluate_folder(run_dir, labelled_dir)
     export(run_dir) -> model.onnx + model.onnx.json (parity-checked); predict(..., onnx=True) runs it
@@ -18,6 +19,7 @@ from transferlab.models.saved import load_model
 from transferlab.predict import Prediction, evaluate_folder, predict
 from transferlab.reporting.report import write_report
 from transferlab.reporting.study_report import write_study_report
+from transferlab.training.distributed import torchrun_ranks
 
 __all__ = ["CompareConfig", "Prediction", "StudyConfig", "UserError", "compare", "evaluate_folder", "export",
            "load_model", "predict", "resume", "study", "write_report", "write_study_report"]
@@ -26,19 +28,22 @@ __all__ = ["CompareConfig", "Prediction", "StudyConfig", "UserError", "compare",
 def compare(cfg: CompareConfig) -> Path:
     """Run the three phases and write the report; returns the run directory."""
     run_dir = run_compare(cfg)
-    write_report(run_dir)
+    if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
+        write_report(run_dir)
     return run_dir
 
 
 def resume(run_dir: Path, show_progress: bool = True) -> Path:
     """Continue an interrupted compare run from its last finished epoch."""
     run_dir = resume_compare(run_dir, show_progress=show_progress)
-    write_report(run_dir)
+    if torchrun_ranks().is_main:
+        write_report(run_dir)
     return run_dir
 
 
 def study(cfg: StudyConfig) -> Path:
     """Train the study's missing cells and write its report; returns the study directory."""
     study_dir = run_study(cfg)
-    write_study_report(study_dir)
+    if torchrun_ranks().is_main:
+        write_study_report(study_dir)
     return study_dir

@@ -19,6 +19,7 @@ from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
+from transferlab.training.distributed import torchrun_ranks
 from transferlab.training.engines import ENGINES
 from transferlab.training.loop import PRECISIONS
 from transferlab.training.recipes import OPTIMIZERS, PRESETS, SCHEDULES
@@ -182,10 +183,14 @@ def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
 
 
 def _print_study_summary(study_dir: Path) -> None:
+    if not torchrun_ranks().is_main:  # rank 0 speaks for a torchrun job
+        return
     print(f"report: {study_dir / 'report.md'}\n        {study_dir / 'report.html'}")
 
 
 def _print_summary(run_dir: Path) -> None:
+    if not torchrun_ranks().is_main:
+        return
     results = json.loads((run_dir / "results.json").read_text())
     print(comparison_table(results))
     print("\n".join(verdict_lines(results)).replace("**", ""))
@@ -204,6 +209,9 @@ def _refuse_options_with_resume(args: argparse.Namespace, argv: list[str]) -> No
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
+        if torchrun_ranks().is_distributed:  # every rank would write the same images at once
+            raise UserError("demo is not run under torchrun; write the data once with `transferlab demo --export DIR`, "
+                            "then torchrun `compare --train DIR/train --val DIR/val --test DIR/test`")
         if args.export:
             print("wrote " + ", ".join(map(str, export_embedded(args.export))))
             return 0
@@ -260,12 +268,15 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    ranks = torchrun_ranks()
+    logging.basicConfig(level=logging.WARNING if ranks.is_main else logging.ERROR, format="%(message)s")
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
+    if not ranks.is_main:  # the other ranks see the same data and options: rank 0's warnings say it all
+        warnings.simplefilter("ignore")
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}" if ranks.is_main else f"error (rank {ranks.rank}): {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as e:
         print(str(e), file=sys.stderr)

@@ -24,6 +24,7 @@ from transferlab.experiments.run_dir import default_cache_dir, environment, new_
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.distributed import Ranks, barrier, join_process_group, run_on_main, torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.loop import resolve_precision
 from transferlab.training.metrics import confusion_matrix
@@ -40,8 +41,11 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     resuming = run_dir is not None
     if not resuming:
         cfg = cfg.with_absolute_paths()  # scanned as stored: a resume sees the very same paths
+    ranks = torchrun_ranks()
+    cfg = replace(cfg, show_progress=cfg.show_progress and ranks.is_main)
     folders = scan_folders(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, ranks)
+    join_process_group(ranks, device)
     resolve_engine(cfg.engine, device)
     resolve_precision(cfg.precision, device)
     recipe = cfg.resolved_recipe()
@@ -50,7 +54,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     model = TransferModel(pretrained.module, len(folders.train.class_names), HeadConfig(dropout=recipe.head_dropout))
     check_input_size(model, pretrained)
     unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
-    env = environment(device, pretrained.weights)
+    env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
     if resuming:
         stored = read_run_config(run_dir)
         _check_same_weights(stored, env)
@@ -59,18 +63,25 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         overridden = cfg.overridden_recipe_fields()
         cfg = replace(cfg.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
-        run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(cfg.data_dir or cfg.train_dir).name)
-        write_json_atomic(run_dir / "config.json", {
-            "format_version": RUN_FORMAT_VERSION, "config": cfg.to_dict(),
-            "recipe": {"name": cfg.recipe, "overridden": overridden, **cfg.resolved_recipe().to_dict()},
-            "environment": env})
+        run_dir = run_on_main(lambda: _new_run(cfg, overridden, env), ranks)
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     with interruptible(run_dir) as stop:
-        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop)
+        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop, ranks)
         results["recipe"] = {"overridden": overridden, **results["recipe"]}
-        write_json_atomic(run_dir / "results.json",
-                          {"format_version": RUN_FORMAT_VERSION} | results | {"environment": env})
+        if ranks.is_main:
+            write_json_atomic(run_dir / "results.json",
+                              {"format_version": RUN_FORMAT_VERSION} | results | {"environment": env})
+    barrier(ranks)  # every rank returns a finished run
+    return run_dir
+
+
+def _new_run(cfg: CompareConfig, overridden: list[str], env: dict) -> Path:
+    run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(cfg.data_dir or cfg.train_dir).name)
+    write_json_atomic(run_dir / "config.json", {
+        "format_version": RUN_FORMAT_VERSION, "config": cfg.to_dict(),
+        "recipe": {"name": cfg.recipe, "overridden": overridden, **cfg.resolved_recipe().to_dict()},
+        "environment": env})
     return run_dir
 
 
@@ -82,17 +93,17 @@ def _check_same_weights(stored: dict, env: dict) -> None:
 
 
 def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, model: TransferModel,
-                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests) -> dict:
+                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests, ranks: Ranks) -> dict:
     started = time.perf_counter()
     recipe = cfg.resolved_recipe()
     cache_dir, prep = Path(cfg.cache_dir or default_cache_dir()), pretrained.preprocessing
     decode_started = time.perf_counter()
-    prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming)
+    prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming, ranks)
     split = prepared.split
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     data = CellData(split.train, split.val, n_classes)
-    runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop)
+    runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop, ranks)
     models = run_cell(runner, data, pretrained, model, cache_dir, skip_scratch=cfg.skip_scratch)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)
@@ -106,11 +117,12 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
         if not split.test.images:
             raise UserError("the test set is empty (too few images per class, or every test image duplicates a "
                             "training one); give a larger --test-fraction or a --test folder")
-        test_predictions = predict_test_set(split.test, models, pretrained, cache_dir, device, cfg)
+        test_predictions = predict_test_set(split.test, models, pretrained, cache_dir, device, cfg, ranks)
         record_test_accuracy(phases, test_predictions, labels_of(split.test), n_classes)
     model.load_state_dict(kept[model_phase][1])
-    save_model(run_dir, model, backbone=pretrained.name, class_names=list(split.class_names),
-               preprocessing=prep, head=head_cfg, phase=model_phase, val_acc=kept[model_phase][0])
+    if ranks.is_main:
+        save_model(run_dir, model, backbone=pretrained.name, class_names=list(split.class_names),
+                   preprocessing=prep, head=head_cfg, phase=model_phase, val_acc=kept[model_phase][0])
     best_phase = max(phases, key=lambda p: phases[p]["val_acc"])
     transfer_seconds = decode_seconds + phases["frozen"]["seconds"] + phases["finetuned"]["seconds"]
     on_test = split.test is not None

@@ -18,6 +18,7 @@ from transferlab.data.leakage import find_leakage
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
 from transferlab.data.split import apply_saved_split, check_content_unchanged, save_split, split_stratified
 from transferlab.experiments.config import CompareConfig
+from transferlab.training.distributed import SINGLE, Ranks, fill_shard_wise
 
 
 @dataclass
@@ -39,6 +40,7 @@ class PreparedData:
     subsets: dict[str, list[LabelledImage]]
     content: dict[Path, str]                     # content hash per decoded file
     dropped: dict[str, list[LabelledImage]]      # per subset, by --dedupe
+    writes_split: bool = True                    # under torchrun only rank 0 writes split.json
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool, subset: str
 
 
 def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cache_dir: Path, run_dir: Path,
-                 resuming: bool) -> PreparedData:
+                 resuming: bool, ranks: Ranks = SINGLE) -> PreparedData:
+    """Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json."""
     images = [im for folder in folders.all for im in folder.images]
     roots = [_absolute(folder.root) for folder in folders.all]
     root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
@@ -102,10 +105,13 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
             subsets[name] += subsets.pop(f"dropped_{name}")
     else:
         subsets = _initial_split(cfg, folders, images)
-        save_split(split_path, root, subsets, seed=seed, val_fraction=fraction)
+        if ranks.is_main:
+            save_split(split_path, root, subsets, seed=seed, val_fraction=fraction)
 
     # one order for a first run and a resume alike (a resume finds files in scan order): the batches match
     subsets = {name: sorted(members, key=lambda im: (im.label, str(im.path))) for name, members in subsets.items()}
+    fill_shard_wise(lambda share: decode_images([images[i] for i in share], prep, cache_dir, strict=cfg.strict,
+                                                show_progress=cfg.show_progress), len(images), ranks)
     decoded = decode_images(images, prep, cache_dir, strict=cfg.strict, show_progress=cfg.show_progress)
     content = {im.path: key for im, key in zip(decoded.images, decoded.content_keys)}
     if resuming and split_path.exists():
@@ -119,7 +125,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     dropped = {"val": [split.val.images[i] for i in leaked] if cfg.dedupe else [], "test": []}
     split.val = subset_of(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
     prepared = PreparedData(split=split, skipped=decoded.skipped, leakage=leakage, split_path=split_path, root=root,
-                            subsets=subsets, content=content, dropped=dropped)
+                            subsets=subsets, content=content, dropped=dropped, writes_split=ranks.is_main)
     _save(prepared, cfg)
     return prepared
 
@@ -135,6 +141,8 @@ def screen_test_set(prepared: PreparedData, cfg: CompareConfig) -> DecodedImages
 
 
 def _save(prepared: PreparedData, cfg: CompareConfig) -> None:
+    if not prepared.writes_split:
+        return
     gone = {im for members in prepared.dropped.values() for im in members}
     subsets = {name: [im for im in members if im not in gone] for name, members in prepared.subsets.items()}
     save_split(prepared.split_path, prepared.root,

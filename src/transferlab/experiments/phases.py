@@ -16,6 +16,7 @@ import torch
 
 from transferlab.atomic import write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages
+from transferlab.data.row_store import RowView
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import class_weights_for, labels_of
@@ -26,6 +27,7 @@ from transferlab.models.freezing import (UnfreezePlan, changing_state_keys, free
                                          unfreeze_last_keras_layers, unfreeze_last_layers)
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.cpu_precision import choose_cpu_precision
+from transferlab.training.distributed import SINGLE, Ranks, any_rank, fill_shard_wise, gather_objects
 from transferlab.training.inputs import CachedInputs, ImageInputs
 from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, resolve_precision, train_phase
 from transferlab.training.metrics import balanced_accuracy
@@ -37,11 +39,20 @@ log = logging.getLogger(__name__)
 PHASES = ("scratch", "frozen", "finetuned")
 
 
-def resolve_device(name: str) -> torch.device:
-    """`name` was checked by CompareConfig; here only whether a GPU is really there."""
+def resolve_device(name: str, ranks: Ranks = SINGLE) -> torch.device:
+    """`name` was checked by CompareConfig; here only whether a GPU is really there. Under torchrun each rank
+    takes the GPU of its local rank."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if ranks.is_distributed and device.type == "cuda":
+        if device.index is not None:
+            raise UserError(f"--device {name} would put every rank on one GPU; under torchrun give --device cuda "
+                            "(each rank takes the GPU of its LOCAL_RANK) or pick GPUs with CUDA_VISIBLE_DEVICES")
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {ranks.local_rank} has no GPU: only {torch.cuda.device_count()} are visible; "
+                            "give torchrun --nproc_per_node at most that many")
+        device = torch.device("cuda", ranks.local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -62,9 +73,9 @@ class PhaseRunner:
     """Shared state of one cell's phases; each phase is one call of `train_and_summarise`."""
 
     def __init__(self, cfg: CompareConfig, recipe: Recipe, data: CellData, run_dir: Path, resuming: bool,
-                 device: torch.device, stop: StopRequests):
+                 device: torch.device, stop: StopRequests, ranks: Ranks = SINGLE):
         self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
-        self.device, self.stop = device, stop
+        self.device, self.stop, self.ranks = device, stop, ranks
         self.precision = resolve_precision(cfg.precision, device)
         self.train_labels, self.val_labels, self.n_classes = labels_of(data.train), labels_of(data.val), data.n_classes
         if len(self.val_labels) == 0:
@@ -98,20 +109,26 @@ class PhaseRunner:
         elif spec.precision == "fastest":
             probe = choose_cpu_precision(model, forward, train_inputs, self.train_labels, spec.batch_size,
                                          train_modules, Path(self.cfg.cache_dir or default_cache_dir()))
+            probe = gather_objects(probe, self.ranks)[0]  # every rank trains as rank 0 measured
             log.info("%s: %s on this CPU (fp32 %.3f s, bf16 %.3f s a step)", spec.name, probe["precision"],
                      probe["step_seconds"]["fp32"], probe["step_seconds"]["bf16"])
             spec, self.precision_probes[spec.name] = replace(spec, precision=probe["precision"]), probe
         already = sum(r["seconds"] for r in state.history) if state else 0.0
 
         def checkpoint(s: PhaseState, optimizer) -> None:
-            save_checkpoint(self.run_dir, spec.name, model, optimizer, s, changing)
-            write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
+            if self.ranks.is_main:
+                save_checkpoint(self.run_dir, spec.name, model, optimizer, s, changing)
+                write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
+
+        def should_stop() -> bool:  # a signal to one rank stops them all after the same epoch
+            self.stop.requested = any_rank(self.stop.requested, self.ranks)
+            return self.stop.requested
 
         with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops
             state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels,
                                 spec, train_modules, self.device, state=state, optimizer_state=optimizer_state,
-                                on_epoch_end=checkpoint, should_stop=self.stop,
-                                show_progress=self.cfg.show_progress)
+                                on_epoch_end=checkpoint, should_stop=should_stop,
+                                show_progress=self.cfg.show_progress, ranks=self.ranks)
         if state.best_state is None:  # zero epochs asked for
             state.best_state = copy_state(model)
         self.history += state.history
@@ -122,7 +139,8 @@ class PhaseRunner:
         """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
         state, seconds, precision = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
         model.eval()  # also when no epoch ran: dropout off, BatchNorm on its running statistics
-        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device, precision)
+        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device, precision,
+                         self.ranks)
         self.predictions[spec.name] = final.predictions
         steps = len(state.history) * -(-len(train_inputs) // spec.batch_size)
         self.phases[spec.name] = _phase_summary(state, seconds, cache_seconds, spec.learning_rate, model, final,
@@ -175,14 +193,26 @@ class CellModels:
     precisions: dict[str, str]                   # what each phase trained and was validated in
 
 
+def prefix_rows(model: TransferModel, last_units: list[int], decoded: DecodedImages, pretrained: PretrainedBackbone,
+                cfg: CompareConfig, device: torch.device, cache_dir: Path, view: int = 0,
+                ranks: Ranks = SINGLE) -> list[RowView]:
+    """`prefix_outputs` for all of `decoded`; under torchrun each rank first computes its share of them."""
+    def outputs(positions: np.ndarray) -> list[RowView]:
+        return prefix_outputs(model, last_units, decoded.pixels.subset(positions),
+                              [decoded.content_keys[i] for i in positions], pretrained.preprocessing, cache_dir,
+                              pretrained.cache_key, device, view=view, engine=cfg.engine,
+                              show_progress=cfg.show_progress)
+    everything = np.arange(len(decoded.content_keys))
+    fill_shard_wise(outputs, len(everything), ranks)
+    return outputs(everything)
+
+
 def cache_prefix_inputs(model: TransferModel, last_units: list[int], decoded: DecodedImages, n_views: int,
                         pretrained: PretrainedBackbone, cfg: CompareConfig, device: torch.device,
-                        cache_dir: Path) -> tuple[list[CachedInputs], float]:
+                        cache_dir: Path, ranks: Ranks = SINGLE) -> tuple[list[CachedInputs], float]:
     """One pass per view through the frozen prefix, keeping the output at every requested cut."""
     started = time.perf_counter()
-    per_view = [prefix_outputs(model, last_units, decoded.pixels, decoded.content_keys, pretrained.preprocessing,
-                               cache_dir, pretrained.cache_key, device, view=v, engine=cfg.engine,
-                               show_progress=cfg.show_progress)
+    per_view = [prefix_rows(model, last_units, decoded, pretrained, cfg, device, cache_dir, v, ranks)
                 for v in range(n_views)]
     inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
     return inputs, time.perf_counter() - started
@@ -202,8 +232,9 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
     cuts = {s.name: unfreeze_by(model, s.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
     frozen_plan = freeze_backbone(model)
     units = list(dict.fromkeys([end, *cuts.values()]))
-    train_inputs, t_train = cache_prefix_inputs(model, units, data.train, views, pretrained, cfg, device, cache_dir)
-    val_inputs, t_val = cache_prefix_inputs(model, units, data.val, 1, pretrained, cfg, device, cache_dir)
+    train_inputs, t_train = cache_prefix_inputs(model, units, data.train, views, pretrained, cfg, device, cache_dir,
+                                                runner.ranks)
+    val_inputs, t_val = cache_prefix_inputs(model, units, data.val, 1, pretrained, cfg, device, cache_dir, runner.ranks)
     at = lambda inputs, unit: inputs[units.index(unit)]  # noqa: E731
 
     # frozen: the whole backbone is the cached prefix; only the head trains. The one backbone pass is
@@ -241,26 +272,24 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
 
 
 def predict_test_set(test: DecodedImages, models: CellModels, pretrained: PretrainedBackbone, cache_dir: Path,
-                     device: torch.device, cfg: CompareConfig) -> dict[str, np.ndarray]:
+                     device: torch.device, cfg: CompareConfig, ranks: Ranks = SINGLE) -> dict[str, np.ndarray]:
     """Predictions of every phase's kept model on the test set: the only place the test set is read."""
     labels, batch_size, model = labels_of(test), cfg.batch_size * 2, models.model
     units = sorted(set(models.first_units.values()), reverse=True)
     # the frozen phase's state holds the pretrained backbone: after fine-tuning, the pooled features would
     # come from the fine-tuned tail and poison the cache kept under the pretrained weights' key
     model.load_state_dict(models.kept["frozen"][1])
-    rows = dict(zip(units, prefix_outputs(model, units, test.pixels, test.content_keys, pretrained.preprocessing,
-                                          cache_dir, pretrained.cache_key, device, engine=cfg.engine,
-                                          show_progress=cfg.show_progress)))
+    rows = dict(zip(units, prefix_rows(model, units, test, pretrained, cfg, device, cache_dir, ranks=ranks)))
     predictions = {}
     for name, first_unit in models.first_units.items():
         model.load_state_dict(models.kept[name][1])
         inputs = CachedInputs([rows[first_unit]], device)
         predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), inputs, labels, batch_size,
-                                     device, models.precisions[name]).predictions
+                                     device, models.precisions[name], ranks).predictions
     if models.scratch is not None:
         models.scratch.eval()
         predictions["scratch"] = evaluate(models.scratch, ImageInputs(test.pixels, pretrained.preprocessing, device),
-                                          labels, batch_size, device, models.precisions["scratch"]).predictions
+                                          labels, batch_size, device, models.precisions["scratch"], ranks).predictions
     return predictions
 
 

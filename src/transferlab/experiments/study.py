@@ -39,6 +39,8 @@ from transferlab.experiments.phases import (CellData, FineTuneStage, PhaseRunner
 from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, environment, safe_name
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.distributed import (Ranks, barrier, gather_objects, join_process_group, run_on_main,
+                                              torchrun_ranks)
 from transferlab.training.engines import resolve_engine
 from transferlab.training.loop import resolve_precision
 
@@ -187,11 +189,14 @@ def _common_key(backbone: PretrainedBackbone, cfg: CompareConfig, split: Split, 
 
 def run_study(cfg: StudyConfig) -> Path:
     """Train what is missing, write results.json; returns the study folder. Checked before anything is written."""
+    ranks = torchrun_ranks()
     base = cfg.compare.with_absolute_paths()
     if base.image_size_px is None:
         base = replace(base, image_size_px=STUDY_IMAGE_SIZE_PX)
+    base = replace(base, show_progress=base.show_progress and ranks.is_main)
     folders = scan_folders(base)
-    device = resolve_device(base.device)
+    device = resolve_device(base.device, ranks)
+    join_process_group(ranks, device)
     resolve_engine(base.engine, device)
     resolve_precision(base.precision, device)
     n_classes = len(folders.train.class_names)
@@ -200,7 +205,18 @@ def run_study(cfg: StudyConfig) -> Path:
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
     name = base.name or Path(base.data_dir or base.train_dir).name
     study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
-    env = environment(device, pretrained.weights)
+    env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
+    held: list[FileLock] = []  # rank 0 holds the lock for all ranks of its torchrun job
+    run_on_main(lambda: held.append(_lock_study_dir(study_dir)), ranks)
+    try:
+        return _run_study_locked(cfg, base, folders, device, pretrained, n_blocks, study_dir, env, ranks)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _lock_study_dir(study_dir: Path) -> FileLock:
+    """One process (or one torchrun job) works in a study folder at a time."""
     try:
         (study_dir / "cells").mkdir(parents=True, exist_ok=True)
         lock = FileLock(study_dir / ".lock")
@@ -211,10 +227,7 @@ def run_study(cfg: StudyConfig) -> Path:
     except OSError as e:
         raise UserError(f"cannot create the study folder {quoted(study_dir)} ({e.strerror}); choose a writable "
                         "--study-dir") from None
-    try:
-        return _run_study_locked(cfg, base, folders, device, pretrained, n_blocks, study_dir, env)
-    finally:
-        lock.release()
+    return lock
 
 
 SPLIT_FIELDS = ("data_dir", "train_dir", "val_dir", "test_dir", "seed", "val_fraction", "test_fraction", "dedupe")
@@ -234,32 +247,41 @@ def _check_same_split(study_dir: Path, base: CompareConfig) -> None:
                         "--study-dir for the new split, or the options it was started with")
 
 
-def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: torch.device,
-                      pretrained: PretrainedBackbone, n_blocks: int, study_dir: Path, env: dict) -> Path:
-    recipe = base.resolved_recipe()
-    n_classes = len(folders.train.class_names)
+def _start_study(study_dir: Path, cfg: StudyConfig, base: CompareConfig, env: dict) -> bool:
+    """Refuse another split, write config.json; returns whether split.json was there before this run."""
     _check_same_split(study_dir, base)
     write_json_atomic(study_dir / "config.json", {"format_version": STUDY_FORMAT_VERSION,
                                                   "study": replace(cfg, compare=base).to_dict(),
                                                   "environment": env})
+    return (study_dir / "split.json").exists()
+
+
+def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: torch.device,
+                      pretrained: PretrainedBackbone, n_blocks: int, study_dir: Path, env: dict, ranks: Ranks) -> Path:
+    """Under torchrun cell i trains on rank i % world size, as a single process; every rank gets every row."""
+    recipe = base.resolved_recipe()
+    n_classes = len(folders.train.class_names)
+    split_exists = run_on_main(lambda: _start_study(study_dir, cfg, base, env), ranks)
     hint = "the same `transferlab study` command (finished cells are kept, the stopped one resumes)"
     with interruptible(study_dir, hint) as stop:
-        split_exists = (study_dir / "split.json").exists()
-        prepared = prepare_data(base, folders, pretrained.preprocessing, base.cache_dir, study_dir, split_exists)
+        prepared = prepare_data(base, folders, pretrained.preprocessing, base.cache_dir, study_dir, split_exists,
+                                ranks)
         split = prepared.split
         test_set = _screened_once(prepared, base)
 
         def run_all(cells: list[Cell], backbone: PretrainedBackbone, split: Split, test_set, what: str,
                     skip_scratch: bool = False, cfg: CompareConfig = base,
                     stages: list[FineTuneStage] | None = None) -> list[dict]:
-            rows = []
-            bar = tqdm(cells, desc=f"study cells: {what}", unit="cell", disable=not base.show_progress)
+            mine = []
+            bar = tqdm(cells[ranks.rank::ranks.world_size], desc=f"study cells: {what}", unit="cell",
+                       disable=not base.show_progress)
             for cell in bar:
                 cell_cfg = replace(cfg, seed=cell.seed, show_progress=False)
-                rows.append(_run_or_reuse(cell, cell_cfg, study_dir, split, backbone, test_set, device, stop,
-                                          skip_scratch, stages))
-                bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows))
-            return rows
+                mine.append(_run_or_reuse(cell, cell_cfg, study_dir, split, backbone, test_set, device, stop,
+                                          skip_scratch, stages) | {"rank": ranks.rank})
+                bar.set_postfix(trained=sum(not r["reused"] for r in mine), reused=sum(r["reused"] for r in mine))
+            by_rank = gather_objects(mine, ranks)
+            return [by_rank[i % ranks.world_size][i // ranks.world_size] for i in range(len(cells))]
 
         rows = []
         if "data" in cfg.studies or "time" in cfg.studies:  # `time` alone needs only all of the data
@@ -285,9 +307,9 @@ def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: to
             schedule["cells"] = unfreeze_cells(base, "stage by stage", [FineTuneStage(**s) for s in schedule["stages"]])
         backbones = []
         if "backbones" in cfg.studies:
-            backbones = _backbone_study(cfg, base, folders, study_dir, device, env, n_classes, run_all)
+            backbones = _backbone_study(cfg, base, folders, study_dir, device, env, n_classes, run_all, ranks)
         test = test_set()
-        write_json_atomic(study_dir / "results.json", {
+        results = {
             "format_version": STUDY_FORMAT_VERSION, "kind": "study", "study_dir": str(study_dir),
             "studies": list(cfg.studies), "seeds": list(range(cfg.seeds)),
             "backbone": pretrained.name, "weights": {"kind": pretrained.weights.kind,
@@ -302,12 +324,15 @@ def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: to
                      "n_val": len(split.val.images), "n_test": len(test.images),
                      "test_labels": labels_of(test).tolist(), "leakage": prepared.leakage},
             "cells": rows, "backbones": backbones, "unfreeze": unfreeze, "unfreeze_schedule": schedule,
-            "environment": env})
+            "environment": env}
+        if ranks.is_main:
+            write_json_atomic(study_dir / "results.json", results)
+    barrier(ranks)  # every rank returns a finished study
     return study_dir
 
 
 def _backbone_study(cfg: StudyConfig, base: CompareConfig, folders, study_dir: Path, device: torch.device, env: dict,
-                    n_classes: int, run_all) -> list[dict]:
+                    n_classes: int, run_all, ranks: Ranks) -> list[dict]:
     """Transfer cells on all of the data per backbone and seed; a backbone whose weights cannot be had (or
     that cannot be cut for fine-tuning) is listed as skipped with the reason, never dropped silently."""
     entries = []
@@ -317,12 +342,12 @@ def _backbone_study(cfg: StudyConfig, base: CompareConfig, folders, study_dir: P
         except UserError as e:
             entries.append({"name": name, "skipped": str(e)})
             continue
-        prepared = prepare_data(base, folders, b.preprocessing, base.cache_dir, study_dir, resuming=True)
+        prepared = prepare_data(base, folders, b.preprocessing, base.cache_dir, study_dir, resuming=True, ranks=ranks)
         key = _common_key(b, base, prepared.split, device, env, skip_scratch=True)
         cells = plan_cells(cfg.seeds, (None,), prepared.split, key)
         rows = run_all(cells, b, prepared.split, _screened_once(prepared, base), name, skip_scratch=True)
         entries.append({"name": b.name, "weights": {"kind": b.weights.kind, "location": b.weights.location},
-                        "cells": rows, **measure_inference(b, n_classes, device)})
+                        "cells": rows, **run_on_main(lambda: measure_inference(b, n_classes, device), ranks)})
     return entries
 
 

@@ -20,6 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from transferlab.errors import UserError
+from transferlab.training.distributed import (SINGLE, Ranks, broadcast_buffers, data_parallel, gather_objects,
+                                              sum_over_ranks)
 from transferlab.training.inputs import epoch_rng
 
 
@@ -115,17 +117,23 @@ def prefix_autocast(device: torch.device):
 
 @torch.no_grad()
 def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, labels: np.ndarray,
-             batch_size: int, device: torch.device, precision: str = "fp32") -> Evaluation:
+             batch_size: int, device: torch.device, precision: str = "fp32", ranks: Ranks = SINGLE) -> Evaluation:
+    """Under torchrun each rank evaluates its share; every rank gets the same loss and all predictions."""
+    mine = ranks.share(len(inputs))
     losses, predictions = [], []
-    for start in range(0, len(inputs), batch_size):
-        positions = np.arange(start, min(start + batch_size, len(inputs)))
+    for start in range(0, len(mine), batch_size):
+        positions = mine[start:start + batch_size]
         with autocast(device, precision):
             logits = forward(inputs.batch(positions, epoch=0)).float()
         target = torch.as_tensor(labels[positions], device=logits.device, dtype=torch.long)
         losses.append(nn.functional.cross_entropy(logits, target, reduction="sum").item())
         predictions.append(logits.argmax(1).cpu().numpy())
     predicted = np.concatenate(predictions) if predictions else np.zeros(0, np.int64)
-    return Evaluation(loss=sum(losses) / max(len(labels), 1),
+    loss_sum = sum(losses)
+    if ranks.is_distributed:
+        loss_sum = sum_over_ranks([loss_sum], ranks)[0]
+        predicted = np.concatenate(gather_objects(predicted, ranks))
+    return Evaluation(loss=loss_sum / max(len(labels), 1),
                       accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
                       predictions=predicted)
 
@@ -163,8 +171,15 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                 spec: PhaseSpec, train_modules: list[nn.Module], device: torch.device, *,
                 state: PhaseState | None = None, optimizer_state: dict | None = None,
                 on_epoch_end: Callable[[PhaseState, torch.optim.Optimizer], None] | None = None,
-                should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True) -> PhaseState:
-    """The spec's optimizer over the parameters that require grad; keeps the best-val (or the last) state."""
+                should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True,
+                ranks: Ranks = SINGLE) -> PhaseState:
+    """The spec's optimizer over the parameters that require grad; keeps the best-val (or the last) state.
+    `should_stop` must answer the same on every rank.
+
+    Under torchrun every rank draws the same permutation and takes its share of each global batch of
+    `spec.batch_size`, so the steps are the single process's: DDP averages the gradients, and each rank's
+    loss is its part of the global batch's mean, so the average is that mean's gradient up to summation order.
+    """
     state = state or PhaseState()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, spec)
@@ -172,6 +187,10 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         optimizer.load_state_dict(optimizer_state)
     weight = (torch.tensor(spec.class_weights, dtype=torch.float32, device=device)
               if spec.class_weights else None)
+    parallel_forward = None  # under torchrun: DDP around the phase's forward, only when an epoch is left to train
+    if ranks.is_distributed and state.next_epoch < spec.epochs:
+        _check_every_rank_gets_images(len(train_inputs), spec, ranks)
+        parallel_forward = data_parallel(module, forward, device)
 
     for epoch in range(state.next_epoch, spec.epochs):
         started = time.perf_counter()
@@ -188,17 +207,25 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                 group["lr"] = learning_rate_at(epoch * steps_per_epoch + step, spec.epochs * steps_per_epoch, spec)
             positions = order[start:start + spec.batch_size]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
-            with autocast(device, spec.precision):
-                logits = forward(train_inputs.batch(positions, epoch)).float()
-            loss = nn.functional.cross_entropy(logits, target, weight=weight, label_smoothing=spec.label_smoothing)
+            if ranks.is_distributed:
+                loss, logits, target = _rank_share_loss(parallel_forward, train_inputs, positions, target, epoch, weight,
+                                                        spec, device, ranks)
+            else:
+                with autocast(device, spec.precision):
+                    logits = forward(train_inputs.batch(positions, epoch)).float()
+                loss = nn.functional.cross_entropy(logits, target, weight=weight,
+                                                   label_smoothing=spec.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(positions)
+            loss_sum += loss.item() / ranks.world_size * len(positions)  # a rank's loss is W x its part
             correct += int((logits.argmax(1) == target).sum())
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if ranks.is_distributed:
+            loss_sum, correct = sum_over_ranks([loss_sum, correct], ranks)
+            broadcast_buffers(module, ranks)
         set_train_mode(module, [])
-        val = evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device, spec.precision)
+        val = evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device, spec.precision, ranks)
         row = {"phase": spec.name, "epoch": epoch + 1, "train_loss": loss_sum / len(order),
                "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
                "seconds": time.perf_counter() - started, "precision": spec.precision}
@@ -214,3 +241,29 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     if state.best_state is not None and state.next_epoch >= spec.epochs:
         module.load_state_dict(state.best_state)
     return state
+
+
+def _rank_share_loss(parallel_forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, positions: np.ndarray,
+                     target: torch.Tensor, epoch: int, weight: torch.Tensor | None, spec: PhaseSpec,
+                     device: torch.device, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's share of the global batch's mean loss, times the world size (DDP divides by it again).
+
+    The whole global batch is read and only the share kept, because augmentation is drawn per batch: the
+    share then sees exactly the pixels the single process would. Returns (loss, logits, target) of the share.
+    """
+    mine = torch.as_tensor(ranks.share(len(positions)), device=device)
+    # mean reduction divides by the summed weights of the targets (by the count without weights)
+    norm = weight[target].sum() if weight is not None else torch.tensor(float(len(positions)), device=device)
+    with autocast(device, spec.precision):
+        logits = parallel_forward(inputs.batch(positions, epoch)[mine]).float()
+    share = nn.functional.cross_entropy(logits, target[mine], weight=weight, label_smoothing=spec.label_smoothing,
+                                        reduction="sum") / norm
+    return share * ranks.world_size, logits, target[mine]
+
+
+def _check_every_rank_gets_images(n_images: int, spec: PhaseSpec, ranks: Ranks) -> None:
+    smallest = min(spec.batch_size, n_images % spec.batch_size or spec.batch_size)
+    if smallest < ranks.world_size:
+        raise UserError(f"{ranks.world_size} ranks share each batch, but a batch of the {spec.name} phase has "
+                        f"{smallest} images ({n_images} images, --batch-size {spec.batch_size}); use fewer "
+                        "processes or a batch size that leaves every rank an image")
