@@ -14,6 +14,7 @@ from transferlab.errors import UserError
 from transferlab.experiments.compare import resume_compare, run_compare
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.study import StudyConfig, run_study
+from transferlab.experiments.tracking import log_report
 from transferlab.models.saved import load_model
 from transferlab.predict import Prediction, evaluate_folder, predict
 from transferlab.reporting.report import write_report
@@ -27,6 +28,7 @@ def compare(cfg: CompareConfig) -> Path:
     """Run the three phases and write the report; returns the run directory."""
     run_dir = run_compare(cfg)
     write_report(run_dir)
+    log_report(run_dir)
     return run_dir
 
 
@@ -34,6 +36,7 @@ def resume(run_dir: Path, show_progress: bool = True) -> Path:
     """Continue an interrupted compare run from its last finished epoch."""
     run_dir = resume_compare(run_dir, show_progress=show_progress)
     write_report(run_dir)
+    log_report(run_dir)
     return run_dir
 
 

@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,9 +62,10 @@ class PhaseRunner:
     """Shared state of one cell's phases; each phase is one call of `train_and_summarise`."""
 
     def __init__(self, cfg: CompareConfig, recipe: Recipe, data: CellData, run_dir: Path, resuming: bool,
-                 device: torch.device, stop: StopRequests):
+                 device: torch.device, stop: StopRequests, on_epoch: Callable[[dict], None] | None = None):
         self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
         self.device, self.stop = device, stop
+        self.on_epoch = on_epoch  # a tracking sink (experiments/tracking.py), fed after each checkpoint
         self.precision = resolve_precision(cfg.precision, device)
         self.train_labels, self.val_labels, self.n_classes = labels_of(data.train), labels_of(data.val), data.n_classes
         if len(self.val_labels) == 0:
@@ -95,6 +97,8 @@ class PhaseRunner:
         def checkpoint(s: PhaseState, optimizer) -> None:
             save_checkpoint(self.run_dir, spec.name, model, optimizer, s)
             write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
+            if self.on_epoch is not None:
+                self.on_epoch(s.history[-1] | {"learning_rate": optimizer.param_groups[0]["lr"]})
 
         with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops
             state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels,
