@@ -19,6 +19,7 @@ BAD_OPTIONS = [
     ["--device", "meta"], ["--device", "xpu"], ["--name", "n" * 250], ["--time-budget", "nan"],
     ["--time-budget=-5m"], ["--val-fraction", "1.5"], ["--batch-size", "0"], ["--target-acc", "2"],
     ["--cached-views", "0"], ["--frozen-epochs", "-1"], ["--unfreeze-last", "-3"],
+    ["--mlflow-uri", "gopher://host/x"], ["--tensorboard", "/dev/null"],
 ]
 
 

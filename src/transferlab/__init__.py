@@ -15,6 +15,7 @@ from transferlab.errors import UserError
 from transferlab.experiments.compare import resume_compare, run_compare
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.study import StudyConfig, run_study
+from transferlab.experiments.tracking import log_report
 from transferlab.models.saved import load_model
 from transferlab.predict import Prediction, evaluate_folder, predict
 from transferlab.reporting.report import write_report
@@ -30,14 +31,16 @@ def compare(cfg: CompareConfig) -> Path:
     run_dir = run_compare(cfg)
     if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
         write_report(run_dir)
+        log_report(run_dir)
     return run_dir
 
 
 def resume(run_dir: Path, show_progress: bool = True) -> Path:
     """Continue an interrupted compare run from its last finished epoch."""
     run_dir = resume_compare(run_dir, show_progress=show_progress)
-    if torchrun_ranks().is_main:
+    if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
         write_report(run_dir)
+        log_report(run_dir)
     return run_dir
 
 

@@ -89,6 +89,10 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run name (default: the data folder's name)")
     p.add_argument("--cache-dir", type=Path, help=f"feature/decode caches (default {default_cache_dir()})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    track = p.add_argument_group("tracking", "optional extras: pip install 'transferlab[tensorboard]' / '[mlflow]'")
+    track.add_argument("--tensorboard", type=Path, dest="tensorboard_dir", metavar="DIR",
+                       help="write TensorBoard event files to DIR/<run folder name>")
+    track.add_argument("--mlflow-uri", metavar="URI", help="log params, per-epoch metrics and the report to MLflow")
 
 
 STUDY_OPTIONS = ("--studies", "--seeds", "--ks", "--backbones", "--study-dir")

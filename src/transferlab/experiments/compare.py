@@ -21,6 +21,7 @@ from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, predict_test_set,
                                             record_test_accuracy, resolve_device, run_cell, unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import default_cache_dir, environment, new_run_dir, read_run_config
+from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
@@ -66,12 +67,16 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         run_dir = run_on_main(lambda: _new_run(cfg, overridden, env), ranks)
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
-    with interruptible(run_dir) as stop:
-        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop, ranks)
+    tracked = (cfg.tensorboard_dir, cfg.mlflow_uri) if ranks.is_main else (None, None)  # only rank 0 logs
+    with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
+        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop, ranks,
+                                      tracker)
         results["recipe"] = {"overridden": overridden, **results["recipe"]}
         if ranks.is_main:
             write_json_atomic(run_dir / "results.json",
                               {"format_version": RUN_FORMAT_VERSION} | results | {"environment": env})
+        if tracker is not None:
+            tracker.log_results(results)
     barrier(ranks)  # every rank returns a finished run
     return run_dir
 
@@ -93,7 +98,8 @@ def _check_same_weights(stored: dict, env: dict) -> None:
 
 
 def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, model: TransferModel,
-                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests, ranks: Ranks) -> dict:
+                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests, ranks: Ranks,
+                        tracker: Tracker | None) -> dict:
     started = time.perf_counter()
     recipe = cfg.resolved_recipe()
     cache_dir, prep = Path(cfg.cache_dir or default_cache_dir()), pretrained.preprocessing
@@ -103,7 +109,8 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     data = CellData(split.train, split.val, n_classes)
-    runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop, ranks)
+    runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop, ranks,
+                         tracker.log_epoch if tracker else None)
     models = run_cell(runner, data, pretrained, model, cache_dir, skip_scratch=cfg.skip_scratch)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
+from transferlab.experiments.tracking import check_tracking_options
 from transferlab.training.engines import ENGINES
 from transferlab.training.loop import PRECISIONS
 from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
@@ -66,6 +67,8 @@ class CompareConfig:
     name: str | None = None
     cache_dir: Path | None = None        # None: ~/.cache/transferlab (or $XDG_CACHE_HOME)
     show_progress: bool = True
+    tensorboard_dir: Path | None = None  # event files per epoch and phase, in DIR/<run folder name>/
+    mlflow_uri: str | None = None        # an MLflow tracking URI: params, per-epoch metrics, the report
 
     def __post_init__(self) -> None:
         if (self.data_dir is None) == (self.train_dir is None):
@@ -115,6 +118,7 @@ class CompareConfig:
             raise UserError(f"--name must be 1 to {MAX_NAME_CHARS} characters (got {len(self.name)})")
         if self.backbone is not None and not self.backbone.strip():
             raise UserError("--backbone is empty; give a timm model name such as tf_efficientnet_lite0")
+        check_tracking_options(self.tensorboard_dir, self.mlflow_uri)
         self.resolved_recipe()  # an unknown preset or a bad override fails here, before anything is written
 
     def resolved_recipe(self) -> Recipe:

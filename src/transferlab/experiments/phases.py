@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -73,9 +74,11 @@ class PhaseRunner:
     """Shared state of one cell's phases; each phase is one call of `train_and_summarise`."""
 
     def __init__(self, cfg: CompareConfig, recipe: Recipe, data: CellData, run_dir: Path, resuming: bool,
-                 device: torch.device, stop: StopRequests, ranks: Ranks = SINGLE):
+                 device: torch.device, stop: StopRequests, ranks: Ranks = SINGLE,
+                 on_epoch: Callable[[dict], None] | None = None):
         self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
         self.device, self.stop, self.ranks = device, stop, ranks
+        self.on_epoch = on_epoch  # a tracking sink (experiments/tracking.py), fed after each checkpoint; rank 0's
         self.precision = resolve_precision(cfg.precision, device)
         self.train_labels, self.val_labels, self.n_classes = labels_of(data.train), labels_of(data.val), data.n_classes
         if len(self.val_labels) == 0:
@@ -119,6 +122,8 @@ class PhaseRunner:
             if self.ranks.is_main:
                 save_checkpoint(self.run_dir, spec.name, model, optimizer, s, changing)
                 write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
+            if self.on_epoch is not None:
+                self.on_epoch(s.history[-1] | {"learning_rate": optimizer.param_groups[0]["lr"]})
 
         def should_stop() -> bool:  # a signal to one rank stops them all after the same epoch
             self.stop.requested = any_rank(self.stop.requested, self.ranks)

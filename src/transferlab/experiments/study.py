@@ -86,6 +86,9 @@ class StudyConfig:
             raise UserError("a study reports test accuracy: give --test-fraction (e.g. 0.2) or --test DIR")
         if c.skip_scratch:
             raise UserError("--skip-scratch: a study measures transfer against scratch; drop it")
+        if c.tensorboard_dir is not None or c.mlflow_uri is not None:
+            raise UserError("--tensorboard and --mlflow-uri log compare runs; a study does not log to them yet: drop "
+                            "them (its report and results.json hold every cell)")
 
     def to_dict(self) -> dict:
         return {"compare": self.compare.to_dict(), "studies": list(self.studies), "seeds": self.seeds,
