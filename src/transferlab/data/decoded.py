@@ -78,12 +78,20 @@ def decode_images(images: list[LabelledImage], prep: Preprocessing, cache_dir: P
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(items), DECODE_CHUNK):
                 chunk = items[start:start + DECODE_CHUNK]
-                results = list(pool.map(lambda item: _decode_or_skip(item[1], prep), chunk))
+                rows = np.empty((len(chunk), size, size, 3), np.uint8)  # decoded in place: no second copy
+
+                def decode_into(i: int) -> SkippedFile | None:
+                    result = _decode_or_skip(chunk[i][1], prep)
+                    if isinstance(result, SkippedFile):
+                        return result
+                    rows[i] = result
+                    return None
+                results = list(pool.map(decode_into, range(len(chunk))))
                 bar.update(len(chunk))
-                failures.update({k: r.reason for (k, _), r in zip(chunk, results) if isinstance(r, SkippedFile)})
-                good = [(k, r) for (k, _), r in zip(chunk, results) if not isinstance(r, SkippedFile)]
+                failures.update({k: r.reason for (k, _), r in zip(chunk, results) if r is not None})
+                good = [i for i, r in enumerate(results) if r is None]
                 if good:
-                    yield [k for k, _ in good], np.stack([r for _, r in good])
+                    yield [chunk[i][0] for i in good], rows if len(good) == len(chunk) else rows[good]
         bar.close()
 
     if todo:
