@@ -28,10 +28,11 @@ def small_data(embedded_dirs, tmp_path_factory) -> Path:
 
 
 def tiny_config(data: Path, tmp: Path, **overrides) -> CompareConfig:
-    """Seconds, not minutes: 32 px, 1-2 epochs, the offline EfficientNet-Lite0 weights."""
+    """Seconds, not minutes: 32 px, 1-2 epochs, the offline EfficientNet-Lite0 weights, no final fit (the
+    protocol tests turn it on)."""
     settings = dict(data_dir=data, backbone="tf_efficientnet_lite0", image_size_px=32, scratch_epochs=1,
                     frozen_epochs=2, finetune_epochs=2, unfreeze="layers:6", batch_size=16, engine="torch",
-                    runs_dir=tmp / "runs", cache_dir=tmp / "cache", show_progress=False)
+                    final_fit=False, runs_dir=tmp / "runs", cache_dir=tmp / "cache", show_progress=False)
     return CompareConfig(**(settings | overrides))
 
 

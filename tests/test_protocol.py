@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from transferlab import compare
+from transferlab import compare, evaluate_folder
 from transferlab.data import row_store
 from transferlab.experiments import phases as phases_module
 
@@ -49,7 +49,7 @@ def watched_run(small_data, tmp_path_factory):
     patch.setattr(phases_module, "train_phase", train_phase)
     try:
         run_dir = compare(tiny_config(small_data, tmp_path_factory.mktemp("protocol"), test_fraction=0.25,
-                                      cache_dir=tmp_path_factory.mktemp("fresh-cache")))
+                                      final_fit=True, cache_dir=tmp_path_factory.mktemp("fresh-cache")))
     finally:
         patch.undo()
     return run_dir, events
@@ -74,9 +74,32 @@ def test_test_images_are_read_only_after_every_phase_trained(watched_run):
     test_keys = {split["content"][f] for f, subset in split["files"].items() if subset == "test"}
     last_training = max(i for i, (kind, _) in enumerate(events) if kind == "trained")
     test_reads = [i for i, (kind, keys) in enumerate(events) if kind == "read" and keys & test_keys]
-    assert {name for kind, name in events if kind == "trained"} == {"frozen", "finetuned", "scratch"}
+    # the selection's phases, then the final fit's (frozen, and fine-tuned with 0 epochs if frozen was kept)
+    assert Counter(name for kind, name in events if kind == "trained") == {"frozen": 2, "finetuned": 2, "scratch": 1}
     assert test_reads, "the test set was never evaluated"
     assert min(test_reads) > last_training, "a test image was read before training ended"
+
+
+def test_the_saved_model_is_the_final_fit_on_train_and_validation_and_the_verdict_its_test_accuracy(
+        watched_run, small_data, tmp_path):
+    run_dir, _ = watched_run
+    results = json.loads((run_dir / "results.json").read_text())
+    data, final = results["data"], results["phases"]["final"]
+    assert results["model_phase"] == "final" and results["final_fit"]["of"] in ("frozen", "finetuned")
+    assert results["final_fit"]["n_train"] == data["n_train"] + data["n_val"]
+    assert final["val_acc"] is None and results["verdict"]["acc"] == final["test_acc"]
+    of = results["phases"][results["final_fit"]["of"]]
+    assert len(final["epochs"]) == len(of["epochs"]) and final["best_epoch"] == len(final["epochs"])  # the last
+    assert final["steps"] == len(final["epochs"]) * -(-(data["n_train"] + data["n_val"]) // 16)
+    assert (run_dir / "final" / "checkpoints" / "frozen.pt").exists()
+    assert "final fit (train + val)" in (run_dir / "report.md").read_text()
+    split = json.loads((run_dir / "split.json").read_text())
+    test_dir = tmp_path / "test_only"
+    for rel, subset in split["files"].items():
+        if subset == "test":
+            (test_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (test_dir / rel).write_bytes((small_data / rel).read_bytes())
+    assert abs(evaluate_folder(run_dir, test_dir)["accuracy"] - final["test_acc"]) < 1e-9  # what was saved
 
 
 def test_without_a_test_set_the_report_says_validation_is_optimistic(finished_run):

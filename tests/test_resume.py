@@ -240,3 +240,27 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path)
     with pytest.raises(UserError, match=message) as e:
         load_checkpoint(tmp_path, "frozen", target)
     assert "\n" not in str(e.value)
+
+
+def test_sigint_in_the_final_fit_then_resume_equals_uninterrupted(small_data, tmp_path, monkeypatch):
+    """The final fit's phases checkpoint into run_dir/final under the same names as the selection's."""
+    cfg = tiny_config(small_data, tmp_path / "reference", final_fit=True, skip_scratch=True, **EPOCHS)
+    uninterrupted = compare(cfg)
+    original = phases_module.save_checkpoint
+
+    def stop_in_the_final_fit(run_dir, phase, *args):
+        original(run_dir, phase, *args)
+        if Path(run_dir).name == "final":
+            os.kill(os.getpid(), signal.SIGINT)
+    with monkeypatch.context() as patch:
+        patch.setattr(phases_module, "save_checkpoint", stop_in_the_final_fit)
+        with pytest.raises(RunInterrupted) as stopped:
+            compare(tiny_config(small_data, tmp_path / "stopped", final_fit=True, skip_scratch=True, **EPOCHS))
+    run_dir = stopped.value.run_dir
+    assert (run_dir / "final" / "checkpoints").is_dir() and not (run_dir / "results.json").exists()
+    resume(run_dir, show_progress=False)
+    for name in ("metrics.jsonl", "final/metrics.jsonl"):
+        assert _metrics(run_dir / Path(name).parent) == _metrics(uninterrupted / Path(name).parent)
+    assert _accuracies(run_dir) == _accuracies(uninterrupted)
+    finals = [json.loads((d / "results.json").read_text())["phases"]["final"] for d in (run_dir, uninterrupted)]
+    assert finals[0]["train_acc"] == finals[1]["train_acc"] and finals[0]["fit_of"] == finals[1]["fit_of"]

@@ -70,6 +70,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                         help="BatchNorm in the unfrozen range updates (Keras' behaviour)")
     recipe.add_argument("--keep-best-epoch", action=argparse.BooleanOptionalAction,
                         help="keep the best-validation epoch of each phase (else the last)")
+    recipe.add_argument("--final-fit", action=argparse.BooleanOptionalAction,
+                        help="after validation chose, train the kept pipeline again on train + validation")
     p.add_argument("--class-weights", choices=["none", "auto"], default="none",
                    help="auto: weight the loss by inverse class frequency (imbalanced data)")
     p.add_argument("--dedupe", action="store_true",

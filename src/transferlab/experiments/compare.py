@@ -15,11 +15,12 @@ import torch
 
 from transferlab.atomic import write_json_atomic
 from transferlab.experiments.config import RUN_FORMAT_VERSION, CompareConfig
-from transferlab.experiments.datasets import labels_of, prepare_data, scan_folders, screen_test_set
+from transferlab.experiments.datasets import labels_of, prepare_data, scan_folders, screen_test_set, subset_of
 from transferlab.errors import UserError
 from transferlab.experiments.interrupts import StopRequests, interruptible
-from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, predict_test_set,
-                                            record_test_accuracy, resolve_device, run_cell, unfreeze_for_finetuning)
+from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, copy_state, predict_test_set,
+                                            record_test_accuracy, resolve_device, run_cell, run_final_fit,
+                                            unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import default_cache_dir, environment, new_run_dir, read_run_config
 from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
@@ -111,13 +112,21 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     data = CellData(split.train, split.val, n_classes)
     runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop, ranks,
                          tracker.log_epoch if tracker else None)
+    initial_state = copy_state(model) if recipe.final_fit else None  # pretrained backbone, untrained head
     models = run_cell(runner, data, pretrained, model, cache_dir, skip_scratch=cfg.skip_scratch)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)
     phases = runner.phases
 
-    # every choice is made on validation: the transfer model to keep, then the test set is read, once
-    model_phase = max(kept, key=lambda p: kept[p][0])
+    # every choice is made on validation: the transfer pipeline to keep; then, with the final fit, that
+    # pipeline again on train + validation; then the test set is read, once
+    chosen = max(kept, key=lambda p: kept[p][0])
+    final = None
+    if recipe.final_fit:
+        both = subset_of(prepared.decoded, split.train.images + split.val.images)
+        final, final_phases = run_final_fit(cfg, recipe, data, both, chosen, pretrained, model, initial_state,
+                                            run_dir, resuming, device, stop, ranks, cache_dir)
+        phases["final"] = final_fit_summary(final_phases, chosen, len(data.train.images) + len(data.val.images))
     test_predictions = {}
     if split.test is not None:
         split.test = screen_test_set(prepared, cfg)
@@ -125,15 +134,21 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
             raise UserError("the test set is empty (too few images per class, or every test image duplicates a "
                             "training one); give a larger --test-fraction or a --test folder")
         test_predictions = predict_test_set(split.test, models, pretrained, cache_dir, device, cfg, ranks)
+        if final is not None:
+            test_predictions["final"] = predict_test_set(split.test, final, pretrained, cache_dir, device, cfg,
+                                                         ranks)[chosen]
         record_test_accuracy(phases, test_predictions, labels_of(split.test), n_classes)
-    model.load_state_dict(kept[model_phase][1])
+    model_phase = "final" if final is not None else chosen
+    model.load_state_dict((final or models).kept[chosen][1])
     if ranks.is_main:
         save_model(run_dir, model, backbone=pretrained.name, class_names=list(split.class_names),
-                   preprocessing=prep, head=head_cfg, phase=model_phase, val_acc=kept[model_phase][0])
-    best_phase = max(phases, key=lambda p: phases[p]["val_acc"])
-    transfer_seconds = decode_seconds + phases["frozen"]["seconds"] + phases["finetuned"]["seconds"]
+                   preprocessing=prep, head=head_cfg, phase=model_phase, val_acc=kept[chosen][0])
+    best_phase = max((p for p in phases if phases[p]["val_acc"] is not None), key=lambda p: phases[p]["val_acc"])
+    transfer_seconds = decode_seconds + sum(phases[p]["seconds"] for p in ("frozen", "finetuned", "final")
+                                            if p in phases)
     on_test = split.test is not None
-    headline = phases[model_phase]["test_acc" if on_test else "val_acc"]
+    verdict_phase = model_phase if on_test else chosen  # the final fit trained on validation: no number there
+    headline = phases[verdict_phase]["test_acc" if on_test else "val_acc"]
     counts = lambda d: np.bincount(labels_of(d), minlength=n_classes).tolist()  # noqa: E731
     matrix_labels, matrix_predictions = ((labels_of(split.test), test_predictions[best_phase]) if on_test
                                          else (runner.val_labels, runner.predictions[best_phase]))
@@ -157,18 +172,29 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
         "decode_seconds": decode_seconds,
         "phases": phases,
         "model_phase": model_phase,
+        "final_fit": None if final is None else {"of": chosen, "n_train": phases["final"]["n_train"]},
         "best_phase": best_phase,
         "confusion_matrix": {"phase": best_phase, "subset": "test" if on_test else "validation",
                              "matrix": confusion_matrix(matrix_labels, matrix_predictions, n_classes)},
-        "verdict": {"subset": "test" if on_test else "validation", "target_acc": cfg.target_acc,
-                    "acc": headline, "target_met": headline >= cfg.target_acc,
-                    "val_optimism": None if on_test else phases[model_phase]["val_acc_over_last_epoch"],
+        "verdict": {"subset": "test" if on_test else "validation", "phase": verdict_phase,
+                    "target_acc": cfg.target_acc, "acc": headline, "target_met": headline >= cfg.target_acc,
+                    "val_optimism": None if on_test else phases[chosen]["val_acc_over_last_epoch"],
                     "time_budget_seconds": cfg.time_budget_seconds, "transfer_seconds": transfer_seconds,
                     "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
         "engine": resolve_engine(cfg.engine, device),
         "training_precision": {name: phase["precision"] for name, phase in phases.items()},
         "total_seconds": time.perf_counter() - started,
     }
+
+
+def final_fit_summary(final_phases: dict[str, dict], chosen: str, n_train: int) -> dict:
+    """The final fit as one row: the chosen phase's numbers, its seconds summed over the phases it re-ran,
+    and nothing measured on validation (it trained on those images)."""
+    ran = [p for name, p in final_phases.items() if name in ("frozen", chosen)]
+    return final_phases[chosen] | {
+        "val_acc": None, "balanced_val_acc": None, "gap": None, "val_acc_over_last_epoch": None,
+        "seconds": sum(p["seconds"] for p in ran), "cache_seconds": sum(p["cache_seconds"] for p in ran),
+        "train_seconds": sum(p["train_seconds"] for p in ran), "fit_of": chosen, "n_train": n_train}
 
 
 def resume_compare(run_dir: Path, show_progress: bool = True) -> Path:

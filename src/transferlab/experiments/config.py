@@ -54,6 +54,7 @@ class CompareConfig:
     keep_best_epoch: bool | None = None
     scratch_epochs: int | None = None
     scratch_lr: float | None = None
+    final_fit: bool | None = None
     dedupe: bool = False                 # drop validation/test images that duplicate training images
     class_weights: str = "none"          # "auto": inverse class frequency in the loss
     target_acc: float = 0.80             # on test when there is a test set, else on validation

