@@ -27,6 +27,7 @@ from transferlab.experiments.config import CompareConfig  # noqa: E402
 # each ablation switches one ingredient of the default recipe back to the seeds' choice
 VARIANTS = {
     "default": {},
+    "no final fit": {"final_fit": False},
     "no augmentation": {"augment": False},
     "no label smoothing": {"label_smoothing": 0.0},
     "constant lr (no warm-up/cosine)": {"schedule": "constant"},
@@ -45,7 +46,9 @@ def run_cell(dataset: dict, variant: dict, seed: int, root: Path, scratch: bool)
     results = json.loads((run_compare(cfg) / "results.json").read_text())
     phases = results["phases"]
     kept = phases[results["model_phase"]]
-    return {"seed": seed, "test_acc": kept["test_acc"], "val_acc": kept["val_acc"], "model_phase": results["model_phase"],
+    chosen = (results.get("final_fit") or {}).get("of", results["model_phase"])  # the final fit has no val number
+    return {"seed": seed, "test_acc": kept["test_acc"], "val_acc": phases[chosen]["val_acc"],
+            "model_phase": results["model_phase"],
             "frozen_test_acc": phases["frozen"]["test_acc"], "finetuned_test_acc": phases["finetuned"]["test_acc"],
             "scratch_test_acc": phases.get("scratch", {}).get("test_acc"),
             "transfer_seconds": results["verdict"]["transfer_seconds"], "wall_seconds": time.perf_counter() - started}
