@@ -196,3 +196,12 @@ def test_study_options_that_would_be_ignored_are_refused(small_data, tmp_path, c
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_study_refuses_an_explicit_final_fit(small_data, tmp_path, capsys):
+    from transferlab.cli import main
+    assert main(["study", str(small_data), "--test-fraction", "0.2", "--final-fit", "--runs-dir",
+                 str(tmp_path / "runs"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--final-fit: a study's cells learn from their k images only" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

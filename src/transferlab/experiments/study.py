@@ -89,6 +89,9 @@ class StudyConfig:
         if c.tensorboard_dir is not None or c.mlflow_uri is not None:
             raise UserError("--tensorboard and --mlflow-uri log compare runs; a study does not log to them yet: drop "
                             "them (its report and results.json hold every cell)")
+        if c.final_fit:
+            raise UserError("--final-fit: a study's cells learn from their k images only, never from validation; "
+                            "drop it")
 
     def to_dict(self) -> dict:
         return {"compare": self.compare.to_dict(), "studies": list(self.studies), "seeds": self.seeds,
@@ -205,7 +208,8 @@ def run_study(cfg: StudyConfig) -> Path:
     n_classes = len(folders.train.class_names)
     pretrained, n_blocks = _setup_backbone(base.backbone, base, n_classes)
     base = replace(base.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
-                   cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
+                   cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve(),
+                   final_fit=False)  # a cell learns from its k images only (README, "Study")
     name = base.name or Path(base.data_dir or base.train_dir).name
     study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
     env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
