@@ -17,7 +17,7 @@ from transferlab.atomic import write_json_atomic
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
 from transferlab.data.scan import quoted
 from transferlab.errors import UserError
-from transferlab.models.onnx_export import INPUT_NAME, export_onnx
+from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, export_onnx
 from transferlab.models.saved import load_model, read_model_meta
 from transferlab.training.engines import onnxruntime_session
 from transferlab.training.inputs import normalise
@@ -56,7 +56,8 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
     onnx_path, sidecar_path = out_dir / ONNX_FILE, out_dir / SIDECAR_FILE
     checking = out_dir / f".{ONNX_FILE}.checking"  # an earlier export stays until this one has passed
     try:
-        export_onnx(model, prep.image_size_px, checking, [OUTPUT_NAME])
+        size = prep.image_size_px
+        export_onnx(model.eval(), torch.zeros(EXAMPLE_BATCH_SIZE, 3, size, size), checking, [OUTPUT_NAME])
     except torch.onnx.errors.OnnxExporterError as e:
         raise UserError(f"cannot export the model of {quoted(run_dir)} to ONNX ({str(e).strip().splitlines()[0][:120]})"
                         "; report this with the backbone's name") from None
