@@ -84,3 +84,19 @@ def test_the_precision_probe_leaves_everything_as_it_found_it_and_is_measured_on
     with pytest.raises(AssertionError, match="not used"):  # another batch shape is another measurement
         choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 8, [module], tmp_path)
         assert json.loads((run / "config.json").read_text())["config"]["precision"] == precision
+
+
+def test_a_damaged_precision_cache_file_is_measured_again_not_trusted(tmp_path, monkeypatch):
+    module = nn.Linear(8, 3)
+    rows = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    labels = np.arange(16) % 3
+    choose = lambda: choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module],  # noqa: E731
+                                          tmp_path)
+    first = choose()
+    path, = (tmp_path / "precision").glob("*.json")
+    measured = []
+    monkeypatch.setattr(cpu_precision, "step_seconds", lambda *a: measured.append(1) or {"fp32": 1.0, "bf16": 2.0})
+    for damaged in ("{}", '{"precision": "fp8", "step_seconds": {"fp32": 1, "bf16": 1}}', "[1, 2", "null"):
+        path.write_text(damaged)
+        assert choose()["precision"] == "fp32" and json.loads(path.read_text())["precision"] == "fp32"
+    assert len(measured) == 4 and first["precision"] in ("fp32", "bf16")

@@ -1,6 +1,7 @@
 """The honest protocol: train / validation (every choice) / test (reported once, read only at the end)."""
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -134,3 +135,23 @@ def test_frozen_test_accuracy_is_the_pretrained_backbone_with_the_frozen_head(wa
         predicted = model(normalise(torch.from_numpy(pixels), pretrained.preprocessing)).argmax(1).numpy()
     labels = np.array([names.index(f.split("/")[0]) for f in test_files])
     assert abs(float((predicted == labels).mean()) - results["phases"]["frozen"]["test_acc"]) <= 1 / len(labels)
+
+
+@pytest.mark.parametrize("final_fit", [False, True])
+def test_a_test_image_copied_from_validation_is_leakage_once_validation_is_trained_on(final_fit, embedded_dirs,
+                                                                                       tmp_path):
+    folders = {}
+    for subset, source in zip(("train", "val", "test"), embedded_dirs):
+        for class_dir in sorted(source.iterdir()):
+            (tmp_path / subset / class_dir.name).mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:4]:
+                (tmp_path / subset / class_dir.name / image.name).write_bytes(image.read_bytes())
+        folders[f"{subset}_dir"] = tmp_path / subset
+    copied = next((tmp_path / "val").rglob("*.png"))
+    (tmp_path / "test" / copied.parent.name / "copy_of_a_validation_image.png").write_bytes(copied.read_bytes())
+    cfg = tiny_config(None, tmp_path, data_dir=None, **folders, final_fit=final_fit, skip_scratch=True,
+                      frozen_epochs=1, finetune_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = json.loads((compare(cfg) / "results.json").read_text())
+    assert results["data"]["leakage"]["test"]["exact_duplicates"] == (1 if final_fit else 0)

@@ -121,7 +121,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     # every choice is made on validation: the transfer pipeline to keep; then, with the final fit, that
     # pipeline again on train + validation; then the test set is read, once
     chosen = max(kept, key=lambda p: kept[p][0])
-    final = None
+    final, both = None, None
     if recipe.final_fit:
         both = subset_of(prepared.decoded, split.train.images + split.val.images)
         final, final_phases = run_final_fit(cfg, recipe, data, both, chosen, pretrained, model, initial_state,
@@ -129,7 +129,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
         phases["final"] = final_fit_summary(final_phases, chosen, len(data.train.images) + len(data.val.images))
     test_predictions = {}
     if split.test is not None:
-        split.test = screen_test_set(prepared, cfg)
+        split.test = screen_test_set(prepared, cfg, trained_on=both)
         if not split.test.images:
             raise UserError("the test set is empty (too few images per class, or every test image duplicates a "
                             "training one); give a larger --test-fraction or a --test folder")

@@ -152,7 +152,7 @@ class CompareConfig:
                 raise UserError(f"run '{Path(path).parent}' was made by an older transferlab (config format "
                                 f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
                                 "new run instead of resuming")
-            return cls.from_dict(stored["config"])
+            return cls.from_dict({"final_fit": False} | stored["config"])  # runs from before the final fit had none
         except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None
 

@@ -132,10 +132,12 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     return prepared
 
 
-def screen_test_set(prepared: PreparedData, cfg: CompareConfig) -> DecodedImages:
-    """The test set, checked for copies of training images only now, at the end, when it is first read."""
+def screen_test_set(prepared: PreparedData, cfg: CompareConfig,
+                    trained_on: DecodedImages | None = None) -> DecodedImages:
+    """The test set, checked for copies of what was trained on (the training images, or train + validation
+    after a final fit) only now, at the end, when it is first read."""
     test = prepared.split.test
-    leaked, prepared.leakage["test"] = _leakage(prepared.split.train, test, cfg.dedupe, "test")
+    leaked, prepared.leakage["test"] = _leakage(trained_on or prepared.split.train, test, cfg.dedupe, "test")
     if cfg.dedupe and leaked:
         prepared.dropped["test"] = [test.images[i] for i in leaked]
         _save(prepared, cfg)

@@ -106,7 +106,7 @@ class PhaseRunner:
         changing = changing_state_keys(model, train_modules)
         started = time.perf_counter()
         if state is not None and state.history:  # resumed: on in the precision its first epochs ran in
-            spec = replace(spec, precision=state.history[0].get("precision", spec.precision))
+            spec = replace(spec, precision=state.history[0].get("precision", "fp32"))  # older runs: fp32
         elif spec.precision == "fastest" and spec.epochs == 0:
             spec = replace(spec, precision="fp32")  # nothing trains: nothing to measure
         elif spec.precision == "fastest":

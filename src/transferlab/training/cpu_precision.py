@@ -40,8 +40,10 @@ def choose_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], to
                      trainable, list(x.shape), str(x.dtype), len(train_modules))
     path = Path(cache_dir) / "precision" / f"{key}.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        cached = json.loads(path.read_text())
+        if cached["precision"] in ("fp32", "bf16") and set(cached["step_seconds"]) == {"fp32", "bf16"}:
+            return cached
+    except (OSError, ValueError, TypeError, KeyError):  # unreadable or foreign: measured again, and replaced
         pass
     target = torch.as_tensor(labels[positions], dtype=torch.long)
     seconds = step_seconds(module, forward, x, target, train_modules)
