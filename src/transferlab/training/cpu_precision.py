@@ -11,6 +11,7 @@ CPUs without native bf16 never probe: emulated bf16 is slower.
 """
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,9 @@ from transferlab.data.row_store import key_digest
 from transferlab.training.loop import BF16_CPU_FLAGS, Inputs, autocast, cpu_flags, set_train_mode
 
 BF16_MIN_SPEEDUP = 1.15  # below this the numerics change for too little: fp32
-PROBE_ROUNDS = 3         # timed steps per precision, alternating, after one untimed step each
+PROBE_SECONDS = 0.5      # timed per precision, alternating step by step, after one untimed step each: a
+PROBE_MIN_STEPS = 3      # tiny step is timed dozens of times, so one preempted step cannot flip the median
+PROBE_MAX_STEPS = 64
 CPU = torch.device("cpu")
 
 
@@ -35,7 +38,7 @@ def choose_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], to
     positions = np.arange(min(batch_size, len(inputs)))
     x = inputs.batch(positions, epoch=0)
     trainable = [(name, list(p.shape)) for name, p in module.named_parameters() if p.requires_grad]
-    key = key_digest("cpu-precision-v1", cpu_name(), sorted(cpu_flags() & BF16_CPU_FLAGS), torch.__version__,
+    key = key_digest("cpu-precision-v2", cpu_name(), sorted(cpu_flags() & BF16_CPU_FLAGS), torch.__version__,
                      torch.get_num_threads(), type(module).__name__, sum(p.numel() for p in module.parameters()),
                      trainable, list(x.shape), str(x.dtype), len(train_modules))
     path = Path(cache_dir) / "precision" / f"{key}.json"
@@ -58,25 +61,27 @@ def choose_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], to
 
 def step_seconds(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                  target: torch.Tensor, train_modules: list[nn.Module]) -> dict[str, float]:
-    """Fastest forward + backward per precision, taking turns; the module is left as it was found."""
+    """Median forward + backward per precision, taking turns; the module is left as it was found."""
     saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
     was_training = {m: m.training for m in module.modules()}
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     with torch.random.fork_rng(devices=[]):  # dropout draws here must not shift the run's random stream
         set_train_mode(module, train_modules)
-        for round_ in range(PROBE_ROUNDS + 1):
+        for step in range(PROBE_MAX_STEPS + 1):
             for precision in times:
                 started = time.perf_counter()
                 with autocast(CPU, precision):
                     loss = nn.functional.cross_entropy(forward(x).float(), target)
                 loss.backward()
-                if round_ > 0:  # the first step of each pays one-off kernel selection
+                if step > 0:  # the first step of each pays one-off kernel selection
                     times[precision].append(time.perf_counter() - started)
                 module.zero_grad(set_to_none=True)
+            if step >= PROBE_MIN_STEPS and min(sum(t) for t in times.values()) >= PROBE_SECONDS:
+                break
     module.load_state_dict(saved)  # BatchNorm in train mode moved its statistics
     for m, training in was_training.items():
         m.train(training)
-    return {precision: min(t) for precision, t in times.items()}
+    return {precision: statistics.median(t) for precision, t in times.items()}
 
 
 def cpu_name() -> str:
