@@ -28,7 +28,7 @@ from transferlab.training.inputs import CachedInputs
 from transferlab.training.loop import PhaseSpec, train_phase
 
 TINY_OPTIONS = ["--backbone", "tf_efficientnet_lite0", "--image-size", "32", "--unfreeze-last", "6",
-                "--batch-size", "16", "--engine", "torch", "--quiet"]
+                "--batch-size", "16", "--engine", "torch", "--quiet"]  # as tiny_config: + --no-final-fit on compare
 EXACT_PHASES = ("frozen", "finetuned")
 LOSS_TOLERANCE = 1e-5
 
@@ -65,7 +65,8 @@ def test_two_gloo_ranks_train_like_one_process_and_only_rank_0_writes(small_data
     reference = _one_thread(lambda: compare(cfg))
     runs, logs = tmp_path / "two" / "runs", tmp_path / "logs"
     _torchrun(["compare", str(small_data), *TINY_OPTIONS, "--scratch-epochs", "1", "--frozen-epochs", "2",
-               "--finetune-epochs", "2", "--head-dropout", "0", "--test-fraction", "0.2", "--runs-dir", str(runs),
+               "--finetune-epochs", "2", "--head-dropout", "0", "--test-fraction", "0.2", "--no-final-fit",
+               "--runs-dir", str(runs),
                "--cache-dir", str(tmp_path / "two" / "cache")], logs)
 
     [run_dir] = list(runs.iterdir())  # rank 1 made no run folder of its own

@@ -111,7 +111,7 @@ class PhaseRunner:
             spec = replace(spec, precision="fp32")  # nothing trains: nothing to measure
         elif spec.precision == "fastest":
             probe = choose_cpu_precision(model, forward, train_inputs, self.train_labels, spec.batch_size,
-                                         train_modules, Path(self.cfg.cache_dir or default_cache_dir()))
+                                         train_modules, default_cache_dir())
             probe = gather_objects(probe, self.ranks)[0]  # every rank trains as rank 0 measured
             log.info("%s: %s on this CPU (fp32 %.3f s, bf16 %.3f s a step)", spec.name, probe["precision"],
                      probe["step_seconds"]["fp32"], probe["step_seconds"]["bf16"])

@@ -5,8 +5,9 @@ tail at 224 px 1.5x faster, the default recipe's EfficientNet-Lite0 tail no fast
 96 px slower (0.82x); test accuracy did not move beyond the spread. No rule of thumb predicts that, so a
 phase times forward + backward of its own module on its own first batch in both precisions (weights, BatchNorm
 statistics and the random state put back afterwards) and takes bf16 only when it is clearly faster. As
-cuDNN's autotuner does, the choice is kept, here in the cache per machine and phase shape, so later runs of
-the same shapes skip the probe and choose alike; a resumed phase keeps the precision its first epochs ran in.
+cuDNN's autotuner does, the choice is kept per machine and phase shape, in the user's cache, so every later
+run of the same shapes skips the probe and chooses alike; a resumed phase keeps the precision its first
+epochs ran in.
 CPUs without native bf16 never probe: emulated bf16 is slower.
 """
 
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from filelock import FileLock
 from torch import nn
 
 from transferlab.atomic import write_json_atomic
@@ -33,30 +35,53 @@ CPU = torch.device("cpu")
 
 def choose_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs,
                          labels: np.ndarray, batch_size: int, train_modules: list[nn.Module],
-                         cache_dir: Path) -> dict:
-    """{"precision": "fp32" | "bf16", "step_seconds": {...}, ...}, from the cache or measured now."""
+                         machine_dir: Path) -> dict:
+    """{"precision": "fp32" | "bf16", "step_seconds": {...}, ...}, measured once per machine and shape.
+
+    The choice lives in `machine_dir` (the user's cache, whatever --cache-dir says) and is made under a lock:
+    a choice is part of what a run computes, so every later or concurrent run on this machine makes the
+    same one, and same seed, same data still give the same numbers.
+    """
     positions = np.arange(min(batch_size, len(inputs)))
     x = inputs.batch(positions, epoch=0)
     trainable = [(name, list(p.shape)) for name, p in module.named_parameters() if p.requires_grad]
     key = key_digest("cpu-precision-v2", cpu_name(), sorted(cpu_flags() & BF16_CPU_FLAGS), torch.__version__,
                      torch.get_num_threads(), type(module).__name__, sum(p.numel() for p in module.parameters()),
                      trainable, list(x.shape), str(x.dtype), len(train_modules))
-    path = Path(cache_dir) / "precision" / f"{key}.json"
+    path = Path(machine_dir) / "precision" / f"{key}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path.with_suffix(".lock"))
+        lock.acquire()
+    except OSError:  # a read-only home: measured here, and again next time
+        lock = None
+    try:
+        cached = _read_choice(path)
+        if cached is not None:
+            return cached
+        target = torch.as_tensor(labels[positions], dtype=torch.long)
+        seconds = step_seconds(module, forward, x, target, train_modules)
+        choice = {"precision": "bf16" if seconds["fp32"] >= BF16_MIN_SPEEDUP * seconds["bf16"] else "fp32",
+                  "step_seconds": seconds, "batch_shape": list(x.shape), "min_speedup": BF16_MIN_SPEEDUP}
+        try:
+            write_json_atomic(path, choice)
+        except OSError:
+            pass
+        return choice
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _read_choice(path: Path) -> dict | None:
+    """A stored choice, or None if there is none or it is unreadable or foreign (then it is measured again)."""
     try:
         cached = json.loads(path.read_text())
         if cached["precision"] in ("fp32", "bf16") and set(cached["step_seconds"]) == {"fp32", "bf16"}:
             return cached
-    except (OSError, ValueError, TypeError, KeyError):  # unreadable or foreign: measured again, and replaced
+    except (OSError, ValueError, TypeError, KeyError):
         pass
-    target = torch.as_tensor(labels[positions], dtype=torch.long)
-    seconds = step_seconds(module, forward, x, target, train_modules)
-    choice = {"precision": "bf16" if seconds["fp32"] >= BF16_MIN_SPEEDUP * seconds["bf16"] else "fp32",
-              "step_seconds": seconds, "batch_shape": list(x.shape), "min_speedup": BF16_MIN_SPEEDUP}
-    try:
-        write_json_atomic(path, choice)
-    except OSError:  # a read-only cache: measured again next time
-        pass
-    return choice
+    return None
 
 
 def step_seconds(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
