@@ -31,7 +31,7 @@ def tracked_run(small_data, tmp_path_factory) -> tuple[Path, Path, str]:
     args = ["compare", str(small_data), "--backbone", cfg.backbone, "--image-size", "32", "--scratch-epochs", "1",
             "--frozen-epochs", "2", "--finetune-epochs", "2", "--unfreeze-last", "6", "--batch-size", "16",
             "--test-fraction", "0.2", "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"), "--engine",
-            "torch", "--quiet", "--tensorboard", str(tmp / "tb"), "--mlflow-uri", mlflow_uri]
+            "torch", "--no-final-fit", "--quiet", "--tensorboard", str(tmp / "tb"), "--mlflow-uri", mlflow_uri]
     original = phases_module.save_checkpoint
 
     def stop_in_finetuning(run_dir, phase, *rest):
