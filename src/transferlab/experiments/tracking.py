@@ -87,8 +87,11 @@ class Tracker:
         self.tensorboard, self.mlflow, self.run_id, self.params = None, None, None, params
         if tensorboard_dir is not None:
             # one sub-folder per run, so `tensorboard --logdir DIR` lists runs side by side; a resumed run adds
-            # an event file to the same folder and TensorBoard joins them
-            self.tensorboard = _require("tensorboardX").SummaryWriter(logdir=str(Path(tensorboard_dir) / name))
+            # an event file to the same folder and TensorBoard joins them. Event files are named by the second
+            # and host: a resume within the same second would reopen the first one, so each gets its own suffix
+            suffix = f".{os.getpid()}-{time.time_ns()}"
+            self.tensorboard = _require("tensorboardX").SummaryWriter(logdir=str(Path(tensorboard_dir) / name),
+                                                                       filename_suffix=suffix)
             if not resuming:
                 self.tensorboard.add_text("config", "```json\n" + json.dumps(params, indent=1) + "\n```", 0)
         if mlflow_uri is not None:
