@@ -15,8 +15,7 @@ import torch
 
 from transferlab.atomic import write_json_atomic
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
-from transferlab.data.scan import quoted
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, export_onnx
 from transferlab.models.saved import load_model, read_model_meta
 from transferlab.training.engines import onnxruntime_session

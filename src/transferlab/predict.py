@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from transferlab.data.images import ImageDecodeError, load_for_model
-from transferlab.data.scan import IMAGE_SUFFIXES, one_line, quoted, scan_image_folder
-from transferlab.errors import UserError
+from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
+from transferlab.errors import UserError, one_line, quoted
 from transferlab.models.saved import load_model
 from transferlab.training.inputs import normalise
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall

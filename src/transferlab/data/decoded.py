@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
 from transferlab.data.row_store import RowStore, RowView, file_digest
-from transferlab.data.scan import LabelledImage, one_line, quoted
-from transferlab.errors import UserError
+from transferlab.data.scan import LabelledImage
+from transferlab.errors import UserError, one_line, quoted
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,10 @@
 """Find the labelled images in a folder-per-class tree, and say clearly what is wrong with it."""
 
 import os
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 LAYOUT_HINT = "expected DIR/<class_name>/<images> with at least two class folders"
@@ -23,16 +22,6 @@ class ImageFolder:
     class_names: tuple[str, ...]
     images: tuple[LabelledImage, ...]
     ignored_files: tuple[Path, ...]  # files without an image suffix, listed so nothing vanishes silently
-
-
-def one_line(text: str) -> str:
-    """Messages stay one line even when a file name holds a newline: control characters are escaped."""
-    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
-                   for c in text)
-
-
-def quoted(name: object) -> str:
-    return f"'{one_line(str(name))}'"
 
 
 def is_hidden(name: str) -> bool:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.atomic import write_json_atomic
-from transferlab.data.scan import LabelledImage, quoted
-from transferlab.errors import UserError
+from transferlab.data.scan import LabelledImage
+from transferlab.errors import UserError, quoted
 
 # dropped_*: validation or test images that duplicate training ones (--dedupe)
 SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test")

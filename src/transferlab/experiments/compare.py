@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from transferlab.atomic import write_json_atomic
-from transferlab.experiments.config import RUN_FORMAT_VERSION, CompareConfig
+from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import labels_of, prepare_data, scan_folders, screen_test_set, subset_of
 from transferlab.errors import UserError
+from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, copy_state, predict_test_set,
                                             record_test_accuracy, resolve_device, run_cell, run_final_fit,

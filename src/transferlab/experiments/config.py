@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
+from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.tracking import check_tracking_options
 from transferlab.training.engines import ENGINES
 from transferlab.training.loop import PRECISIONS
@@ -20,7 +21,6 @@ from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
 MAX_CACHED_VIEWS = 32
 MAX_BATCH_SIZE = 4096
-RUN_FORMAT_VERSION = 2   # config.json/results.json; 2: recipes, a test split, the resolved environment
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

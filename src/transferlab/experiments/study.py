@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import DecodedImages
-from transferlab.data.scan import quoted
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (PreparedData, Split, labels_of, prepare_data, scan_folders,
                                               screen_test_set, subset_of)
+from transferlab.formats import STUDY_FORMAT_VERSION
 from transferlab.experiments.interrupts import interruptible
 from transferlab.experiments.phases import (CellData, FineTuneStage, PhaseRunner, check_input_size,
                                             predict_test_set, record_test_accuracy, resolve_device, run_cell,
@@ -53,7 +53,6 @@ DEFAULT_BACKBONES = ("mobilenetv2_100", "resnet50", "tf_efficientnet_lite0", "tf
                      "tf_efficientnet_lite2")
 DEFAULT_KS: tuple[int | None, ...] = (5, 10, 25, 50, 100, None)  # images per class; None: all of the pool
 MAX_SEEDS = 100
-STUDY_FORMAT_VERSION = 1
 # Scratch cells dominate a study's cost (a full backward pass per step); at 64 px one costs ~1/12 of 224 px,
 # which is what lets the default study (3 seeds x 5 subsets) fit 30 minutes on a 2-core CPU.
 STUDY_IMAGE_SIZE_PX = 64

@@ -15,12 +15,11 @@ from safetensors.torch import load_file, save
 
 from transferlab.atomic import write_bytes_atomic, write_json_atomic
 from transferlab.data.images import INTERPOLATIONS, MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX, Preprocessing
-from transferlab.data.scan import quoted
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
+from transferlab.formats import MODEL_FORMAT_VERSION
 from transferlab.models.backbones import create_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 
-FORMAT_VERSION = 1
 MAX_HIDDEN_UNITS = 65536  # bounds what a damaged model.json can make us allocate before the shapes are checked
 FIX = "restore it from a backup or re-run `transferlab compare` to recreate it"
 
@@ -31,7 +30,7 @@ def save_model(directory: Path, model: TransferModel, *, backbone: str, class_na
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(Path(directory) / "model.safetensors", save(state))
     write_json_atomic(Path(directory) / "model.json", {
-        "format_version": FORMAT_VERSION, "backbone": backbone, "class_names": class_names,
+        "format_version": MODEL_FORMAT_VERSION, "backbone": backbone, "class_names": class_names,
         "preprocessing": preprocessing.to_dict(),
         "head": {"hidden_units": head.hidden_units, "dropout": head.dropout},
         "trained_phase": phase, "val_acc": val_acc})
@@ -57,7 +56,7 @@ def _are_class_names(v: Any) -> bool:
 
 # (dotted field, is it valid, what it must be): the whole of what save_model writes
 SCHEMA: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("format_version", lambda v: _is_int(v, FORMAT_VERSION, FORMAT_VERSION), f"{FORMAT_VERSION} (the format this transferlab reads)"),
+    ("format_version", lambda v: _is_int(v, MODEL_FORMAT_VERSION, MODEL_FORMAT_VERSION), f"{MODEL_FORMAT_VERSION} (the format this transferlab reads)"),
     ("backbone", lambda v: isinstance(v, str) and bool(v), "a timm model name"),
     ("class_names", _are_class_names, "a list of at least 2 distinct, non-empty class names"),
     ("preprocessing.image_size_px", lambda v: _is_int(v, MIN_IMAGE_SIZE_PX, MAX_IMAGE_SIZE_PX),

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 from transferlab.atomic import write_text_atomic
-from transferlab.data.scan import quoted
-from transferlab.errors import UserError
-from transferlab.experiments.config import RUN_FORMAT_VERSION
+from transferlab.errors import UserError, quoted
+from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.reporting.plots import confusion_plot_note, plot_confusion_matrix, plot_learning_curves
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.atomic import write_text_atomic
-from transferlab.data.scan import quoted
-from transferlab.errors import UserError
-from transferlab.experiments.study import STUDY_FORMAT_VERSION
+from transferlab.errors import UserError, quoted
+from transferlab.formats import STUDY_FORMAT_VERSION
 from transferlab.reporting.plots import (plot_confusion_matrix, plot_data_efficiency, plot_heatmap,
                                          plot_time_to_accuracy)
 from transferlab.reporting.report import markdown_to_html
