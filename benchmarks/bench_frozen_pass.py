@@ -38,10 +38,9 @@ from transferlab.data.images import Preprocessing
 from transferlab.data.scan import scan_image_folder
 from transferlab.models.backbones import OFFLINE_BACKBONE, load_backbone
 from transferlab.models.transfer_model import TransferModel
-from transferlab.training.cpu_precision import cpu_name
 from transferlab.training.engines import prefix_runner, torch_prefixes
 from transferlab.training.inputs import ImageInputs, normalise
-from transferlab.training.loop import BF16_CPU_FLAGS, cpu_flags
+from transferlab.training.precision import BF16_CPU_FLAGS, cpu_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BACKBONES = {OFFLINE_BACKBONE: True, "mobilenetv2_100": False}  # name: pretrained (MobileNetV2: no offline weights)
@@ -168,13 +167,13 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     out = args.out or RESULTS_DIR / f"frozen_pass_{settings['image_size']}px{'_quick' if args.quick else ''}.json"
-    flags = cpu_flags()
+    cpu_name, flags = cpu_info()
     report = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               "settings": settings | {"batch_size": BATCH_SIZE},
               "environment": {"torch": torch.__version__, "timm": version("timm"),
                               "onnxruntime": version("onnxruntime"), "onnx": version("onnx"),
                               "onnxscript": version("onnxscript"), "threads": torch.get_num_threads(),
-                              "python": platform.python_version(), "cpu": cpu_name(),
+                              "python": platform.python_version(), "cpu": cpu_name,
                               "cpu_bf16_flags": sorted(flags & BF16_CPU_FLAGS),
                               "load_average_at_start": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="transferlab-bench-") as tmp:

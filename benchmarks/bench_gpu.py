@@ -51,6 +51,7 @@ from transferlab.models.backbones import OFFLINE_BACKBONE, load_backbone
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.inputs import ImageInputs
 from transferlab.training.loop import PhaseSpec, train_phase
+from transferlab.training.recipes import Optimization
 from transferlab.training.prefix_cache import prefix_outputs
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -149,7 +150,7 @@ def transferlab_epochs(model: TransferModel, decoded, prep: Preprocessing, label
     for p in model.parameters():
         p.requires_grad_(True)
     spec = PhaseSpec(name="bench", epochs=epochs, learning_rate=LR, batch_size=batch_size, seed=0,
-                     optimizer="adamw", weight_decay=WEIGHT_DECAY, precision="bf16")
+                     optimization=Optimization(optimizer="adamw", weight_decay=WEIGHT_DECAY), precision="bf16")
     inputs = ImageInputs(decoded.pixels, prep, device)
     one = ImageInputs(decoded.pixels[np.array([0])], prep, device)
     state = train_phase(model, model, inputs, labels, one, labels[:1], spec, [model], device, show_progress=False)

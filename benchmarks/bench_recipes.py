@@ -38,10 +38,10 @@ VARIANTS = {
 
 
 def run_cell(dataset: dict, variant: dict, seed: int, root: Path, scratch: bool) -> dict:
-    overrides = {k: v for k, v in variant.items() if k != "recipe"}
-    cfg = CompareConfig(**dataset, recipe=variant.get("recipe", "default"), seed=seed, skip_scratch=not scratch,
+    recipe = resolve_recipe(variant.get("recipe", "default"), variant)
+    cfg = CompareConfig(**dataset, recipe=recipe, seed=seed, skip_scratch=not scratch,
                         runs_dir=root / "runs", cache_dir=root / "cache", show_progress=False,
-                        backbone="tf_efficientnet_lite0", **overrides)
+                        backbone="tf_efficientnet_lite0")
     started = time.perf_counter()
     results = json.loads((run_compare(cfg) / "results.json").read_text())
     phases = results["phases"]

@@ -49,16 +49,18 @@ from transferlab.data.embedded import SUBSETS, export_embedded
 from transferlab.data.scan import LabelledImage
 from transferlab.experiments.compare import run_compare
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.phases import resolve_device, unfreeze_for_finetuning
+from transferlab.experiments.phases import unfreeze_for_finetuning
 from transferlab.experiments.datasets import Split, labels_of, prepare_data, scan_folders
 from transferlab.models.backbones import OFFLINE_BACKBONE, PretrainedBackbone, create_backbone, load_backbone
 from transferlab.models.freezing import freeze_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.engines import prefix_runner, torch_prefixes
 from transferlab.training.inputs import ImageInputs
-from transferlab.training.loop import PhaseSpec, evaluate, resolve_precision, train_phase
+from transferlab.training.devices import resolve_device
+from transferlab.training.loop import PhaseSpec, evaluate, train_phase
+from transferlab.training.precision import MEASURE, precision_policy
 from transferlab.training.prefix_cache import prefix_outputs
-from transferlab.training.recipes import PRESETS, Recipe, check_unfreeze
+from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RECIPE = "seeds"                    # epochs, learning rates, head and unfrozen layers of seed 002
@@ -127,7 +129,7 @@ def random_weights_file(backbone: str, seed: int, path: Path) -> Path:
 
 def decode(cfg: CompareConfig, cache_dir: Path) -> tuple[Split, PretrainedBackbone, float]:
     """The backbone, and the scan + split + decode compare does, into `cache_dir` (timed)."""
-    pretrained = load_backbone(cfg.backbone, cfg.weights, cfg.resolved_recipe().image_size_px)
+    pretrained = load_backbone(cfg.backbone, cfg.weights, cfg.recipe.image_size_px)
     started = time.perf_counter()
     prepared = prepare_data(cfg, scan_folders(cfg), pretrained.preprocessing, cache_dir, run_dir=cache_dir,
                             resuming=False)
@@ -199,18 +201,16 @@ def run_transferlab(cfg: CompareConfig, work: Path, device: torch.device) -> dic
 
 
 def seed_precision(cfg: CompareConfig, device: torch.device) -> str:
-    """The naive recipe runs as the seed does, in fp32, unless bf16 is asked for; compare's 'fastest' (measure
-    per phase, on CPU) is part of what transferlab does and the seed does not."""
-    precision = resolve_precision(cfg.precision, device)
-    return "fp32" if precision == "fastest" else precision
+    """The naive recipe runs as the seed does, in fp32, unless bf16 is asked for; compare's MEASURE (per
+    phase, on CPU) is part of what transferlab does and the seed does not."""
+    precision = precision_policy(cfg.precision, device)
+    return "fp32" if precision == MEASURE else precision
 
 
 def phase_spec(name: str, epochs: int, lr: float, cfg: CompareConfig, recipe: Recipe, device: torch.device) -> PhaseSpec:
     """What compare's runner builds for a phase (the benchmark uses no class weights)."""
     return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                     optimizer=recipe.optimizer, weight_decay=recipe.weight_decay, adam_eps=recipe.adam_eps,
-                     schedule=recipe.schedule, label_smoothing=recipe.label_smoothing,
-                     keep_best_epoch=recipe.keep_best_epoch, precision=seed_precision(cfg, device))
+                     optimization=recipe.optimization, precision=seed_precision(cfg, device))
 
 
 def run_seed_torch(cfg: CompareConfig, work: Path, device: torch.device) -> dict[str, dict]:
@@ -220,7 +220,7 @@ def run_seed_torch(cfg: CompareConfig, work: Path, device: torch.device) -> dict
     batch of every epoch. Autograd still stops at the first layer that trains, as Keras' tape does.
     """
     split, pretrained, decode_seconds = decode(cfg, work / "cache")
-    recipe = cfg.resolved_recipe()
+    recipe = cfg.recipe
     data = {name: (ImageInputs(d.pixels, pretrained.preprocessing, device), labels_of(d))
             for name, d in (("train", split.train), ("val", split.val), ("test", split.test))}
     torch.manual_seed(cfg.seed)  # as compare does, so both heads start from the same weights
@@ -251,8 +251,8 @@ def run_seed_keras(cfg: CompareConfig) -> dict:
     """
     import tensorflow as tf
 
-    recipe = cfg.resolved_recipe()
-    _, n_layers = check_unfreeze(recipe.unfreeze)  # keras:20
+    recipe = cfg.recipe
+    n_layers = recipe.unfreeze.count  # keras:20
     tf.keras.utils.set_random_seed(cfg.seed)
     size = (recipe.image_size_px, recipe.image_size_px)
     started = time.perf_counter()
@@ -485,11 +485,12 @@ def main(args: argparse.Namespace) -> dict:
         folders = export_images(work, settings["images_per_class"])
         weights = random_weights_file(backbone, args.seed, work / "random.safetensors") if args.keras else None
         cfg = CompareConfig(train_dir=folders["train"], val_dir=folders["val"], test_dir=folders["test"],
-                            backbone=backbone, weights=weights, recipe=RECIPE, image_size_px=settings["image_size"],
-                            frozen_epochs=settings["epochs_frozen"], finetune_epochs=settings["epochs_finetune"],
+                            backbone=backbone, weights=weights, recipe=resolve_recipe(RECIPE, {
+                                "image_size_px": settings["image_size"], "frozen_epochs": settings["epochs_frozen"],
+                                "finetune_epochs": settings["epochs_finetune"]}),
                             skip_scratch=True, batch_size=args.batch_size, seed=args.seed, device=args.device,
                             engine="auto", name="bench", show_progress=args.progress)
-        recipe = cfg.resolved_recipe()
+        recipe = cfg.recipe
         report["recipe"] = {"batch_size": cfg.batch_size, "weights": "random" if weights else "pretrained",
                             **recipe.to_dict()}
 

@@ -7,6 +7,7 @@ import pytest
 
 from transferlab.data.embedded import export_embedded
 from transferlab.experiments.config import CompareConfig
+from transferlab.training.recipes import recipe_fields, resolve_recipe
 
 IMAGES_PER_CLASS = 12
 
@@ -27,13 +28,19 @@ def small_data(embedded_dirs, tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(data: Path, tmp: Path, **overrides) -> CompareConfig:
+TINY_RECIPE = dict(image_size_px=32, scratch_epochs=1, frozen_epochs=2, finetune_epochs=2, unfreeze="layers:6",
+                   final_fit=False)
+
+
+def tiny_config(data: Path, tmp: Path, recipe: str = "default", **overrides) -> CompareConfig:
     """Seconds, not minutes: 32 px, 1-2 epochs, the offline EfficientNet-Lite0 weights, no final fit (the
-    protocol tests turn it on)."""
-    settings = dict(data_dir=data, backbone="tf_efficientnet_lite0", image_size_px=32, scratch_epochs=1,
-                    frozen_epochs=2, finetune_epochs=2, unfreeze="layers:6", batch_size=16, engine="torch",
-                    final_fit=False, runs_dir=tmp / "runs", cache_dir=tmp / "cache", show_progress=False)
-    return CompareConfig(**(settings | overrides))
+    protocol tests turn it on). `overrides` may name recipe fields (None: the preset's) and config fields."""
+    recipe_names = {f.name for f in recipe_fields()}
+    recipe_values = TINY_RECIPE | {k: v for k, v in overrides.items() if k in recipe_names}
+    settings = dict(data_dir=data, backbone="tf_efficientnet_lite0", batch_size=16, engine="torch",
+                    runs_dir=tmp / "runs", cache_dir=tmp / "cache", show_progress=False)
+    return CompareConfig(**(settings | {k: v for k, v in overrides.items() if k not in recipe_names}),
+                         recipe=resolve_recipe(recipe, recipe_values))
 
 
 @pytest.fixture(scope="session")

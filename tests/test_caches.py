@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from transferlab.data import decoded as decoded_module
-from transferlab.data import row_store
+from transferlab.data import fingerprints, row_store
 from transferlab.data.decoded import decode_images
 from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore
@@ -102,7 +102,7 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     data = bytearray(segment.read_bytes())
     data[-1] ^= 0xFF  # flip bits in the last stored value, in place: same size, same inode
     segment.write_bytes(bytes(data))
-    monkeypatch.setattr(row_store, "_DIGESTS", {})  # a new process: checksums not verified yet
+    monkeypatch.setattr(fingerprints, "_DIGESTS", {})  # a new process: checksums not verified yet
     with pytest.warns(UserWarning, match="corrupt.*checksum"):
         reopened = RowStore(tmp_path / "s", (4,), "float16")
     assert len(reopened) == 0 and reopened.missing(["a", "b"]) == ["a", "b"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from transferlab import StudyConfig, compare, study
 from transferlab.errors import UserError
-from transferlab.experiments.phases import resolve_device
+from transferlab.training.devices import resolve_device
 from transferlab.training.distributed import Ranks
 from transferlab.training.inputs import CachedInputs
 from transferlab.training.loop import PhaseSpec, train_phase

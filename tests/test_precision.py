@@ -10,9 +10,10 @@ from torch import nn
 from conftest import tiny_config
 from transferlab.experiments.compare import run_compare
 from transferlab.training.inputs import CachedInputs
-from transferlab.training import cpu_precision
-from transferlab.training.cpu_precision import BF16_MIN_SPEEDUP, choose_cpu_precision
-from transferlab.training.loop import PhaseSpec, cpu_has_native_bf16, evaluate, resolve_precision, train_phase
+from transferlab.training import precision as precision_module
+from transferlab.training.precision import (BF16_MIN_SPEEDUP, MEASURE, cpu_has_native_bf16, measure_cpu_precision,
+                                            precision_policy)
+from transferlab.training.loop import PhaseSpec, evaluate, train_phase
 
 CPU = torch.device("cpu")
 
@@ -29,8 +30,8 @@ class RecordsAutocast(nn.Module):
 
 
 def test_auto_on_cpu_is_measured_where_bf16_is_native_and_bf16_is_honoured():
-    assert resolve_precision("auto", CPU) == ("fastest" if cpu_has_native_bf16() else "fp32")
-    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
+    assert precision_policy("auto", CPU) == (MEASURE if cpu_has_native_bf16() else "fp32")
+    assert precision_policy("fp32", CPU) == "fp32" and precision_policy("bf16", CPU) == "bf16"
 
 
 def test_the_spec_precision_reaches_training_and_evaluation(tmp_path):
@@ -56,7 +57,7 @@ def test_results_record_the_precision_each_phase_used(small_data, tmp_path):
             assert phase["precision"] == used[name] and {r["precision"] for r in phase["epochs"]} == {used[name]}
             probe = phase["precision_probe"]
             if precision == "bf16" or not cpu_has_native_bf16():
-                assert probe is None and used[name] == resolve_precision(precision, CPU)
+                assert probe is None and used[name] == precision_policy(precision, CPU)
             else:  # measured, and the faster one kept
                 seconds = probe["step_seconds"]
                 assert used[name] == ("bf16" if seconds["fp32"] >= BF16_MIN_SPEEDUP * seconds["bf16"] else "fp32")
@@ -70,7 +71,7 @@ def test_the_precision_probe_leaves_everything_as_it_found_it_and_is_measured_on
     labels = np.arange(32) % 3
     before = {k: v.clone() for k, v in module.state_dict().items()}
     rng_before = torch.get_rng_state()
-    choice = choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path)
+    choice = measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path)
     assert choice["precision"] in ("fp32", "bf16") and set(choice["step_seconds"]) == {"fp32", "bf16"}
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
@@ -79,10 +80,10 @@ def test_the_precision_probe_leaves_everything_as_it_found_it_and_is_measured_on
 
     def measured_again(*args):
         raise AssertionError("the cached choice was not used")
-    monkeypatch.setattr(cpu_precision, "step_seconds", measured_again)
-    assert choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path) == choice
+    monkeypatch.setattr(precision_module, "step_seconds", measured_again)
+    assert measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path) == choice
     with pytest.raises(AssertionError, match="not used"):  # another batch shape is another measurement
-        choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 8, [module], tmp_path)
+        measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 8, [module], tmp_path)
         assert json.loads((run / "config.json").read_text())["config"]["precision"] == precision
 
 
@@ -90,12 +91,12 @@ def test_a_damaged_precision_cache_file_is_measured_again_not_trusted(tmp_path, 
     module = nn.Linear(8, 3)
     rows = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
     labels = np.arange(16) % 3
-    choose = lambda: choose_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module],  # noqa: E731
+    choose = lambda: measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module],  # noqa: E731
                                           tmp_path)
     first = choose()
     path, = (tmp_path / "precision").glob("*.json")
     measured = []
-    monkeypatch.setattr(cpu_precision, "step_seconds", lambda *a: measured.append(1) or {"fp32": 1.0, "bf16": 2.0})
+    monkeypatch.setattr(precision_module, "step_seconds", lambda *a: measured.append(1) or {"fp32": 1.0, "bf16": 2.0})
     for damaged in ("{}", '{"precision": "fp8", "step_seconds": {"fp32": 1, "bf16": 1}}', "[1, 2", "null"):
         path.write_text(damaged)
         assert choose()["precision"] == "fp32" and json.loads(path.read_text())["precision"] == "fp32"

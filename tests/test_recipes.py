@@ -1,18 +1,23 @@
 """Recipes: `seeds` trains exactly seed 002's layers and learning rates; the recipe is recorded; overrides."""
 
 import json
+import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_config
 
+import transferlab
 from transferlab import compare
+from transferlab.cli import _config, build_parser
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.models.backbones import create_backbone
-from transferlab.models.freezing import unfreeze_last_keras_layers
+from transferlab.models.freezing import Unfreeze, unfreeze_last_keras_layers
 from transferlab.models.transfer_model import TransferModel
-from transferlab.training.recipes import PRESETS
+from transferlab.training.recipes import PRESETS, flag_of, recipe_fields, value_type
 
 
 def test_last_20_keras_layers_of_mobilenetv2_are_blocks_15_16_and_conv_1():
@@ -47,6 +52,8 @@ def test_seeds_recipe_trains_the_seeds_layers_and_rates(seeds_run):
     stored = json.loads((seeds_run / "config.json").read_text())
     assert stored["recipe"]["name"] == "seeds" and stored["recipe"]["overridden"] == ["image_size_px", "scratch_epochs"]
     assert stored["config"]["finetune_lr"] == 1e-5 and stored["config"]["unfreeze"] == "keras:20"
+    assert CompareConfig.from_dict(stored["config"]).recipe == replace(PRESETS["seeds"], image_size_px=32,
+                                                                       scratch_epochs=1)
     results = json.loads((seeds_run / "results.json").read_text())
     frozen, finetuned = results["phases"]["frozen"], results["phases"]["finetuned"]
     assert (frozen["learning_rate"], finetuned["learning_rate"]) == (1e-3, 1e-5)
@@ -81,15 +88,62 @@ def test_seeds_recipe_updates_batchnorm_statistics_only_in_the_unfrozen_tail(see
 
 def test_default_recipe_is_recorded_and_overrides_are_named(small_data, tmp_path):
     cfg = tiny_config(small_data, tmp_path)
-    assert cfg.recipe == "default"
+    assert cfg.recipe.name == "default"
     assert set(cfg.overridden_recipe_fields()) >= {"frozen_epochs", "finetune_epochs", "unfreeze"}
-    assert cfg.resolved_recipe().label_smoothing == PRESETS["default"].label_smoothing  # not overridden
+    assert cfg.recipe.optimization == PRESETS["default"].optimization  # not overridden
 
 
 @pytest.mark.parametrize("bad, message", [({"recipe": "fastest"}, "--recipe 'fastest' is unknown"),
                                           ({"optimizer": "lion"}, "--optimizer must be one of"),
                                           ({"unfreeze": "some:3"}, "unfreeze 'some:3'"),
                                           ({"label_smoothing": 1.5}, "--label-smoothing")])
-def test_bad_recipe_values_fail_when_the_config_is_built(bad, message, small_data):
+def test_bad_recipe_values_fail_when_the_config_is_built(bad, message, small_data, tmp_path):
     with pytest.raises(UserError, match=message):
-        CompareConfig(data_dir=small_data, **bad)
+        tiny_config(small_data, tmp_path, **bad)
+    assert not any(tmp_path.iterdir())
+
+
+# a valid value other than every preset's, per field type
+OTHER_VALUES = {int: 3, float: 0.25, bool: None, str: None, Unfreeze: Unfreeze("blocks", 2)}
+
+
+@pytest.mark.parametrize("field", recipe_fields(), ids=lambda f: f.name)
+def test_every_recipe_field_reaches_the_cli_and_the_stored_config(field, small_data):
+    """A field declared once in Recipe is a CLI flag, overrides the preset, is named as overridden and survives
+    config.json's round trip."""
+    kind = value_type(field)
+    preset = PRESETS["default"].to_dict()[field.name]
+    if kind is bool:
+        value, argv = not preset, [flag_of(field) if not preset else "--no-" + flag_of(field)[2:]]
+    elif field.metadata["choices"]:
+        value = next(c for c in field.metadata["choices"] if c != preset)
+        argv = [flag_of(field), value]
+    elif kind is Unfreeze:
+        value, argv = OTHER_VALUES[Unfreeze], ["--unfreeze-blocks", "2"]
+    else:
+        value = OTHER_VALUES[kind] if field.name != "image_size_px" else 48
+        argv = [flag_of(field), str(value)]
+    args = build_parser().parse_args(["compare", str(small_data), *argv])
+    cfg = _config(args, data_dir=args.data)
+    stored = {k: v for k, v in cfg.recipe.to_dict().items()}
+    assert stored[field.name] == (str(value) if kind is Unfreeze else value)
+    assert cfg.overridden_recipe_fields() == [field.name]
+    assert CompareConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# what the weights resolve to (timm's pretrained_cfg), which the recipe's image_size_px overrides when given
+OTHER_CONCEPTS = {("images.py", "image_size_px")}
+
+
+def test_recipe_fields_are_declared_once_in_src():
+    """No other module re-declares a recipe field as a dataclass field or a hand-written flag."""
+    src = Path(transferlab.__file__).parent
+    for path in src.rglob("*.py"):
+        if path.name == "recipes.py":
+            continue
+        text = path.read_text()
+        for field in recipe_fields():
+            if (path.name, field.name) in OTHER_CONCEPTS:
+                continue
+            assert not re.search(rf"^\s+{field.name}\s*:", text, re.M), f"{path}: {field.name} declared again"
+            assert f'"{flag_of(field)}"' not in text, f"{path}: {flag_of(field)} written by hand"

@@ -102,9 +102,9 @@ DRIVER = textwrap.dedent("""
 
 
 def _cli_args(cfg, runs_dir: Path) -> list[str]:
-    return ["compare", str(cfg.data_dir), "--backbone", cfg.backbone, "--image-size", str(cfg.image_size_px),
+    return ["compare", str(cfg.data_dir), "--backbone", cfg.backbone, "--image-size", str(cfg.recipe.image_size_px),
             "--scratch-epochs", "2", "--frozen-epochs", "2", "--finetune-epochs", "2", "--unfreeze-last",
-            cfg.unfreeze.split(":")[1], "--batch-size", str(cfg.batch_size), "--runs-dir", str(runs_dir),
+            str(cfg.recipe.unfreeze.count), "--batch-size", str(cfg.batch_size), "--runs-dir", str(runs_dir),
             "--cache-dir", str(cfg.cache_dir), "--engine", "torch", "--no-final-fit", "--quiet"]  # as tiny_config
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transferlab.data import row_store
+from transferlab.data import fingerprints, row_store
 from transferlab.data.row_store import RowStore
 
 SRC = Path(row_store.__file__).parents[2]
@@ -130,7 +130,7 @@ def test_each_segment_is_read_once_per_process_to_verify_it(tmp_path, monkeypatc
     store = RowStore(tmp_path / "s", (4,), "uint8")
     store.add(["a"], _rows_for(["a"]))
     store.add(["b"], _rows_for(["b"]))
-    monkeypatch.setattr(row_store, "_DIGESTS", {})  # as in a new process
+    monkeypatch.setattr(fingerprints, "_DIGESTS", {})  # as in a new process
     reads = []
     original = row_store._stream_digest
     monkeypatch.setattr(row_store, "_stream_digest", lambda f: reads.append(1) or original(f))

@@ -1,6 +1,7 @@
 """--tensorboard and --mlflow-uri: what a run (interrupted and resumed) logged, read back with each tool's reader."""
 
 import json
+import math
 import os
 import signal
 import sys
@@ -13,7 +14,6 @@ from transferlab import resume
 from transferlab.cli import main
 from transferlab.experiments import phases as phases_module
 from transferlab.experiments.tracking import TRACKING_FILE
-from transferlab.training.loop import PhaseSpec, learning_rate_at
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 mlflow = pytest.importorskip("mlflow")
@@ -56,8 +56,18 @@ def _expected_learning_rates(results: dict, phase: str) -> list[float]:
     summary, recipe = results["phases"][phase], results["recipe"]
     epochs = len(summary["epochs"])
     per_epoch = summary["steps"] // epochs
-    spec = PhaseSpec(phase, epochs, summary["learning_rate"], 16, 0, schedule=recipe["schedule"])
-    return [learning_rate_at((e + 1) * per_epoch - 1, epochs * per_epoch, spec) for e in range(epochs)]
+    return [_warmup_cosine((e + 1) * per_epoch - 1, epochs * per_epoch, summary["learning_rate"], recipe["schedule"])
+            for e in range(epochs)]
+
+
+def _warmup_cosine(step: int, total: int, rate: float, schedule: str) -> float:
+    """The rate at a step, written out: 10% linear warm-up ((s + 1) / warm-up), then cosine decay to zero."""
+    if schedule == "constant" or total <= 1:
+        return rate
+    warmup = max(1, round(0.1 * total))
+    if step < warmup:
+        return rate * (step + 1) / warmup
+    return rate * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
 def test_tensorboard_holds_every_epoch_once_with_the_stored_values(tracked_run):

@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import functools
 import json
 import logging
 import sys
@@ -21,11 +22,11 @@ from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
 from transferlab.training.distributed import torchrun_ranks
 from transferlab.training.engines import ENGINES
-from transferlab.training.loop import PRECISIONS
-from transferlab.training.recipes import OPTIMIZERS, PRESETS, SCHEDULES
+from transferlab.models.freezing import UNFREEZE_KINDS, Unfreeze
+from transferlab.training.precision import PRECISIONS
+from transferlab.training.recipes import PRESETS, flag_of, recipe_fields, resolve_recipe, value_type
 
 EXIT_USER_ERROR = 2
-UNFREEZE_OPTIONS = {"unfreeze_last": "layers", "unfreeze_blocks": "blocks", "unfreeze_keras_layers": "keras"}
 EXIT_INTERRUPTED = 130
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -40,6 +41,30 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 90s or 1.5h") from None
 
 
+def add_recipe_options(group) -> None:
+    """--recipe and one flag per recipe field, from the field's declaration (training/recipes.py)."""
+    group.add_argument("--recipe", default="default", choices=list(PRESETS),
+                       help="default: the measured strong recipe; seeds: seed 002 exactly; seeds-000: seed 000")
+    for f in recipe_fields():
+        kind, help = value_type(f), f.metadata["help"]
+        if kind is Unfreeze:  # one field, a flag per kind of count
+            exclusive = group.add_mutually_exclusive_group()
+            for unfreeze_kind, (flag, what) in UNFREEZE_KINDS.items():
+                exclusive.add_argument(flag, dest="unfreeze", metavar="N", help=what,
+                                       type=functools.partial(_unfreeze_count, unfreeze_kind, flag))
+        elif kind is bool:
+            group.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help)
+        else:
+            group.add_argument(flag_of(f), dest=f.name, type=kind, choices=f.metadata["choices"], help=help,
+                               metavar=None if f.metadata["choices"] else flag_of(f)[2:].upper().replace("-", "_"))
+
+
+def _unfreeze_count(kind: str, flag: str, text: str) -> Unfreeze:
+    if not text.isdigit():  # a UserError, not argparse's usage text: one line like every other bad value
+        raise UserError(f"{flag} must be a whole number ≥ 0 (got '{text}')")
+    return Unfreeze(kind, int(text))
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     d = CompareConfig.__dataclass_fields__
     p.add_argument("--backbone", help="timm model name (default: mobilenetv2_100 if its weights can be had, "
@@ -50,28 +75,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="a stratified test part, reported once and never used for a choice (default: none)")
     p.add_argument("--seed", type=int, default=d["seed"].default)
     p.add_argument("--batch-size", type=int, default=d["batch_size"].default)
-    recipe = p.add_argument_group("recipe", "a preset (--recipe) and overrides of its fields (default: the preset's)")
-    recipe.add_argument("--recipe", default=d["recipe"].default, choices=list(PRESETS),
-                        help="default: the measured strong recipe; seeds: seed 002 exactly; seeds-000: seed 000")
-    recipe.add_argument("--image-size", type=int, dest="image_size_px", help="input size in px")
-    for flag, kind in (("scratch-epochs", int), ("frozen-epochs", int), ("finetune-epochs", int),
-                       ("scratch-lr", float), ("frozen-lr", float), ("finetune-lr", float), ("head-dropout", float),
-                       ("weight-decay", float), ("label-smoothing", float), ("cached-views", int)):
-        recipe.add_argument(f"--{flag}", type=kind)
-    recipe.add_argument("--optimizer", choices=OPTIMIZERS)
-    recipe.add_argument("--schedule", choices=SCHEDULES)
-    group = recipe.add_mutually_exclusive_group()
-    group.add_argument("--unfreeze-last", type=int, metavar="N", help="fine-tune the last N layers with parameters")
-    group.add_argument("--unfreeze-blocks", type=int, metavar="K", help="fine-tune the last K blocks")
-    group.add_argument("--unfreeze-keras-layers", type=int, metavar="N",
-                       help="fine-tune what Keras' base.layers[-N:] would (seed 002: 20)")
-    recipe.add_argument("--augment", action=argparse.BooleanOptionalAction, help="flip/shift augmentation")
-    recipe.add_argument("--train-batchnorm", action=argparse.BooleanOptionalAction,
-                        help="BatchNorm in the unfrozen range updates (Keras' behaviour)")
-    recipe.add_argument("--keep-best-epoch", action=argparse.BooleanOptionalAction,
-                        help="keep the best-validation epoch of each phase (else the last)")
-    recipe.add_argument("--final-fit", action=argparse.BooleanOptionalAction,
-                        help="after validation chose, train the kept pipeline again on train + validation")
+    add_recipe_options(p.add_argument_group("recipe", "a preset (--recipe) and overrides of its fields "
+                                                      "(default: the preset's)"))
     p.add_argument("--class-weights", choices=["none", "auto"], default="none",
                    help="auto: weight the loss by inverse class frequency (imbalanced data)")
     p.add_argument("--dedupe", action="store_true",
@@ -173,13 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, **data) -> CompareConfig:
     fields = CompareConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields} | data
-    for option, kind in UNFREEZE_OPTIONS.items():
-        count = getattr(args, option)
-        if count is not None and count < 0:
-            raise UserError(f"--{option.replace('_', '-')} must be 0 or more (got {count})")
-        if count is not None:
-            values["unfreeze"] = f"{kind}:{count}"
-    return CompareConfig(**values, show_progress=not args.quiet)
+    recipe = resolve_recipe(args.recipe, vars(args))  # the given flags override the preset's fields
+    return CompareConfig(**(values | {"recipe": recipe}), show_progress=not args.quiet)
 
 
 def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:

@@ -12,7 +12,8 @@ import PIL
 from tqdm import tqdm
 
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
-from transferlab.data.row_store import RowStore, RowView, file_digest
+from transferlab.data.fingerprints import file_digest
+from transferlab.data.row_store import RowStore, RowView
 from transferlab.data.scan import LabelledImage
 from transferlab.errors import UserError, one_line, quoted
 

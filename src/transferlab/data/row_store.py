@@ -15,7 +15,6 @@ A read-only cache is used as it is: rows it lacks are computed and kept in memor
 """
 
 import errno
-import hashlib
 import itertools
 import json
 import mmap
@@ -26,62 +25,20 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from filelock import FileLock
 
 from transferlab.atomic import write_json_atomic
+from transferlab.data.fingerprints import fd_digest_once, remember_digest, content_hasher
 
-CHUNK_BYTES = 64 << 20
 INDEX_FORMAT = 2
 STALE_TEMP_SECONDS = 24 * 3600  # a segment still being written is touched far more often than this
 READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 SEGMENT_NAME = re.compile(r"seg-[0-9a-f]{32}\.bin")
 
-# Per process: checksums already verified, by file version, so that each segment is read once per run
-# however often its store is opened; and read-only folders already warned about.
-_DIGESTS: dict[tuple[int, int, int, int], str] = {}
-_WARNED_READ_ONLY: set[Path] = set()
-
-
-def _stream_digest(f: BinaryIO) -> str:
-    """Read (not memory-map) so that hashing a large file does not count towards resident memory."""
-    h = hashlib.blake2b(digest_size=16)
-    while chunk := f.read(CHUNK_BYTES):
-        h.update(chunk)
-    return h.hexdigest()
-
-
-def _version_of(fd: int) -> tuple[int, int, int, int]:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _digest_once(fd: int) -> str:
-    key = _version_of(fd)
-    if key not in _DIGESTS:
-        with open(fd, "rb", closefd=False) as f:
-            f.seek(0)
-            _DIGESTS[key] = _stream_digest(f)
-    return _DIGESTS[key]
-
-
-def file_digest(path: Path) -> str:
-    """Content hash of an image file: renames and moves keep the cache, any edited byte invalidates."""
-    with open(path, "rb") as f:
-        return _stream_digest(f)
-
-
-def file_digest_once(path: Path) -> str:
-    """`file_digest`, read once per process per version of the file (device, inode, size, mtime)."""
-    with open(path, "rb") as f:
-        return _digest_once(f.fileno())
-
-
-def key_digest(*parts: object) -> str:
-    """A short folder name for a cache that depends on all of `parts` (model, weights, preprocessing…)."""
-    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+_WARNED_READ_ONLY: set[Path] = set()  # read-only folders already warned about, per process
 
 
 @dataclass(frozen=True)
@@ -160,7 +117,7 @@ class RowStore:
         mapped = MappedSegment(fd, len(segment.keys), self.row_shape, self.dtype)
         if os.fstat(fd).st_size != len(segment.keys) * self.row_bytes:
             self._warn_corrupt(f"{segment.file} has another size than its index says")
-        elif _digest_once(fd) != segment.checksum:
+        elif fd_digest_once(fd) != segment.checksum:
             self._warn_corrupt(f"{segment.file} does not match its checksum")
         else:
             return mapped
@@ -275,7 +232,7 @@ class RowStore:
 
     def _write_segment(self, temp: Path, new_rows: Iterable[tuple[list[str], np.ndarray]]) -> Segment:
         keys: list[str] = []
-        h = hashlib.blake2b(digest_size=16)
+        h = content_hasher()
         with open(temp, "wb") as f:
             for chunk_keys, rows in new_rows:
                 f.write(memoryview(rows).cast("B"))
@@ -283,7 +240,7 @@ class RowStore:
                 keys += chunk_keys
             f.flush()
             os.fsync(f.fileno())
-            _DIGESTS[_version_of(f.fileno())] = h.hexdigest()  # the writer has just read every byte
+            remember_digest(f.fileno(), h.hexdigest())  # the writer has just read every byte
         return Segment(f"seg{temp.name[4:-4]}.bin", tuple(keys), h.hexdigest())  # .seg-X.tmp -> seg-X.bin
 
     def _publish(self, temp: Path, segment: Segment) -> None:

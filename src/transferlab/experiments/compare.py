@@ -19,8 +19,8 @@ from transferlab.experiments.datasets import labels_of, prepare_data, scan_folde
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.interrupts import StopRequests, interruptible
-from transferlab.experiments.phases import (CellData, PhaseRunner, check_input_size, copy_state, predict_test_set,
-                                            record_test_accuracy, resolve_device, run_cell, run_final_fit,
+from transferlab.experiments.phases import (CellData, CellPhases, check_input_size, copy_state, predict_test_set,
+                                            record_test_accuracy, run_cell, run_final_fit,
                                             unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import default_cache_dir, environment, new_run_dir, read_run_config
 from transferlab.experiments.tracking import Tracker, tracking
@@ -29,7 +29,8 @@ from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.distributed import Ranks, barrier, join_process_group, run_on_main, torchrun_ranks
 from transferlab.training.engines import resolve_engine
-from transferlab.training.loop import resolve_precision
+from transferlab.training.devices import resolve_device
+from transferlab.training.precision import precision_policy
 from transferlab.training.metrics import confusion_matrix
 
 
@@ -50,8 +51,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     device = resolve_device(cfg.device, ranks)
     join_process_group(ranks, device)
     resolve_engine(cfg.engine, device)
-    resolve_precision(cfg.precision, device)
-    recipe = cfg.resolved_recipe()
+    precision_policy(cfg.precision, device)
+    recipe = cfg.recipe
     pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, recipe.image_size_px)
     torch.manual_seed(cfg.seed)
     model = TransferModel(pretrained.module, len(folders.train.class_names), HeadConfig(dropout=recipe.head_dropout))
@@ -64,7 +65,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         overridden = stored.get("recipe", {}).get("overridden", [])
     else:
         overridden = cfg.overridden_recipe_fields()
-        cfg = replace(cfg.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
+        cfg = replace(cfg.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
         run_dir = run_on_main(lambda: _new_run(cfg, overridden, env), ranks)
     if pretrained.notice:
@@ -87,7 +88,7 @@ def _new_run(cfg: CompareConfig, overridden: list[str], env: dict) -> Path:
     run_dir = new_run_dir(cfg.runs_dir, cfg.name or Path(cfg.data_dir or cfg.train_dir).name)
     write_json_atomic(run_dir / "config.json", {
         "format_version": RUN_FORMAT_VERSION, "config": cfg.to_dict(),
-        "recipe": {"name": cfg.recipe, "overridden": overridden, **cfg.resolved_recipe().to_dict()},
+        "recipe": {"overridden": overridden, **cfg.recipe.to_dict()},
         "environment": env})
     return run_dir
 
@@ -103,7 +104,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
                         run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests, ranks: Ranks,
                         tracker: Tracker | None) -> dict:
     started = time.perf_counter()
-    recipe = cfg.resolved_recipe()
+    recipe = cfg.recipe
     cache_dir, prep = Path(cfg.cache_dir or default_cache_dir()), pretrained.preprocessing
     decode_started = time.perf_counter()
     prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming, ranks)
@@ -111,7 +112,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     data = CellData(split.train, split.val, n_classes)
-    runner = PhaseRunner(cfg, recipe, data, run_dir, resuming, device, stop, ranks,
+    runner = CellPhases(cfg, recipe, data, run_dir, resuming, device, stop, ranks,
                          tracker.log_epoch if tracker else None)
     initial_state = copy_state(model) if recipe.final_fit else None  # pretrained backbone, untrained head
     models = run_cell(runner, data, pretrained, model, cache_dir, skip_scratch=cfg.skip_scratch)

@@ -7,19 +7,17 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.tracking import check_tracking_options
 from transferlab.training.engines import ENGINES
-from transferlab.training.loop import PRECISIONS
-from transferlab.training.recipes import PRESETS, Recipe, resolve_recipe
+from transferlab.training.precision import PRECISIONS
+from transferlab.training.recipes import Recipe, overridden_fields, recipe_fields, resolve_recipe
 
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
-MAX_CACHED_VIEWS = 32
 MAX_BATCH_SIZE = 4096
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -36,25 +34,7 @@ class CompareConfig:
     val_fraction: float = 0.2            # seed 002's validation_split
     seed: int = 42
     batch_size: int = 32                 # Keras' default, which the seeds used
-    recipe: str = "default"              # a preset of training/recipes.py; the fields below override it
-    image_size_px: int | None = None
-    head_dropout: float | None = None
-    frozen_epochs: int | None = None
-    frozen_lr: float | None = None
-    finetune_epochs: int | None = None
-    finetune_lr: float | None = None
-    unfreeze: str | None = None          # keras:N | layers:N | blocks:K
-    optimizer: str | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    label_smoothing: float | None = None
-    augment: bool | None = None
-    cached_views: int | None = None
-    train_batchnorm: bool | None = None
-    keep_best_epoch: bool | None = None
-    scratch_epochs: int | None = None
-    scratch_lr: float | None = None
-    final_fit: bool | None = None
+    recipe: Recipe | str = "default"     # a Recipe, or a preset's name (training/recipes.py); resolve_recipe overrides
     dedupe: bool = False                 # drop validation/test images that duplicate training images
     class_weights: str = "none"          # "auto": inverse class frequency in the loss
     target_acc: float = 0.80             # on test when there is a test set, else on validation
@@ -72,6 +52,10 @@ class CompareConfig:
     mlflow_uri: str | None = None        # an MLflow tracking URI: params, per-epoch metrics, the report
 
     def __post_init__(self) -> None:
+        if isinstance(self.recipe, str):  # a preset's name: the preset itself
+            object.__setattr__(self, "recipe", resolve_recipe(self.recipe, {}))
+        if not isinstance(self.recipe, Recipe):
+            raise UserError(f"recipe must be a preset's name or a Recipe (got {type(self.recipe).__name__})")
         if (self.data_dir is None) == (self.train_dir is None):
             raise UserError("give either a data folder (compare DATA) or --train DIR with --val DIR, not both")
         if (self.train_dir is None) != (self.val_dir is None):
@@ -87,19 +71,8 @@ class CompareConfig:
                                     "never train or choose; give a separate folder")
         if self.class_weights not in ("none", "auto"):
             raise UserError(f"--class-weights must be 'none' or 'auto' (got '{self.class_weights}')")
-        for name in ("scratch_epochs", "frozen_epochs", "finetune_epochs"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0, 10_000)
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        if self.cached_views is not None:
-            _check_int("cached_views", self.cached_views, 1, MAX_CACHED_VIEWS)
         _check_int("seed", self.seed, 0, 2**32 - 1)
-        if self.image_size_px is not None:
-            _check_int("image_size", self.image_size_px, MIN_IMAGE_SIZE_PX, MAX_IMAGE_SIZE_PX)
-        for name in ("scratch_lr", "frozen_lr", "finetune_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and 0 < value <= 10):
-                raise UserError(f"--{_flag(name)} must be a finite learning rate in (0, 10] (got {value})")
         for name, value in (("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)):
             if not (math.isfinite(value) and (0 < value < 1 or (name == "test_fraction" and value == 0))):
                 raise UserError(f"--{_flag(name)} must be between 0 and 1 (got {value})")
@@ -120,29 +93,27 @@ class CompareConfig:
         if self.backbone is not None and not self.backbone.strip():
             raise UserError("--backbone is empty; give a timm model name such as tf_efficientnet_lite0")
         check_tracking_options(self.tensorboard_dir, self.mlflow_uri)
-        self.resolved_recipe()  # an unknown preset or a bad override fails here, before anything is written
-
-    def resolved_recipe(self) -> Recipe:
-        return resolve_recipe(self.recipe, asdict(self))
 
     def overridden_recipe_fields(self) -> list[str]:
-        preset = asdict(PRESETS[self.recipe])
-        return sorted(k for k, v in asdict(self.resolved_recipe()).items() if k != "name" and v != preset[k])
+        return overridden_fields(self.recipe)
 
-    def with_recipe_filled_in(self, image_size_px: int) -> "CompareConfig":
-        """Every recipe field explicit, as config.json stores it: a resume cannot drift if presets change."""
-        own = {f.name for f in fields(self)} - {"name"}  # a recipe's name is `recipe` here
-        values = {k: v for k, v in asdict(self.resolved_recipe()).items() if k in own}
-        return type(self)(**(asdict(self) | values | {"image_size_px": image_size_px}))
+    def with_image_size(self, image_size_px: int) -> "CompareConfig":
+        """The input size the weights resolved to, written into the recipe as config.json stores it."""
+        return replace(self, recipe=replace(self.recipe, image_size_px=image_size_px))
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        """Flat, as config.json stores it: the recipe's name under `recipe`, each of its fields beside the rest."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "recipe"}
+        return ({k: str(v) if isinstance(v, Path) else v for k, v in own.items()}
+                | {"recipe": self.recipe.name} | {k: v for k, v in self.recipe.to_dict().items() if k != "name"})
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
         paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
-        return cls(**{k: Path(v) if k in paths and v is not None else v for k, v in d.items()
-                      if k in {f.name for f in fields(cls)}})
+        own = {k: Path(v) if k in paths and v is not None else v for k, v in d.items()
+               if k in {f.name for f in fields(cls)} - {"recipe"}}
+        return cls(**own, recipe=resolve_recipe(d.get("recipe", "default"),
+                                                {f.name: d.get(f.name) for f in recipe_fields()}))
 
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":
@@ -160,7 +131,7 @@ class CompareConfig:
         """What config.json stores: a resume from another working directory finds the same folders."""
         changes = {f.name: _absolute(getattr(self, f.name)) for f in fields(self)
                    if "Path" in str(f.type) and getattr(self, f.name) is not None}
-        return type(self)(**(asdict(self) | changes))
+        return replace(self, **changes)
 
 
 def _absolute(path: Path) -> Path:

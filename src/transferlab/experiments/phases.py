@@ -24,42 +24,17 @@ from transferlab.experiments.datasets import class_weights_for, labels_of
 from transferlab.experiments.interrupts import StopRequests
 from transferlab.experiments.run_dir import default_cache_dir, load_checkpoint, save_checkpoint
 from transferlab.models.backbones import PretrainedBackbone, create_backbone
-from transferlab.models.freezing import (UnfreezePlan, changing_state_keys, freeze_backbone, unfreeze_last_blocks,
-                                         unfreeze_last_keras_layers, unfreeze_last_layers)
+from transferlab.models.freezing import Unfreeze, changing_state_keys, freeze_backbone, unfreeze
 from transferlab.models.transfer_model import HeadConfig, TransferModel
-from transferlab.training.cpu_precision import choose_cpu_precision
 from transferlab.training.distributed import SINGLE, Ranks, any_rank, fill_shard_wise, gather_objects
 from transferlab.training.inputs import CachedInputs, ImageInputs
-from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, resolve_precision, train_phase
+from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
 from transferlab.training.metrics import balanced_accuracy
+from transferlab.training.precision import MEASURE, measure_cpu_precision, precision_policy
 from transferlab.training.prefix_cache import prefix_outputs
-from transferlab.training.recipes import Recipe, check_unfreeze
+from transferlab.training.recipes import Recipe
 
 log = logging.getLogger(__name__)
-
-PHASES = ("scratch", "frozen", "finetuned")
-
-
-def resolve_device(name: str, ranks: Ranks = SINGLE) -> torch.device:
-    """`name` was checked by CompareConfig; here only whether a GPU is really there. Under torchrun each rank
-    takes the GPU of its local rank."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if ranks.is_distributed and device.type == "cuda":
-        if device.index is not None:
-            raise UserError(f"--device {name} would put every rank on one GPU; under torchrun give --device cuda "
-                            "(each rank takes the GPU of its LOCAL_RANK) or pick GPUs with CUDA_VISIBLE_DEVICES")
-        if ranks.local_rank >= torch.cuda.device_count():
-            raise UserError(f"local rank {ranks.local_rank} has no GPU: only {torch.cuda.device_count()} are visible; "
-                            "give torchrun --nproc_per_node at most that many")
-        device = torch.device("cuda", ranks.local_rank)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
-    return device
-
 
 @dataclass
 class CellData:
@@ -70,8 +45,9 @@ class CellData:
     n_classes: int
 
 
-class PhaseRunner:
-    """Shared state of one cell's phases; each phase is one call of `train_and_summarise`."""
+class CellPhases:
+    """One cell's phases: what they share (config, labels, precision) and what each left (summaries,
+    validation predictions, the epoch log). Each phase is one call of `train_and_summarise`."""
 
     def __init__(self, cfg: CompareConfig, recipe: Recipe, data: CellData, run_dir: Path, resuming: bool,
                  device: torch.device, stop: StopRequests, ranks: Ranks = SINGLE,
@@ -79,24 +55,21 @@ class PhaseRunner:
         self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
         self.device, self.stop, self.ranks = device, stop, ranks
         self.on_epoch = on_epoch  # a tracking sink (experiments/tracking.py), fed after each checkpoint; rank 0's
-        self.precision = resolve_precision(cfg.precision, device)
+        self.precision = precision_policy(cfg.precision, device)
         self.train_labels, self.val_labels, self.n_classes = labels_of(data.train), labels_of(data.val), data.n_classes
         if len(self.val_labels) == 0:
             raise UserError("the validation set is empty: every class has a single image; add images or give --val")
         self.class_weights = (class_weights_for(self.train_labels, data.n_classes)
                               if cfg.class_weights == "auto" else None)
         self.history: list[dict] = []
-        self.precision_probes: dict[str, dict] = {}  # phase: what cpu_precision measured, where it did
+        self.precision_probes: dict[str, dict] = {}  # phase: what measure_cpu_precision found, where it ran
         self.phases: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}
 
     def spec(self, name: str, epochs: int, lr: float) -> PhaseSpec:
-        r = self.recipe
         return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=self.cfg.batch_size,
-                         seed=self.cfg.seed, class_weights=self.class_weights, optimizer=r.optimizer,
-                         weight_decay=r.weight_decay, adam_eps=r.adam_eps, schedule=r.schedule,
-                         label_smoothing=r.label_smoothing, keep_best_epoch=r.keep_best_epoch,
-                         precision=self.precision)
+                         seed=self.cfg.seed, class_weights=self.class_weights,
+                         optimization=self.recipe.optimization, precision=self.precision)
 
     def run_phase(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
                   train_modules: list) -> tuple[PhaseState, float, str]:
@@ -107,10 +80,10 @@ class PhaseRunner:
         started = time.perf_counter()
         if state is not None and state.history:  # resumed: on in the precision its first epochs ran in
             spec = replace(spec, precision=state.history[0].get("precision", "fp32"))  # older runs: fp32
-        elif spec.precision == "fastest" and spec.epochs == 0:
+        elif spec.precision == MEASURE and spec.epochs == 0:
             spec = replace(spec, precision="fp32")  # nothing trains: nothing to measure
-        elif spec.precision == "fastest":
-            probe = choose_cpu_precision(model, forward, train_inputs, self.train_labels, spec.batch_size,
+        elif spec.precision == MEASURE:
+            probe = measure_cpu_precision(model, forward, train_inputs, self.train_labels, spec.batch_size,
                                          train_modules, default_cache_dir())
             probe = gather_objects(probe, self.ranks)[0]  # every rank trains as rank 0 measured
             log.info("%s: %s on this CPU (fp32 %.3f s, bf16 %.3f s a step)", spec.name, probe["precision"],
@@ -123,7 +96,7 @@ class PhaseRunner:
                 save_checkpoint(self.run_dir, spec.name, model, optimizer, s, changing)
                 write_jsonl_atomic(self.run_dir / "metrics.jsonl", self.history + s.history)
             if self.on_epoch is not None:
-                self.on_epoch(s.history[-1] | {"learning_rate": optimizer.param_groups[0]["lr"]})
+                self.on_epoch(s.history[-1])
 
         def should_stop() -> bool:  # a signal to one rank stops them all after the same epoch
             self.stop.requested = any_rank(self.stop.requested, self.ranks)
@@ -175,16 +148,25 @@ def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: 
 
 @dataclass(frozen=True)
 class FineTuneStage:
-    """One fine-tuning phase; a cell runs one (the recipe's) or several in a row (unfreezing stage by stage)."""
+    """One fine-tuning phase, trained as its recipe's unfreeze, finetune_epochs and finetune_lr say; a cell
+    runs one (the recipe's) or several in a row (unfreezing stage by stage)."""
 
     name: str
-    unfreeze: str            # keras:N | layers:N | blocks:K
-    epochs: int
-    learning_rate: float
+    recipe: Recipe
+
+    def to_dict(self) -> dict:
+        r = self.recipe
+        return {"name": self.name, "unfreeze": str(r.unfreeze), "epochs": r.finetune_epochs,
+                "learning_rate": r.finetune_lr}
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Recipe) -> "FineTuneStage":
+        return cls(d["name"], replace(base, unfreeze=Unfreeze.parse(d["unfreeze"]), finetune_epochs=d["epochs"],
+                                      finetune_lr=d["learning_rate"]))
 
 
 def recipe_stages(recipe: Recipe) -> list[FineTuneStage]:
-    return [FineTuneStage("finetuned", recipe.unfreeze, recipe.finetune_epochs, recipe.finetune_lr)]
+    return [FineTuneStage("finetuned", recipe)]
 
 
 @dataclass
@@ -223,7 +205,7 @@ def cache_prefix_inputs(model: TransferModel, last_units: list[int], decoded: De
     return inputs, time.perf_counter() - started
 
 
-def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone, model: TransferModel,
+def run_cell(runner: CellPhases, data: CellData, pretrained: PretrainedBackbone, model: TransferModel,
              cache_dir: Path, skip_scratch: bool = False, stages: list[FineTuneStage] | None = None) -> CellModels:
     """Frozen, then each fine-tune stage from the previous one's kept state (the recipe's one stage by
     default), then scratch, on one train/validation pair; summaries land in `runner.phases`."""
@@ -234,7 +216,7 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
     # where fine-tuning will cut decides which activations to cache alongside the pooled features; each
     # stage's prefix stays frozen through the stages before it (they unfreeze later blocks only, or the same)
     end = len(model.units)
-    cuts = {s.name: unfreeze_by(model, s.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
+    cuts = {s.name: unfreeze(model, s.recipe.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
     frozen_plan = freeze_backbone(model)
     units = list(dict.fromkeys([end, *cuts.values()]))
     train_inputs, t_train = cache_prefix_inputs(model, units, data.train, views, pretrained, cfg, device, cache_dir,
@@ -252,11 +234,11 @@ def run_cell(runner: PhaseRunner, data: CellData, pretrained: PretrainedBackbone
 
     # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
     for stage in stages:
-        plan = unfreeze_by(model, stage.unfreeze, recipe.train_batchnorm)
+        plan = unfreeze(model, stage.recipe.unfreeze, recipe.train_batchnorm)
         log.info("%s: %s", stage.name, plan)
         cut = cuts[stage.name]
         forward = lambda x, cut=cut: model.forward_from(cut, x)  # noqa: E731
-        summary = runner.train_and_summarise(runner.spec(stage.name, stage.epochs, stage.learning_rate), model,
+        summary = runner.train_and_summarise(runner.spec(stage.name, stage.recipe.finetune_epochs, stage.recipe.finetune_lr), model,
                                              forward, at(train_inputs, cut), at(val_inputs, cut),
                                              [model.head, *plan.train_mode_modules], 0.0, {"unfreeze": plan.to_dict()})
         kept[stage.name], first_units[stage.name] = (summary["val_acc"], copy_state(model)), cut
@@ -290,12 +272,13 @@ def run_final_fit(cfg: CompareConfig, recipe: Recipe, data: CellData, both: Deco
     0-2) fine-tuned test accuracy rose from 78.8 % to 82.1 %. Its validation numbers are not reported (it
     trained on those images); its checkpoints live in run_dir/final, so it resumes like the other phases.
     """
-    recipe = replace(recipe, keep_best_epoch=False, finetune_epochs=0 if through == "frozen" else recipe.finetune_epochs)
+    recipe = replace(recipe, optimization=replace(recipe.optimization, keep_best_epoch=False),
+                     finetune_epochs=0 if through == "frozen" else recipe.finetune_epochs)
     both = CellData(both, data.val, data.n_classes)
     final_dir = Path(run_dir) / FINAL_FIT_DIR
     if ranks.is_main:
         final_dir.mkdir(exist_ok=True)
-    runner = PhaseRunner(cfg, recipe, both, final_dir, resuming, device, stop, ranks)
+    runner = CellPhases(cfg, recipe, both, final_dir, resuming, device, stop, ranks)
     model.load_state_dict(initial_state)
     return run_cell(runner, both, pretrained, model, cache_dir, skip_scratch=True), runner.phases
 
@@ -329,16 +312,8 @@ def record_test_accuracy(phases: dict[str, dict], predictions: dict[str, np.ndar
         phases[name]["balanced_test_acc"] = balanced_accuracy(labels, predicted, n_classes)
 
 
-def unfreeze_by(model: TransferModel, unfreeze: str, train_batchnorm: bool) -> UnfreezePlan:
-    """`unfreeze` as a recipe writes it: keras:N | layers:N | blocks:K."""
-    kind, count = check_unfreeze(unfreeze)
-    unfreeze_last = {"layers": unfreeze_last_layers, "blocks": unfreeze_last_blocks,
-                     "keras": unfreeze_last_keras_layers}[kind]
-    return unfreeze_last(model, count, train_batchnorm=train_batchnorm)
-
-
-def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe) -> UnfreezePlan:
-    return unfreeze_by(model, recipe.unfreeze, recipe.train_batchnorm)
+def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe):
+    return unfreeze(model, recipe.unfreeze, recipe.train_batchnorm)
 
 
 def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,8 @@ from transferlab.experiments.datasets import (PreparedData, Split, labels_of, pr
                                               screen_test_set, subset_of)
 from transferlab.formats import STUDY_FORMAT_VERSION
 from transferlab.experiments.interrupts import interruptible
-from transferlab.experiments.phases import (CellData, FineTuneStage, PhaseRunner, check_input_size,
-                                            predict_test_set, record_test_accuracy, resolve_device, run_cell,
+from transferlab.experiments.phases import (CellData, FineTuneStage, CellPhases, check_input_size,
+                                            predict_test_set, record_test_accuracy, run_cell,
                                             unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, environment, safe_name
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
@@ -42,7 +42,8 @@ from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.distributed import (Ranks, barrier, gather_objects, join_process_group, run_on_main,
                                               torchrun_ranks)
 from transferlab.training.engines import resolve_engine
-from transferlab.training.loop import resolve_precision
+from transferlab.training.devices import resolve_device
+from transferlab.training.precision import precision_policy
 
 STUDIES = ("data", "time", "backbones", "unfreeze")
 UNFREEZE_BLOCKS: tuple[int | None, ...] = (0, 1, 2, 4, None)  # the last K of timm's blocks; None: all of them
@@ -88,7 +89,7 @@ class StudyConfig:
         if c.tensorboard_dir is not None or c.mlflow_uri is not None:
             raise UserError("--tensorboard and --mlflow-uri log compare runs; a study does not log to them yet: drop "
                             "them (its report and results.json hold every cell)")
-        if c.final_fit:
+        if c.recipe.final_fit and "final_fit" in c.overridden_recipe_fields():
             raise UserError("--final-fit: a study's cells learn from their k images only, never from validation; "
                             "drop it")
 
@@ -161,7 +162,7 @@ def plan_cells(seeds: int, ks: tuple[int | None, ...], split: Split, common_key:
 def _setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> tuple[PretrainedBackbone, int]:
     """Weights, input size and the fine-tune cut checked before anything trains (UserError otherwise);
     returns the backbone and its number of timm blocks."""
-    recipe = cfg.resolved_recipe()
+    recipe = cfg.recipe
     pretrained = load_backbone(name, cfg.weights if name == cfg.backbone else None, recipe.image_size_px)
     probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     check_input_size(probe, pretrained)
@@ -185,9 +186,9 @@ def _screened_once(prepared: PreparedData, cfg: CompareConfig):
 def _common_key(backbone: PretrainedBackbone, cfg: CompareConfig, split: Split, device: torch.device, env: dict,
                 skip_scratch: bool) -> dict:
     return {"format": STUDY_FORMAT_VERSION, "backbone": backbone.name, "weights": backbone.weights.fingerprint,
-            "preprocessing": backbone.preprocessing.to_dict(), "recipe": cfg.resolved_recipe().to_dict(),
+            "preprocessing": backbone.preprocessing.to_dict(), "recipe": cfg.recipe.to_dict(),
             "batch_size": cfg.batch_size, "class_weights": cfg.class_weights, "engine": cfg.engine,
-            "precision": resolve_precision(cfg.precision, device),
+            "precision": precision_policy(cfg.precision, device),
             "device": device.type, "val": _digest(split.val), "test": _digest(split.test), "dedupe": cfg.dedupe,
             "skip_scratch": skip_scratch, "versions": env["versions"]}
 
@@ -196,19 +197,19 @@ def run_study(cfg: StudyConfig) -> Path:
     """Train what is missing, write results.json; returns the study folder. Checked before anything is written."""
     ranks = torchrun_ranks()
     base = cfg.compare.with_absolute_paths()
-    if base.image_size_px is None:
-        base = replace(base, image_size_px=STUDY_IMAGE_SIZE_PX)
+    if base.recipe.image_size_px is None:
+        base = base.with_image_size(STUDY_IMAGE_SIZE_PX)
     base = replace(base, show_progress=base.show_progress and ranks.is_main)
     folders = scan_folders(base)
     device = resolve_device(base.device, ranks)
     join_process_group(ranks, device)
     resolve_engine(base.engine, device)
-    resolve_precision(base.precision, device)
+    precision_policy(base.precision, device)
     n_classes = len(folders.train.class_names)
     pretrained, n_blocks = _setup_backbone(base.backbone, base, n_classes)
-    base = replace(base.with_recipe_filled_in(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
-                   cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve(),
-                   final_fit=False)  # a cell learns from its k images only (README, "Study")
+    base = replace(base.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
+                   cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
+    base = replace(base, recipe=replace(base.recipe, final_fit=False))  # a cell learns from its k images only
     name = base.name or Path(base.data_dir or base.train_dir).name
     study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
     env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
@@ -265,7 +266,7 @@ def _start_study(study_dir: Path, cfg: StudyConfig, base: CompareConfig, env: di
 def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: torch.device,
                       pretrained: PretrainedBackbone, n_blocks: int, study_dir: Path, env: dict, ranks: Ranks) -> Path:
     """Under torchrun cell i trains on rank i % world size, as a single process; every rank gets every row."""
-    recipe = base.resolved_recipe()
+    recipe = base.recipe
     n_classes = len(folders.train.class_names)
     split_exists = run_on_main(lambda: _start_study(study_dir, cfg, base, env), ranks)
     hint = "the same `transferlab study` command (finished cells are kept, the stopped one resumes)"
@@ -298,19 +299,19 @@ def _run_study_locked(cfg: StudyConfig, base: CompareConfig, folders, device: to
         if "unfreeze" in cfg.studies:
             def unfreeze_cells(variant: CompareConfig, what: str, stages: list[FineTuneStage] | None = None):
                 key = _common_key(pretrained, variant, split, device, env, skip_scratch=True) | {
-                    "stages": [asdict(s) for s in stages or []]}
+                    "stages": [s.to_dict() for s in stages or []]}
                 return run_all(plan_cells(cfg.seeds, (None,), split, key), pretrained, split, test_set, what,
                                skip_scratch=True, cfg=variant, stages=stages)
 
             for blocks in grid_depths(n_blocks):
                 for lr in UNFREEZE_LRS:
-                    variant = replace(base, unfreeze=f"blocks:{n_blocks if blocks is None else blocks}",
-                                      finetune_lr=lr)
+                    variant = replace(base, recipe=replace(base.recipe, finetune_lr=lr, unfreeze=Unfreeze(
+                        "blocks", n_blocks if blocks is None else blocks)))
                     unfreeze.append({"blocks": "all" if blocks is None else blocks, "of_blocks": n_blocks,
                                      "learning_rate": lr, "cells": unfreeze_cells(
                                          variant, f"unfreeze {'all' if blocks is None else blocks} at {lr:g}")})
             schedule = _schedule(unfreeze, n_blocks, recipe.finetune_epochs)
-            schedule["cells"] = unfreeze_cells(base, "stage by stage", [FineTuneStage(**s) for s in schedule["stages"]])
+            schedule["cells"] = unfreeze_cells(base, "stage by stage", [FineTuneStage.from_dict(s, recipe) for s in schedule["stages"]])
         backbones = []
         if "backbones" in cfg.studies:
             backbones = _backbone_study(cfg, base, folders, study_dir, device, env, n_classes, run_all, ranks)
@@ -409,12 +410,12 @@ def _run_or_reuse(cell: Cell, cfg: CompareConfig, study_dir: Path, split: Split,
         return json.loads(done.read_text()) | {"k": "all" if cell.k is None else cell.k, "reused": True}
     resuming = checkpoint_path(cell_dir, "frozen").parent.is_dir()  # a stopped cell: each phase resumes
     write_json_atomic(cell_dir / "cell.json", cell.key)
-    recipe = cfg.resolved_recipe()
+    recipe = cfg.recipe
     n_classes = len(split.class_names)
     torch.manual_seed(cfg.seed)
     model = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     data = CellData(cell.train, split.val, n_classes)
-    runner = PhaseRunner(cfg, recipe, data, cell_dir, resuming, device, stop)
+    runner = CellPhases(cfg, recipe, data, cell_dir, resuming, device, stop)
     models = run_cell(runner, data, pretrained, model, cfg.cache_dir, skip_scratch, stages)
     test = test_set()  # every choice of this cell is made: its one read of the test set
     predictions = predict_test_set(test, models, pretrained, cfg.cache_dir, device, cfg)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from transferlab.atomic import write_atomic
-from transferlab.data.row_store import key_digest
+from transferlab.data.fingerprints import key_digest
 from transferlab.models.transfer_model import UNITS_LAYOUT
 
 log = logging.getLogger(__name__)

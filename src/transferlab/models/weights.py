@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from transferlab.data.row_store import file_digest_once
+from transferlab.data.fingerprints import file_digest_once
 from transferlab.errors import UserError
 
 log = logging.getLogger(__name__)

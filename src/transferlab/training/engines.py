@@ -24,7 +24,7 @@ from torch import nn
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, cached_onnx, output_names
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.inputs import normalisation, normalise_by
-from transferlab.training.loop import prefix_autocast
+from transferlab.training.precision import prefix_autocast
 
 log = logging.getLogger(__name__)
 

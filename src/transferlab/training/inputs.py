@@ -4,6 +4,7 @@ Every source is deterministic in (positions, epoch), so a resumed run sees the s
 """
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,6 +13,13 @@ from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowView
 
 MAX_SHIFT_FRACTION = 0.125
+
+
+class Inputs(Protocol):
+    """A phase's input source: batches by position, deterministic in (positions, epoch)."""
+
+    def __len__(self) -> int: ...
+    def batch(self, positions: np.ndarray, epoch: int) -> torch.Tensor: ...
 
 
 def augment_pixels(pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

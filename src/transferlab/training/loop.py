@@ -6,28 +6,24 @@ the checkpoint of epoch k goes on exactly as if it had never stopped.
 """
 
 import copy
-import functools
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from tqdm import tqdm
 
 from transferlab.errors import UserError
+from transferlab.models.freezing import set_train_mode
 from transferlab.training.distributed import (SINGLE, Ranks, broadcast_buffers, data_parallel, gather_objects,
                                               sum_over_ranks)
-from transferlab.training.inputs import epoch_rng
-
-
-class Inputs(Protocol):
-    def __len__(self) -> int: ...
-    def batch(self, positions: np.ndarray, epoch: int) -> torch.Tensor: ...
+from transferlab.training.inputs import Inputs, epoch_rng
+from transferlab.training.precision import autocast
+from transferlab.training.recipes import Optimization
 
 
 @dataclass(frozen=True)
@@ -38,13 +34,8 @@ class PhaseSpec:
     batch_size: int
     seed: int
     class_weights: tuple[float, ...] | None = None
-    optimizer: str = "adam"              # adam | adamw | sgd (momentum 0.9, Nesterov)
-    weight_decay: float = 0.0
-    adam_eps: float = 1e-8
-    schedule: str = "constant"           # constant | warmup-cosine
-    label_smoothing: float = 0.0
-    keep_best_epoch: bool = True         # else the last epoch's weights are kept
-    precision: str = "fp32"              # resolved: fp32 | bf16 (autocast) | fastest (training/cpu_precision.py)
+    optimization: Optimization = Optimization()  # the recipe's part: optimiser, schedule, smoothing, kept epoch
+    precision: str = "fp32"              # fp32 | bf16 (autocast) | measure (training/precision.py)
 
 
 @dataclass
@@ -63,56 +54,6 @@ class Evaluation:
     loss: float
     accuracy: float
     predictions: np.ndarray
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them CPU autocast emulates bf16
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return frozenset()
-    return frozenset(flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
-                     for flag in line.split(":", 1)[1].split())
-
-
-def cpu_has_native_bf16() -> bool:
-    return bool(BF16_CPU_FLAGS & cpu_flags())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """What the training and evaluation forwards run in: 'bf16' (autocast), 'fp32', or 'fastest'.
-
-    auto: bf16 on GPUs that have it; on a CPU with native bf16, 'fastest': each phase measures both and
-    keeps the faster (training/cpu_precision.py, where the measurements that call for it are); else fp32.
-    """
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision '{precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
-    if device.type == "cuda":
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise UserError("--precision bf16: this GPU has no bf16; use --precision fp32 or auto")
-        return "bf16" if precision == "auto" and torch.cuda.is_bf16_supported() else precision.replace("auto", "fp32")
-    if precision == "bf16" and not cpu_has_native_bf16():
-        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than "
-                      "fp32", stacklevel=2)
-    if precision == "auto":
-        return "fastest" if cpu_has_native_bf16() else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """The context every training and evaluation forward runs in; `precision` as resolve_precision gives it."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def prefix_autocast(device: torch.device):
-    """The frozen pass fills caches shared by many runs: bf16 on GPUs (its own cache keys), fp32 on CPU,
-    where ONNX Runtime computes it in fp32 anyway and an exact cache serves both engines' checks."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda" and torch.cuda.is_bf16_supported())
 
 
 @torch.no_grad()
@@ -142,28 +83,22 @@ WARMUP_FRACTION = 0.1  # of all steps; BiT and timm warm up for a few percent of
 
 
 def make_optimizer(params: list[nn.Parameter], spec: PhaseSpec) -> torch.optim.Optimizer:
-    if spec.optimizer == "sgd":
+    o = spec.optimization
+    if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.learning_rate, momentum=0.9, nesterov=True,
-                               weight_decay=spec.weight_decay)
-    kind = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=spec.learning_rate, eps=spec.adam_eps, weight_decay=spec.weight_decay)
+                               weight_decay=o.weight_decay)
+    kind = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=spec.learning_rate, eps=o.adam_eps, weight_decay=o.weight_decay)
 
 
-def learning_rate_at(step: int, total_steps: int, spec: PhaseSpec) -> float:
-    """Linear warm-up over the first 10% of steps, then cosine decay to zero (per step, not per epoch)."""
-    if spec.schedule == "constant" or total_steps <= 1:
-        return spec.learning_rate
+def make_schedule(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps: int) -> LRScheduler | None:
+    """Per step: linear warm-up over the first 10% of steps (step s at (s + 1) / warm-up of the rate), then
+    cosine decay towards zero; None for a constant rate."""
+    if spec.optimization.schedule == "constant" or total_steps <= 1:
+        return None
     warmup = max(1, round(WARMUP_FRACTION * total_steps))
-    if step < warmup:
-        return spec.learning_rate * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return spec.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def set_train_mode(module: nn.Module, train_modules: list[nn.Module]) -> None:
-    module.eval()
-    for m in train_modules:
-        m.train()
+    return SequentialLR(optimizer, [LinearLR(optimizer, 1 / warmup, 1.0, total_iters=max(warmup - 1, 1)),
+                                    CosineAnnealingLR(optimizer, T_max=total_steps - warmup)], milestones=[warmup])
 
 
 def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
@@ -183,6 +118,12 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     state = state or PhaseState()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, spec)
+    steps_per_epoch = -(-len(train_inputs) // spec.batch_size)
+    schedule = make_schedule(optimizer, spec, spec.epochs * steps_per_epoch)
+    with warnings.catch_warnings():  # a resumed phase: its schedule moved on to where it stopped, before any step
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
+        for _ in range(state.next_epoch * steps_per_epoch if schedule else 0):
+            schedule.step()
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     weight = (torch.tensor(spec.class_weights, dtype=torch.float32, device=device)
@@ -199,12 +140,9 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         order = epoch_rng(spec.seed, epoch).permutation(len(train_inputs))
         loss_sum, correct = 0.0, 0
         batches = range(0, len(order), spec.batch_size)
-        steps_per_epoch = len(batches)
         bar = tqdm(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
                    disable=not show_progress)
-        for step, start in enumerate(bar):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(epoch * steps_per_epoch + step, spec.epochs * steps_per_epoch, spec)
+        for start in bar:
             positions = order[start:start + spec.batch_size]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
             if ranks.is_distributed:
@@ -214,10 +152,13 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                 with autocast(device, spec.precision):
                     logits = forward(train_inputs.batch(positions, epoch)).float()
                 loss = nn.functional.cross_entropy(logits, target, weight=weight,
-                                                   label_smoothing=spec.label_smoothing)
+                                                   label_smoothing=spec.optimization.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            last_lr = optimizer.param_groups[0]["lr"]
+            if schedule is not None:
+                schedule.step()
             loss_sum += loss.item() / ranks.world_size * len(positions)  # a rank's loss is W x its part
             correct += int((logits.argmax(1) == target).sum())
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -228,9 +169,9 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         val = evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device, spec.precision, ranks)
         row = {"phase": spec.name, "epoch": epoch + 1, "train_loss": loss_sum / len(order),
                "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
-               "seconds": time.perf_counter() - started, "precision": spec.precision}
+               "seconds": time.perf_counter() - started, "precision": spec.precision, "learning_rate": last_lr}
         state.history.append(row)
-        if val.accuracy > state.best_val_acc or not spec.keep_best_epoch:
+        if val.accuracy > state.best_val_acc or not spec.optimization.keep_best_epoch:
             state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
             state.best_state = copy.deepcopy(module.state_dict())
         state.next_epoch = epoch + 1
@@ -256,7 +197,8 @@ def _rank_share_loss(parallel_forward: Callable[[torch.Tensor], torch.Tensor], i
     norm = weight[target].sum() if weight is not None else torch.tensor(float(len(positions)), device=device)
     with autocast(device, spec.precision):
         logits = parallel_forward(inputs.batch(positions, epoch)[mine]).float()
-    share = nn.functional.cross_entropy(logits, target[mine], weight=weight, label_smoothing=spec.label_smoothing,
+    share = nn.functional.cross_entropy(logits, target[mine], weight=weight,
+                                        label_smoothing=spec.optimization.label_smoothing,
                                         reduction="sum") / norm
     return share * ranks.world_size, logits, target[mine]
 

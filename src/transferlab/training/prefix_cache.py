@@ -13,12 +13,13 @@ import torch
 from tqdm import tqdm
 
 from transferlab.data.images import Preprocessing
-from transferlab.data.row_store import RowStore, RowView, key_digest
+from transferlab.data.fingerprints import key_digest
+from transferlab.data.row_store import RowStore, RowView
 from transferlab.models.onnx_export import EXPORTERS
 from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
 from transferlab.training.engines import PIXELS_IN, engine_version, prefix_runner, resolve_engine
 from transferlab.training.inputs import augment_pixels, epoch_rng
-from transferlab.training.loop import prefix_autocast
+from transferlab.training.precision import prefix_autocast
 
 
 AUGMENT_VERSION = 1  # bump when augment_pixels changes: cached views > 0 hold its output

@@ -1,62 +1,155 @@
 """Training recipes: named presets of every choice that decides accuracy, so a report can name what ran.
 
+`Recipe` is the one declaration of a training choice: its fields' metadata give the CLI flag, its help
+and the values it accepts, so the command line, the config and the phase specs all derive from it.
 `seeds` is seed 002 to the letter, `seeds-000` seed 000's variant; `default` is the stronger recipe
 measured in benchmarks/bench_recipes.py (README, "Recipes"). Any field can be overridden one by one;
 the run's config.json records the resolved recipe and which fields were overridden.
 """
 
-from dataclasses import asdict, dataclass, fields, replace
+import math
+import types
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any, Iterator
 
+from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
+from transferlab.models.freezing import Unfreeze
 
+MAX_EPOCHS = 10_000
+MAX_CACHED_VIEWS = 32
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup-cosine")
-UNFREEZE_KINDS = ("layers", "blocks", "keras")
+
+
+def option(help: str, *, flag: str | None = None, low: float | None = None, high: float | None = None,
+           bounds: str = "[]", choices: tuple[str, ...] | None = None, default: Any = MISSING) -> Any:
+    """A recipe field with what the CLI and the checks need: its help, its flag (default: --field-name) and
+    the values it takes (`bounds` says which ends of [low, high] are included)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "low": low, "high": high,
+                                            "bounds": bounds, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """How every phase steps; each phase brings its own epochs and learning rate."""
+
+    optimizer: str = option("adamw | adam | sgd (momentum 0.9, Nesterov)", choices=OPTIMIZERS, default="adam")
+    weight_decay: float = option("decoupled for adamw, L2 for adam and sgd", low=0, high=1, bounds="[)",
+                                 default=0.0)
+    adam_eps: float = option("Adam's epsilon: Keras uses 1e-7, PyTorch 1e-8", low=0, high=1, bounds="()",
+                             default=1e-8)
+    schedule: str = option("per step: constant, or 10%% linear warm-up then cosine to 0", choices=SCHEDULES,
+                           default="constant")
+    label_smoothing: float = option("of the cross-entropy targets", low=0, high=1, bounds="[)", default=0.0)
+    keep_best_epoch: bool = option("keep the best-validation epoch of each phase (else the last, as Keras' fit)",
+                                   default=True)
+
+
+OPTIMIZATION_FIELDS = tuple(f.name for f in fields(Optimization))
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    image_size_px: int | None    # None: the weights' own input size
-    head_dropout: float          # the head is GAP -> Dense 128 relu -> Dropout -> Dense n
-    frozen_epochs: int           # phase 1: only the head trains, on cached backbone features
-    frozen_lr: float
-    finetune_epochs: int         # phase 2: the tail of the backbone and the head
-    finetune_lr: float
-    unfreeze: str                # "keras:20" (Keras layers), "layers:N" (layers with parameters), "blocks:K"
-    optimizer: str               # adam | adamw | sgd (momentum 0.9)
-    weight_decay: float
-    schedule: str                # constant | warmup-cosine (per step: 10% linear warm-up, cosine to 0)
-    label_smoothing: float
-    augment: bool                # flip + shift; the transfer phases draw from `cached_views` cached views
-    cached_views: int
-    train_batchnorm: bool        # Keras' semantics: BatchNorm inside the unfrozen range updates its statistics
-    keep_best_epoch: bool        # False: the last epoch's weights, as Keras' fit() keeps them
-    adam_eps: float              # Keras' Adam uses 1e-7, PyTorch's 1e-8
-    scratch_epochs: int          # the from-scratch baseline: same architecture, same augmentation
-    scratch_lr: float
-    final_fit: bool              # after validation chose: train the kept pipeline again on train + validation
+    image_size_px: int | None = option("input size in px (default: the weights' own)", flag="--image-size",
+                                       low=MIN_IMAGE_SIZE_PX, high=MAX_IMAGE_SIZE_PX)
+    head_dropout: float = option("the head is GAP -> Dense 128 relu -> Dropout -> Dense n", low=0, high=1,
+                                 bounds="[)")
+    frozen_epochs: int = option("phase 1: only the head trains, on cached backbone features", low=0, high=MAX_EPOCHS)
+    frozen_lr: float = option("learning rate of phase 1", low=0, high=10, bounds="(]")
+    finetune_epochs: int = option("phase 2: the tail of the backbone and the head", low=0, high=MAX_EPOCHS)
+    finetune_lr: float = option("learning rate of phase 2", low=0, high=10, bounds="(]")
+    unfreeze: Unfreeze = option("what fine-tuning trains")
+    optimization: Optimization = option("how every phase steps")
+    augment: bool = option("flip/shift augmentation; the transfer phases draw from `cached_views` cached views")
+    cached_views: int = option("augmented views cached per image for the transfer phases", low=1,
+                               high=MAX_CACHED_VIEWS)
+    train_batchnorm: bool = option("BatchNorm in the unfrozen range updates its statistics (Keras' behaviour)")
+    scratch_epochs: int = option("the from-scratch baseline: same architecture, same augmentation", low=0,
+                                 high=MAX_EPOCHS)
+    scratch_lr: float = option("learning rate of the scratch baseline", low=0, high=10, bounds="(]")
+    final_fit: bool = option("after validation chose, train the kept pipeline again on train + validation")
+
+    def __post_init__(self) -> None:
+        for f, value in leaf_values(self):
+            check_value(f, value)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Flat, as config.json and results.json store it: {'name': ..., 'unfreeze': 'blocks:5', 'optimizer': ...}."""
+        return {"name": self.name} | {f.name: str(v) if isinstance(v, Unfreeze) else v for f, v in leaf_values(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Recipe":
+        return resolve_recipe(values["name"], values)
 
 
+def leaf_values(recipe: Recipe) -> Iterator[tuple[Field, Any]]:
+    """Every training choice of `recipe` with its field: the parts (Optimization) flattened."""
+    for f in recipe_fields():
+        yield f, getattr(recipe.optimization if f.name in OPTIMIZATION_FIELDS else recipe, f.name)
+
+
+def recipe_fields() -> list[Field]:
+    """The fields a user can override, flat: the recipe's own and its part's; `name` is the preset's."""
+    return [g for f in fields(Recipe)[1:] for g in (fields(Optimization) if f.type is Optimization else [f])]
+
+
+def value_type(f: Field) -> type:
+    """int for `int | None`, else the annotation itself."""
+    return next(a for a in f.type.__args__ if a is not type(None)) if isinstance(f.type, types.UnionType) else f.type
+
+
+def flag_of(f: Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def check_value(f: Field, value: Any) -> None:
+    """One field's value against its declared type and range; the message names the flag."""
+    meta, flag = f.metadata, flag_of(f)
+    if value is None and f.name == "image_size_px":
+        return
+    kind = value_type(f)
+    if kind is Unfreeze:
+        if not isinstance(value, Unfreeze):
+            raise UserError(f"unfreeze '{value}' is not one of keras:N, layers:N, blocks:K")
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{flag} must be true or false (got {value!r})")
+        return
+    if meta.get("choices"):
+        if value not in meta["choices"]:
+            raise UserError(f"{flag} must be one of {', '.join(meta['choices'])} (got '{value}')")
+        return
+    number_ok = not isinstance(value, bool) and (isinstance(value, int) if kind is int
+                                                 else isinstance(value, (int, float)) and math.isfinite(value))
+    low, high, bounds = meta["low"], meta["high"], meta["bounds"]
+    in_range = number_ok and (value >= low if bounds[0] == "[" else value > low) and \
+        (value <= high if bounds[1] == "]" else value < high)
+    if not in_range:
+        what = f"a whole number from {low} to {high}" if kind is int else f"a finite number in {bounds[0]}{low:g}, " \
+            f"{high:g}{bounds[1]}"
+        raise UserError(f"{flag} must be {what} (got {value!r})")
+
+
+# Keras' Adam uses eps 1e-7 where PyTorch's uses 1e-8; the seeds' code ran on Keras
+KERAS_ADAM = Optimization(optimizer="adam", weight_decay=0.0, adam_eps=1e-7, schedule="constant",
+                          label_smoothing=0.0, keep_best_epoch=False)  # Keras' fit() keeps the last epoch
 PRESETS = {
     # seed 002, line by line: MobileNetV2 at 224 px, GAP -> Dense(128, relu) -> Dense(n) (no dropout),
     # fit 5 epochs with Adam() (lr 1e-3), then base.layers[:-20] frozen and Adam(1e-5) for 5 epochs,
     # batch 32, no augmentation, the last epoch kept. Keras trains the BatchNorm layers among the last 20.
     "seeds": Recipe(name="seeds", image_size_px=224, head_dropout=0.0, frozen_epochs=5, frozen_lr=1e-3,
-                    finetune_epochs=5, finetune_lr=1e-5, unfreeze="keras:20", optimizer="adam", weight_decay=0.0,
-                    schedule="constant", label_smoothing=0.0, augment=False, cached_views=1,
-                    train_batchnorm=True, keep_best_epoch=False, adam_eps=1e-7, scratch_epochs=10,
-                    scratch_lr=1e-3, final_fit=False),
+                    finetune_epochs=5, finetune_lr=1e-5, unfreeze=Unfreeze("keras", 20), optimization=KERAS_ADAM,
+                    augment=False, cached_views=1, train_batchnorm=True, scratch_epochs=10, scratch_lr=1e-3,
+                    final_fit=False),
     # seed 000: 128 px, Dropout(0.3) in the head, fine_tune_at = 100 of MobileNetV2's 154 Keras layers:
     # the last 54, one of which (block_13_pad) is a ZeroPadding layer that timm folds into the conv: 53 here.
     "seeds-000": Recipe(name="seeds-000", image_size_px=128, head_dropout=0.3, frozen_epochs=5, frozen_lr=1e-3,
-                        finetune_epochs=5, finetune_lr=1e-5, unfreeze="keras:53", optimizer="adam",
-                        weight_decay=0.0, schedule="constant", label_smoothing=0.0, augment=False, cached_views=1,
-                        train_batchnorm=True, keep_best_epoch=False, adam_eps=1e-7, scratch_epochs=10,
-                        scratch_lr=1e-3, final_fit=False),
+                        finetune_epochs=5, finetune_lr=1e-5, unfreeze=Unfreeze("keras", 53), optimization=KERAS_ADAM,
+                        augment=False, cached_views=1, train_batchnorm=True, scratch_epochs=10, scratch_lr=1e-3,
+                        final_fit=False),
 }
 # The default, chosen on validation from what the field measured on small data (BiT-HyperRule, fastai
 # fine_tune, LP-FT): probe the head first (cheap: cached features), then fine-tune the last 5 blocks with
@@ -68,32 +161,28 @@ PRESETS = {
 # 3e-4 80.0 %, 1e-3 81.2 %; last 3 / 5 / 8 blocks at 1e-4: 78.2 / 76.8 / 77.8 %; at 3e-4, 8 blocks 79.4 %.
 # The ablation of each ingredient on three datasets is benchmarks/bench_recipes.py (README, "Recipes").
 PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3, frozen_epochs=10, frozen_lr=1e-3,
-                            finetune_epochs=10, finetune_lr=1e-3, unfreeze="blocks:5", optimizer="adamw",
-                            weight_decay=0.05, schedule="warmup-cosine", label_smoothing=0.1, augment=True,
-                            cached_views=4, train_batchnorm=False, keep_best_epoch=True, adam_eps=1e-8,
-                            scratch_epochs=20, scratch_lr=1e-3, final_fit=True)
-
-
-def check_unfreeze(spec: str) -> tuple[str, int]:
-    kind, _, count = spec.partition(":")
-    if kind not in UNFREEZE_KINDS or not count.isdigit():
-        raise UserError(f"unfreeze '{spec}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers)")
-    return kind, int(count)
+                            finetune_epochs=10, finetune_lr=1e-3, unfreeze=Unfreeze("blocks", 5),
+                            optimization=Optimization(optimizer="adamw", weight_decay=0.05, adam_eps=1e-8,
+                                                      schedule="warmup-cosine", label_smoothing=0.1,
+                                                      keep_best_epoch=True),
+                            augment=True, cached_views=4, train_batchnorm=False, scratch_epochs=20, scratch_lr=1e-3,
+                            final_fit=True)
 
 
 def resolve_recipe(name: str, overrides: dict) -> Recipe:
-    """The preset with the non-None overrides applied; an unknown name lists the presets."""
+    """The preset with the non-None overrides (flat field names, e.g. from the CLI) applied; an unknown name
+    lists the presets. An unfreeze may be given as text ('blocks:5')."""
     if name not in PRESETS:
         raise UserError(f"--recipe '{name}' is unknown; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(Recipe)} - {"name"}
-    recipe = replace(PRESETS[name], **{k: v for k, v in overrides.items() if k in known and v is not None})
-    if recipe.optimizer not in OPTIMIZERS:
-        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got '{recipe.optimizer}')")
-    if recipe.schedule not in SCHEDULES:
-        raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)} (got '{recipe.schedule}')")
-    if not 0 <= recipe.head_dropout < 1 or not 0 <= recipe.label_smoothing < 1:
-        raise UserError("--head-dropout and --label-smoothing must be in [0, 1)")
-    if not 0 <= recipe.weight_decay < 1:
-        raise UserError(f"--weight-decay must be in [0, 1) (got {recipe.weight_decay})")
-    check_unfreeze(recipe.unfreeze)
-    return recipe
+    preset = PRESETS[name]
+    given = {f.name: overrides[f.name] for f in recipe_fields() if overrides.get(f.name) is not None}
+    if isinstance(given.get("unfreeze"), str):
+        given["unfreeze"] = Unfreeze.parse(given["unfreeze"])
+    part = {k: given.pop(k) for k in OPTIMIZATION_FIELDS if k in given}
+    return replace(preset, optimization=replace(preset.optimization, **part), **given)
+
+
+def overridden_fields(recipe: Recipe) -> list[str]:
+    """The fields where `recipe` differs from its preset, as the report names them."""
+    preset = PRESETS[recipe.name].to_dict()
+    return sorted(k for k, v in recipe.to_dict().items() if v != preset[k])

@@ -1,4 +1,7 @@
-"""`--precision auto` on a CPU with native bf16: each phase times itself in fp32 and bf16, and keeps the faster.
+"""What training and evaluation forwards compute in: `--precision` and, on a CPU, the measured choice.
+
+auto: bf16 autocast on GPUs that have it; on a CPU with native bf16 each phase times itself in fp32 and
+bf16 and keeps the faster; else fp32.
 
 Measured on this project's 2-core AVX-512 BF16 CPU, bf16 autocast made the seeds' MobileNetV2 fine-tune
 tail at 224 px 1.5x faster, the default recipe's EfficientNet-Lite0 tail no faster, and a scratch Lite0 at
@@ -11,9 +14,11 @@ epochs ran in.
 CPUs without native bf16 never probe: emulated bf16 is slower.
 """
 
+import functools
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -23,8 +28,14 @@ from filelock import FileLock
 from torch import nn
 
 from transferlab.atomic import write_json_atomic
-from transferlab.data.row_store import key_digest
-from transferlab.training.loop import BF16_CPU_FLAGS, Inputs, autocast, cpu_flags, set_train_mode
+from transferlab.data.fingerprints import key_digest
+from transferlab.errors import UserError
+from transferlab.models.freezing import set_train_mode
+from transferlab.training.inputs import Inputs
+
+PRECISIONS = ("auto", "fp32", "bf16")
+MEASURE = "measure"  # what precision_policy answers where each phase measures fp32 against bf16
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them CPU autocast emulates bf16
 
 BF16_MIN_SPEEDUP = 1.15  # below this the numerics change for too little: fp32
 PROBE_SECONDS = 0.5      # timed per precision, alternating step by step, after one untimed step each: a
@@ -33,7 +44,50 @@ PROBE_MAX_STEPS = 64
 CPU = torch.device("cpu")
 
 
-def choose_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs,
+@functools.cache
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo ('unknown' and none where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    values = lambda key: [line.split(":", 1)[1] for line in lines if line.split(":")[0].strip() == key]  # noqa: E731
+    names = values("model name")
+    return (names[0].strip() if names else "unknown",
+            frozenset(flag for flags in values("flags") for flag in flags.split()))
+
+
+def cpu_has_native_bf16() -> bool:
+    return bool(BF16_CPU_FLAGS & cpu_info()[1])
+
+
+def precision_policy(precision: str, device: torch.device) -> str:
+    """What the forwards run in: 'bf16' (autocast), 'fp32', or MEASURE (each phase times both on this CPU)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision '{precision}' is unknown; choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16: this GPU has no bf16; use --precision fp32 or auto")
+        return "bf16" if precision == "auto" and torch.cuda.is_bf16_supported() else precision.replace("auto", "fp32")
+    if precision == "bf16" and not cpu_has_native_bf16():
+        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than "
+                      "fp32", stacklevel=2)
+    if precision == "auto":
+        return MEASURE if cpu_has_native_bf16() else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The context every training and evaluation forward runs in: bf16 autocast or nothing."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def prefix_autocast(device: torch.device):
+    """The frozen pass fills caches shared by many runs: bf16 on GPUs (its own cache keys), fp32 on CPU,
+    where ONNX Runtime computes it in fp32 anyway and an exact cache serves both engines' checks."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def measure_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs,
                          labels: np.ndarray, batch_size: int, train_modules: list[nn.Module],
                          machine_dir: Path) -> dict:
     """{"precision": "fp32" | "bf16", "step_seconds": {...}, ...}, measured once per machine and shape.
@@ -45,7 +99,7 @@ def choose_cpu_precision(module: nn.Module, forward: Callable[[torch.Tensor], to
     positions = np.arange(min(batch_size, len(inputs)))
     x = inputs.batch(positions, epoch=0)
     trainable = [(name, list(p.shape)) for name, p in module.named_parameters() if p.requires_grad]
-    key = key_digest("cpu-precision-v2", cpu_name(), sorted(cpu_flags() & BF16_CPU_FLAGS), torch.__version__,
+    key = key_digest("cpu-precision-v2", cpu_info()[0], sorted(cpu_info()[1] & BF16_CPU_FLAGS), torch.__version__,
                      torch.get_num_threads(), type(module).__name__, sum(p.numel() for p in module.parameters()),
                      trainable, list(x.shape), str(x.dtype), len(train_modules))
     path = Path(machine_dir) / "precision" / f"{key}.json"
@@ -107,12 +161,3 @@ def step_seconds(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tens
     for m, training in was_training.items():
         m.train(training)
     return {precision: statistics.median(t) for precision, t in times.items()}
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
