@@ -1,11 +1,8 @@
 """compare end to end on real (small) data: outputs, reuse of the model, determinism, kill and resume."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import tiny_config
@@ -85,25 +82,37 @@ def test_same_seed_same_split_and_metrics(small_data, finished_run, tmp_path):
     assert _metrics(again) == _metrics(finished_run)
 
 
+# `transferlab compare` that, once epoch 5's checkpoint and metrics line are written (inside the fine-tune
+# phase), says so on stdout and waits to be killed: the kill lands at that point, not wherever a poll caught it.
+STOP_INSIDE_FINE_TUNE = """
+import sys, threading
+from transferlab.cli import main
+from transferlab.experiments import phases
+write = phases.write_jsonl_atomic
+def write_then_wait(path, rows):
+    write(path, rows)
+    if path.name == "metrics.jsonl" and len(rows) == 5:
+        print(f"metrics.jsonl rows: {len(rows)}", flush=True)
+        threading.Event().wait()
+phases.write_jsonl_atomic = write_then_wait
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(small_data, tmp_path):
     cfg = tiny_config(small_data, tmp_path, frozen_epochs=4, finetune_epochs=3, scratch_epochs=2)
     reference = compare(cfg)
-    args = [sys.executable, "-m", "transferlab.cli", "compare", str(small_data), "--backbone", cfg.backbone,
+    args = [sys.executable, "-c", STOP_INSIDE_FINE_TUNE, "compare", str(small_data), "--backbone", cfg.backbone,
             "--image-size", "32", "--scratch-epochs", "2", "--frozen-epochs", "4", "--finetune-epochs", "3",
             "--unfreeze-last", "6", "--batch-size", "16", "--runs-dir", str(tmp_path / "killed"),
             "--cache-dir", str(cfg.cache_dir), "--engine", "torch", "--quiet"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    metrics = None
-    while time.time() < deadline and process.poll() is None:
-        found = list((tmp_path / "killed").glob("*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 5:  # inside the fine-tune phase
-            metrics = found[0]
-            break
-        time.sleep(0.02)
-    assert metrics is not None and process.poll() is None, "run ended before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as process:
+        try:
+            reached = process.stdout.readline()  # the barrier: the child waits there until it is killed
+        finally:
+            process.kill()  # SIGKILL
+    assert reached == "metrics.jsonl rows: 5\n", f"run ended before it could be killed: {reached!r}"
+    metrics, = (tmp_path / "killed").glob("*/metrics.jsonl")
     run_dir = metrics.parent
     assert not (run_dir / "results.json").exists()
     for path in run_dir.rglob("*.json*"):

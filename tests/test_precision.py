@@ -84,7 +84,11 @@ def test_the_precision_probe_leaves_everything_as_it_found_it_and_is_measured_on
     assert measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path) == choice
     with pytest.raises(AssertionError, match="not used"):  # another batch shape is another measurement
         measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 8, [module], tmp_path)
-        assert json.loads((run / "config.json").read_text())["config"]["precision"] == precision
+    assert len(list((tmp_path / "precision").glob("*.json"))) == 1  # the failed measurement stored nothing
+    monkeypatch.setattr(precision_module, "step_seconds", lambda *args: {"fp32": 1.0, "bf16": 2.0})
+    other = measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 8, [module], tmp_path)
+    assert other["batch_shape"] == [8, 8] and other["step_seconds"] == {"fp32": 1.0, "bf16": 2.0}
+    assert measure_cpu_precision(module, module, CachedInputs([rows], CPU), labels, 16, [module], tmp_path) == choice
 
 
 def test_a_damaged_precision_cache_file_is_measured_again_not_trusted(tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
 """report on runs that did not finish, and on many classes: one `error:` line, or a bounded plot."""
 
+import base64
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -62,3 +64,14 @@ def test_many_classes_give_a_bounded_confusion_matrix_and_say_so(run_copy, n_cla
     assert f"counts up to {ANNOTATE_MAX_CLASSES} classes" in report
     assert f"With {n_classes} classes the plot shows" in (run_copy / "report.html").read_text()
 
+
+
+def test_html_embeds_images_renders_tables_and_escapes_names(tmp_path):
+    from transferlab.reporting.report import markdown_to_html
+    Image.new("RGB", (3, 2), "red").save(tmp_path / "plot.png")
+    page = markdown_to_html("# Run\n\n| model | val acc |\n|---|---:|\n| fine-tuned | 90.0% |\n\n"
+                            "![a plot](plot.png)\n\n- `<script>` & **met**\n", tmp_path)
+    assert re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", page) == ["model", "val acc", "fine-tuned", "90.0%"]
+    png = base64.b64encode((tmp_path / "plot.png").read_bytes()).decode("ascii")
+    assert re.findall(r'<img[^>]*src="([^"]+)"', page) == [f"data:image/png;base64,{png}"]
+    assert "<h1>Run</h1>" in page and "<li><code>&lt;script&gt;</code> &amp; <strong>met</strong></li>" in page

@@ -1,4 +1,4 @@
-"""t-intervals and paired tests against values from SciPy (stats.t.ppf, stats.ttest_rel)."""
+"""t-intervals and paired tests against recorded reference numbers (SciPy's stats.t.ppf, stats.ttest_rel; t tables)."""
 
 import pytest
 

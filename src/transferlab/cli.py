@@ -9,13 +9,15 @@ import sys
 import warnings
 from pathlib import Path
 
-from transferlab import (CompareConfig, StudyConfig, UserError, compare, evaluate_folder, export, predict, resume,
-                         study)
+# What the parser and main() need. The API that trains or loads models (torch, timm) is imported in the
+# command that runs it, so that `report` and `runs` stay light.
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
-from transferlab.deploy import FORMATS, SIDECAR_FILE
+from transferlab.deploy import FORMATS
+from transferlab.errors import UserError
+from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
-from transferlab.experiments.study import DEFAULT_BACKBONES, DEFAULT_KS, STUDIES, parse_ks
+from transferlab.experiments.study import DEFAULT_BACKBONES, DEFAULT_KS, STUDIES, StudyConfig, parse_ks
 from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
@@ -228,6 +230,7 @@ def run(argv: list[str]) -> int:
         if stray and not args.study:
             raise UserError(f"{', '.join(stray)} belong to `demo --study`; add --study or drop them")
         study_cfg = _study_config(args, cfg) if args.study else None
+        from transferlab import compare, study
         export_embedded(where)  # after the options were checked: a bad one writes nothing
         if study_cfg is not None:
             _print_study_summary(study(study_cfg))
@@ -238,14 +241,17 @@ def run(argv: list[str]) -> int:
         if (explicit or args.test_dir) and any(t.split("=")[0] == "--test-fraction" for t in argv):
             raise UserError("--test-fraction draws the test part from DATA; with --test or --train/--val drop it")
         cfg = _config(args, data_dir=args.data, test_fraction=0.0 if explicit or args.test_dir else args.test_fraction)
+        from transferlab import study
         _print_study_summary(study(_study_config(args, cfg)))
     elif args.command == "compare":
+        from transferlab import compare, resume
         if args.resume:
             _refuse_options_with_resume(args, argv)
             _print_summary(resume(args.resume, show_progress=not args.quiet))
         else:
             _print_summary(compare(_config(args, data_dir=args.data)))
     elif args.command == "predict":
+        from transferlab import predict
         predictions = predict(args.run_dir, args.images, top_k=args.top_k, onnx=args.onnx)
         if args.json:
             print(json.dumps([{"path": str(p.path), "top": [{"class": c, "probability": round(pr, 5)}
@@ -253,6 +259,7 @@ def run(argv: list[str]) -> int:
         for p in [] if args.json else predictions:
             print(f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top))
     elif args.command == "evaluate":
+        from transferlab import evaluate_folder
         result = evaluate_folder(args.run_dir, args.labelled_dir, onnx=args.onnx)
         if args.json:
             print(json.dumps(result, indent=2))
@@ -265,6 +272,8 @@ def run(argv: list[str]) -> int:
         is_study = (args.run_dir / "cells").is_dir()
         print(write_study_report(args.run_dir) if is_study else write_report(args.run_dir))
     elif args.command == "export":
+        from transferlab import export
+        from transferlab.deploy import SIDECAR_FILE
         onnx = export(args.run_dir, args.out, args.format, args.check_images)["onnx"]
         print(f"wrote {(args.out or args.run_dir) / onnx['file']} (+ {SIDECAR_FILE}); max |delta logit| vs PyTorch "
               f"{onnx['parity_max_abs_logit_delta']:.1e} on {onnx['parity_inputs']}")

@@ -1,9 +1,10 @@
 """report.md and report.html for a run, from results.json alone."""
 
 import base64
-import html
 import json
 from pathlib import Path
+
+from markdown_it import MarkdownIt
 
 from transferlab.atomic import write_text_atomic
 from transferlab.errors import UserError, quoted
@@ -98,35 +99,14 @@ def write_report(run_dir: Path) -> Path:
 
 
 def markdown_to_html(markdown: str, images_dir: Path) -> str:
-    """Just enough Markdown (headings, lists, tables, images) for a page that opens offline: every image
-    is embedded as base64 from `images_dir`, so the one file can be mailed or archived alone."""
-    body, in_table = [], False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-:"):
-                continue
-            tag = "th" if not in_table else "td"
-            body.append(("<table>" if not in_table else "") + "<tr>" +
-                        "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-            in_table = True
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            alt, src = line[2:].split("](")
-            data = base64.b64encode((images_dir / src.rstrip(")")).read_bytes()).decode("ascii")
-            body.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
-        elif line:
-            body.append(f"<p>{html.escape(line.lstrip('> ')).replace('**', '')}</p>")
-    if in_table:
-        body.append("</table>")
-    style = "body{font-family:sans-serif;max-width:60em;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
-    return f"<!doctype html><meta charset=utf-8><title>transferlab report</title><style>{style}</style>\n" + \
-        "\n".join(body) + "\n"
+    """A page that opens offline: every image is embedded as base64 from `images_dir`, so the one file can
+    be mailed or archived alone. Raw HTML stays off: file and class names in the report are text."""
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = parser.parse(markdown)
+    for image in (child for token in tokens for child in token.children or () if child.type == "image"):
+        data = base64.b64encode((images_dir / image.attrGet("src")).read_bytes()).decode("ascii")
+        image.attrSet("src", f"data:image/png;base64,{data}")
+    style = ("body{font-family:sans-serif;max-width:60em;margin:auto}"
+             "td,th{padding:2px 8px;border-bottom:1px solid #ddd}")
+    return (f"<!doctype html><meta charset=utf-8><title>transferlab report</title><style>{style}</style>\n"
+            + parser.renderer.render(tokens, parser.options, {}))
