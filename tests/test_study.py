@@ -14,7 +14,7 @@ from transferlab.data.decoded import DecodedImages
 from transferlab.data.scan import LabelledImage
 from transferlab.experiments import phases
 from transferlab.experiments.interrupts import RunInterrupted
-from transferlab.experiments.study import nested_subset
+from transferlab.experiments.study_plan import nested_subset
 
 EPOCHS = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
 

@@ -17,7 +17,8 @@ from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.run_dir import default_cache_dir
-from transferlab.experiments.study import DEFAULT_BACKBONES, DEFAULT_KS, STUDIES, StudyConfig, parse_ks
+from transferlab.experiments.study_plan import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES, StudyConfig,
+                                                parse_ks)
 from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
@@ -185,6 +186,8 @@ def _config(args: argparse.Namespace, **data) -> CompareConfig:
 
 
 def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
+    if args.final_fit:  # the default recipe has one: only the flag says it was asked for
+        raise UserError(FINAL_FIT_REFUSAL)
     return StudyConfig(compare=cfg, studies=tuple(s.strip() for s in args.studies.split(",")), seeds=args.seeds,
                        ks=parse_ks(args.ks), backbones=tuple(b.strip() for b in args.backbones.split(",")),
                        study_dir=args.study_dir)

@@ -18,8 +18,8 @@ from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import labels_of, prepare_data, scan_folders, screen_test_set, subset_of
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
-from transferlab.experiments.interrupts import StopRequests, interruptible
-from transferlab.experiments.phases import (CellData, CellPhases, check_input_size, copy_state, predict_test_set,
+from transferlab.experiments.interrupts import interruptible
+from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state, predict_test_set,
                                             record_test_accuracy, run_cell, run_final_fit,
                                             unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import default_cache_dir, environment, new_run_dir, read_run_config
@@ -27,7 +27,7 @@ from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
-from transferlab.training.distributed import Ranks, barrier, join_process_group, run_on_main, torchrun_ranks
+from transferlab.training.distributed import barrier, join_process_group, run_on_main, torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.devices import resolve_device
 from transferlab.training.precision import precision_policy
@@ -72,8 +72,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         warnings.warn(pretrained.notice, stacklevel=2)
     tracked = (cfg.tensorboard_dir, cfg.mlflow_uri) if ranks.is_main else (None, None)  # only rank 0 logs
     with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
-        results = _train_and_evaluate(cfg, folders, pretrained, model, run_dir, resuming, device, stop, ranks,
-                                      tracker)
+        setting = CellSetting(cfg, pretrained, device, Path(cfg.cache_dir or default_cache_dir()), stop, ranks)
+        results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker)
         results["recipe"] = {"overridden": overridden, **results["recipe"]}
         if ranks.is_main:
             write_json_atomic(run_dir / "results.json",
@@ -100,46 +100,42 @@ def _check_same_weights(stored: dict, env: dict) -> None:
                         "restore them or start a new run instead of resuming")
 
 
-def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackbone, model: TransferModel,
-                        run_dir: Path, resuming: bool, device: torch.device, stop: StopRequests, ranks: Ranks,
+def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run_dir: Path, resuming: bool,
                         tracker: Tracker | None) -> dict:
     started = time.perf_counter()
-    recipe = cfg.recipe
-    cache_dir, prep = Path(cfg.cache_dir or default_cache_dir()), pretrained.preprocessing
+    cfg, recipe, pretrained, device, ranks = setting.cfg, setting.recipe, setting.pretrained, setting.device, setting.ranks
+    cache_dir, prep = setting.cache_dir, pretrained.preprocessing
     decode_started = time.perf_counter()
     prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming, ranks)
     split = prepared.split
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)
     data = CellData(split.train, split.val, n_classes)
-    runner = CellPhases(cfg, recipe, data, run_dir, resuming, device, stop, ranks,
-                         tracker.log_epoch if tracker else None)
+    cell = CellPhases(setting, data, run_dir, resuming, tracker.log_epoch if tracker else None)
     initial_state = copy_state(model) if recipe.final_fit else None  # pretrained backbone, untrained head
-    models = run_cell(runner, data, pretrained, model, cache_dir, skip_scratch=cfg.skip_scratch)
+    models = run_cell(cell, model, skip_scratch=cfg.skip_scratch)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)
-    phases = runner.phases
+    phases = cell.phases
 
     # every choice is made on validation: the transfer pipeline to keep; then, with the final fit, that
     # pipeline again on train + validation; then the test set is read, once
     chosen = max(kept, key=lambda p: kept[p][0])
-    final, both = None, None
+    final, train_and_val = None, None
     if recipe.final_fit:
-        both = subset_of(prepared.decoded, split.train.images + split.val.images)
-        final, final_phases = run_final_fit(cfg, recipe, data, both, chosen, pretrained, model, initial_state,
-                                            run_dir, resuming, device, stop, ranks, cache_dir)
+        train_and_val = subset_of(prepared.decoded, split.train.images + split.val.images)
+        final, final_phases = run_final_fit(cell, train_and_val, chosen, model, initial_state)
         phases["final"] = final_fit_summary(final_phases, chosen, len(data.train.images) + len(data.val.images))
-    test_predictions = {}
+    test_predictions, test = {}, None
     if split.test is not None:
-        split.test = screen_test_set(prepared, cfg, trained_on=both)
-        if not split.test.images:
+        test = screen_test_set(prepared, cfg, trained_on=train_and_val)
+        if not test.images:
             raise UserError("the test set is empty (too few images per class, or every test image duplicates a "
                             "training one); give a larger --test-fraction or a --test folder")
-        test_predictions = predict_test_set(split.test, models, pretrained, cache_dir, device, cfg, ranks)
+        test_predictions = predict_test_set(setting, test, models)
         if final is not None:
-            test_predictions["final"] = predict_test_set(split.test, final, pretrained, cache_dir, device, cfg,
-                                                         ranks)[chosen]
-        record_test_accuracy(phases, test_predictions, labels_of(split.test), n_classes)
+            test_predictions["final"] = predict_test_set(setting, test, final)[chosen]
+        record_test_accuracy(phases, test_predictions, labels_of(test), n_classes)
     model_phase = "final" if final is not None else chosen
     model.load_state_dict((final or models).kept[chosen][1])
     if ranks.is_main:
@@ -148,12 +144,12 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
     best_phase = max((p for p in phases if phases[p]["val_acc"] is not None), key=lambda p: phases[p]["val_acc"])
     transfer_seconds = decode_seconds + sum(phases[p]["seconds"] for p in ("frozen", "finetuned", "final")
                                             if p in phases)
-    on_test = split.test is not None
+    on_test = test is not None
     verdict_phase = model_phase if on_test else chosen  # the final fit trained on validation: no number there
     headline = phases[verdict_phase]["test_acc" if on_test else "val_acc"]
     counts = lambda d: np.bincount(labels_of(d), minlength=n_classes).tolist()  # noqa: E731
-    matrix_labels, matrix_predictions = ((labels_of(split.test), test_predictions[best_phase]) if on_test
-                                         else (runner.val_labels, runner.predictions[best_phase]))
+    matrix_labels, matrix_predictions = ((labels_of(test), test_predictions[best_phase]) if on_test
+                                         else (cell.val_labels, cell.predictions[best_phase]))
     return {
         "run_dir": str(run_dir), "backbone": pretrained.name,
         "weights": {"kind": pretrained.weights.kind, "location": pretrained.weights.location},
@@ -167,7 +163,7 @@ def _train_and_evaluate(cfg: CompareConfig, folders, pretrained: PretrainedBackb
                  "split": "split.json" if cfg.data_dir else "explicit --train/--val",
                  "class_names": list(split.class_names), "train_per_class": counts(split.train),
                  "val_per_class": counts(split.val), "n_train": len(split.train.images),
-                 "n_val": len(split.val.images), "n_test": len(split.test.images) if on_test else 0,
+                 "n_val": len(split.val.images), "n_test": len(test.images) if on_test else 0,
                  "skipped": [{"path": str(s.path), "reason": s.reason} for s in prepared.skipped],
                  "ignored_files": [str(p) for p in split.ignored_files], "leakage": prepared.leakage,
                  "imbalanced": max(counts(split.train)) > 1.5 * max(min(counts(split.train)), 1)},

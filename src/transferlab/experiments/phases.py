@@ -6,6 +6,7 @@ validation — the one read of the test set. `compare` runs one cell; a study ru
 folder, so checkpoints, resume and interrupts work the same for both.
 """
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -27,7 +28,7 @@ from transferlab.models.backbones import PretrainedBackbone, create_backbone
 from transferlab.models.freezing import Unfreeze, changing_state_keys, freeze_backbone, unfreeze
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.distributed import SINGLE, Ranks, any_rank, fill_shard_wise, gather_objects
-from transferlab.training.inputs import CachedInputs, ImageInputs
+from transferlab.training.inputs import CachedInputs, ImageInputs, Inputs
 from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
 from transferlab.training.metrics import balanced_accuracy
 from transferlab.training.precision import MEASURE, measure_cpu_precision, precision_policy
@@ -45,22 +46,50 @@ class CellData:
     n_classes: int
 
 
+@dataclass(frozen=True)
+class CellSetting:
+    """What every phase of a cell runs with: the config (and its recipe), the backbone, where, how to stop."""
+
+    cfg: CompareConfig
+    pretrained: PretrainedBackbone
+    device: torch.device
+    cache_dir: Path
+    stop: StopRequests
+    ranks: Ranks = SINGLE
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.cfg.recipe
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase: a module, where its inputs enter it (`forward`), its input sources, what is in train mode."""
+
+    spec: PhaseSpec
+    model: TransferModel
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    train_inputs: Inputs
+    val_inputs: Inputs
+    train_modules: list
+
+
 class CellPhases:
-    """One cell's phases: what they share (config, labels, precision) and what each left (summaries,
+    """One cell's phases: what they share (setting, labels, precision) and what each left (summaries,
     validation predictions, the epoch log). Each phase is one call of `train_and_summarise`."""
 
-    def __init__(self, cfg: CompareConfig, recipe: Recipe, data: CellData, run_dir: Path, resuming: bool,
-                 device: torch.device, stop: StopRequests, ranks: Ranks = SINGLE,
+    def __init__(self, setting: CellSetting, data: CellData, run_dir: Path, resuming: bool,
                  on_epoch: Callable[[dict], None] | None = None):
-        self.cfg, self.recipe, self.run_dir, self.resuming = cfg, recipe, run_dir, resuming
-        self.device, self.stop, self.ranks = device, stop, ranks
+        self.setting, self.data, self.run_dir, self.resuming = setting, data, run_dir, resuming
+        self.cfg, self.recipe, self.device, self.stop, self.ranks = (setting.cfg, setting.recipe, setting.device,
+                                                                     setting.stop, setting.ranks)
         self.on_epoch = on_epoch  # a tracking sink (experiments/tracking.py), fed after each checkpoint; rank 0's
-        self.precision = precision_policy(cfg.precision, device)
+        self.precision = precision_policy(self.cfg.precision, self.device)
         self.train_labels, self.val_labels, self.n_classes = labels_of(data.train), labels_of(data.val), data.n_classes
         if len(self.val_labels) == 0:
             raise UserError("the validation set is empty: every class has a single image; add images or give --val")
         self.class_weights = (class_weights_for(self.train_labels, data.n_classes)
-                              if cfg.class_weights == "auto" else None)
+                              if self.cfg.class_weights == "auto" else None)
         self.history: list[dict] = []
         self.precision_probes: dict[str, dict] = {}  # phase: what measure_cpu_precision found, where it ran
         self.phases: dict[str, dict] = {}
@@ -71,9 +100,10 @@ class CellPhases:
                          seed=self.cfg.seed, class_weights=self.class_weights,
                          optimization=self.recipe.optimization, precision=self.precision)
 
-    def run_phase(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
-                  train_modules: list) -> tuple[PhaseState, float, str]:
+    def run_phase(self, phase: Phase) -> tuple[PhaseState, float, str]:
         """(state, seconds, precision it trained in) of one phase, resumed from its checkpoint if any."""
+        spec, model, forward, train_inputs = phase.spec, phase.model, phase.forward, phase.train_inputs
+        train_modules = phase.train_modules
         saved = load_checkpoint(self.run_dir, spec.name, model) if self.resuming else None
         optimizer_state, state = saved or (None, None)
         changing = changing_state_keys(model, train_modules)
@@ -103,7 +133,7 @@ class CellPhases:
             return self.stop.requested
 
         with self.stop.deferred():  # a signal lets the epoch finish and be checkpointed, then stops
-            state = train_phase(model, forward, train_inputs, self.train_labels, val_inputs, self.val_labels,
+            state = train_phase(model, forward, train_inputs, self.train_labels, phase.val_inputs, self.val_labels,
                                 spec, train_modules, self.device, state=state, optimizer_state=optimizer_state,
                                 on_epoch_end=checkpoint, should_stop=should_stop,
                                 show_progress=self.cfg.show_progress, ranks=self.ranks)
@@ -112,38 +142,31 @@ class CellPhases:
         self.history += state.history
         return state, time.perf_counter() - started + already, spec.precision
 
-    def train_and_summarise(self, spec: PhaseSpec, model: TransferModel, forward, train_inputs, val_inputs,
-                            train_modules: list, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
+    def train_and_summarise(self, phase: Phase, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
         """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
-        state, seconds, precision = self.run_phase(spec, model, forward, train_inputs, val_inputs, train_modules)
+        state, seconds, precision = self.run_phase(phase)
+        spec, model = phase.spec, phase.model
         model.eval()  # also when no epoch ran: dropout off, BatchNorm on its running statistics
-        final = evaluate(forward, val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device, precision,
-                         self.ranks)
+        final = evaluate(phase.forward, phase.val_inputs, self.val_labels, self.cfg.batch_size * 2, self.device,
+                         precision, self.ranks)
         self.predictions[spec.name] = final.predictions
-        steps = len(state.history) * -(-len(train_inputs) // spec.batch_size)
-        self.phases[spec.name] = _phase_summary(state, seconds, cache_seconds, spec.learning_rate, model, final,
-                                                self.val_labels, self.n_classes,
-                                                {"steps": steps, "precision": precision,
-                                                 "precision_probe": self.precision_probes.get(spec.name),
-                                                 **(extra or {})})
-        return self.phases[spec.name]
-
-
-def _phase_summary(state: PhaseState, seconds: float, cache_seconds: float, lr: float, model: TransferModel,
-                   final_val, labels: np.ndarray, n_classes: int, extra: dict | None = None) -> dict:
-    kept = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
-    train_acc = kept["train_acc"] if kept else None
-    last_val = state.history[-1]["val_acc"] if state.history else None
-    return {"epochs": state.history, "best_epoch": state.best_epoch, "train_acc": train_acc,
-            "val_acc": final_val.accuracy,
-            "balanced_val_acc": balanced_accuracy(labels, final_val.predictions, n_classes),
+        kept = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
+        train_acc = kept["train_acc"] if kept else None
+        last_val = state.history[-1]["val_acc"] if state.history else None
+        self.phases[spec.name] = {
+            "epochs": state.history, "best_epoch": state.best_epoch, "train_acc": train_acc,
+            "val_acc": final.accuracy,
+            "balanced_val_acc": balanced_accuracy(self.val_labels, final.predictions, self.n_classes),
             # what choosing the epoch on validation added: the optimism of a validation-only report
-            "val_acc_over_last_epoch": None if last_val is None else final_val.accuracy - last_val,
-            "gap": None if train_acc is None else train_acc - final_val.accuracy,
+            "val_acc_over_last_epoch": None if last_val is None else final.accuracy - last_val,
+            "gap": None if train_acc is None else train_acc - final.accuracy,
             "seconds": seconds + cache_seconds, "cache_seconds": cache_seconds, "train_seconds": seconds,
-            "learning_rate": lr,
+            "learning_rate": spec.learning_rate,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total_parameters": sum(p.numel() for p in model.parameters()), **(extra or {})}
+            "total_parameters": sum(p.numel() for p in model.parameters()),
+            "steps": len(state.history) * -(-len(phase.train_inputs) // spec.batch_size), "precision": precision,
+            "precision_probe": self.precision_probes.get(spec.name), **(extra or {})}
+        return self.phases[spec.name]
 
 
 @dataclass(frozen=True)
@@ -180,36 +203,36 @@ class CellModels:
     precisions: dict[str, str]                   # what each phase trained and was validated in
 
 
-def prefix_rows(model: TransferModel, last_units: list[int], decoded: DecodedImages, pretrained: PretrainedBackbone,
-                cfg: CompareConfig, device: torch.device, cache_dir: Path, view: int = 0,
-                ranks: Ranks = SINGLE) -> list[RowView]:
+def prefix_rows(setting: CellSetting, model: TransferModel, last_units: list[int], decoded: DecodedImages,
+                view: int = 0) -> list[RowView]:
     """`prefix_outputs` for all of `decoded`; under torchrun each rank first computes its share of them."""
+    cfg, pretrained = setting.cfg, setting.pretrained
+
     def outputs(positions: np.ndarray) -> list[RowView]:
         return prefix_outputs(model, last_units, decoded.pixels.subset(positions),
-                              [decoded.content_keys[i] for i in positions], pretrained.preprocessing, cache_dir,
-                              pretrained.cache_key, device, view=view, engine=cfg.engine,
+                              [decoded.content_keys[i] for i in positions], pretrained.preprocessing,
+                              setting.cache_dir, pretrained.cache_key, setting.device, view=view, engine=cfg.engine,
                               show_progress=cfg.show_progress)
     everything = np.arange(len(decoded.content_keys))
-    fill_shard_wise(outputs, len(everything), ranks)
+    fill_shard_wise(outputs, len(everything), setting.ranks)
     return outputs(everything)
 
 
-def cache_prefix_inputs(model: TransferModel, last_units: list[int], decoded: DecodedImages, n_views: int,
-                        pretrained: PretrainedBackbone, cfg: CompareConfig, device: torch.device,
-                        cache_dir: Path, ranks: Ranks = SINGLE) -> tuple[list[CachedInputs], float]:
-    """One pass per view through the frozen prefix, keeping the output at every requested cut."""
+def cache_prefix_inputs(setting: CellSetting, model: TransferModel, last_units: list[int], decoded: DecodedImages,
+                        n_views: int) -> tuple[dict[int, CachedInputs], float]:
+    """One pass per view through the frozen prefix, keeping the output at every requested cut (by unit)."""
     started = time.perf_counter()
-    per_view = [prefix_rows(model, last_units, decoded, pretrained, cfg, device, cache_dir, v, ranks)
-                for v in range(n_views)]
-    inputs = [CachedInputs([rows[i] for rows in per_view], device, seed=cfg.seed) for i in range(len(last_units))]
+    per_view = [prefix_rows(setting, model, last_units, decoded, v) for v in range(n_views)]
+    inputs = {unit: CachedInputs([rows[i] for rows in per_view], setting.device, seed=setting.cfg.seed)
+              for i, unit in enumerate(last_units)}
     return inputs, time.perf_counter() - started
 
 
-def run_cell(runner: CellPhases, data: CellData, pretrained: PretrainedBackbone, model: TransferModel,
-             cache_dir: Path, skip_scratch: bool = False, stages: list[FineTuneStage] | None = None) -> CellModels:
+def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
+             stages: list[FineTuneStage] | None = None) -> CellModels:
     """Frozen, then each fine-tune stage from the previous one's kept state (the recipe's one stage by
-    default), then scratch, on one train/validation pair; summaries land in `runner.phases`."""
-    cfg, recipe, device = runner.cfg, runner.recipe, runner.device
+    default), then scratch, on one train/validation pair; summaries land in `cell.phases`."""
+    setting, data, recipe, device = cell.setting, cell.data, cell.recipe, cell.device
     stages = stages or recipe_stages(recipe)
     views = recipe.cached_views if recipe.augment else 1
     model = model.to(device, memory_format=torch.channels_last)
@@ -219,17 +242,15 @@ def run_cell(runner: CellPhases, data: CellData, pretrained: PretrainedBackbone,
     cuts = {s.name: unfreeze(model, s.recipe.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
     frozen_plan = freeze_backbone(model)
     units = list(dict.fromkeys([end, *cuts.values()]))
-    train_inputs, t_train = cache_prefix_inputs(model, units, data.train, views, pretrained, cfg, device, cache_dir,
-                                                runner.ranks)
-    val_inputs, t_val = cache_prefix_inputs(model, units, data.val, 1, pretrained, cfg, device, cache_dir, runner.ranks)
-    at = lambda inputs, unit: inputs[units.index(unit)]  # noqa: E731
+    train_at, t_train = cache_prefix_inputs(setting, model, units, data.train, views)
+    val_at, t_val = cache_prefix_inputs(setting, model, units, data.val, 1)
 
     # frozen: the whole backbone is the cached prefix; only the head trains. The one backbone pass is
     # counted here; the fine-tune cuts come with it for free
-    frozen_forward = lambda x: model.forward_from(end, x)  # noqa: E731
-    frozen = runner.train_and_summarise(runner.spec("frozen", recipe.frozen_epochs, recipe.frozen_lr), model,
-                                        frozen_forward, at(train_inputs, end), at(val_inputs, end), [model.head],
-                                        t_train + t_val, {"unfreeze": frozen_plan.to_dict()})
+    frozen = cell.train_and_summarise(
+        Phase(cell.spec("frozen", recipe.frozen_epochs, recipe.frozen_lr), model,
+              functools.partial(model.forward_from, end), train_at[end], val_at[end], [model.head]),
+        t_train + t_val, {"unfreeze": frozen_plan.to_dict()})
     kept, first_units = {"frozen": (frozen["val_acc"], copy_state(model))}, {"frozen": end}
 
     # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
@@ -237,70 +258,70 @@ def run_cell(runner: CellPhases, data: CellData, pretrained: PretrainedBackbone,
         plan = unfreeze(model, stage.recipe.unfreeze, recipe.train_batchnorm)
         log.info("%s: %s", stage.name, plan)
         cut = cuts[stage.name]
-        forward = lambda x, cut=cut: model.forward_from(cut, x)  # noqa: E731
-        summary = runner.train_and_summarise(runner.spec(stage.name, stage.recipe.finetune_epochs, stage.recipe.finetune_lr), model,
-                                             forward, at(train_inputs, cut), at(val_inputs, cut),
-                                             [model.head, *plan.train_mode_modules], 0.0, {"unfreeze": plan.to_dict()})
+        summary = cell.train_and_summarise(
+            Phase(cell.spec(stage.name, stage.recipe.finetune_epochs, stage.recipe.finetune_lr), model,
+                  functools.partial(model.forward_from, cut), train_at[cut], val_at[cut],
+                  [model.head, *plan.train_mode_modules]), 0.0, {"unfreeze": plan.to_dict()})
         kept[stage.name], first_units[stage.name] = (summary["val_acc"], copy_state(model)), cut
 
     # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
     scratch = None
     if not skip_scratch:
-        prep = pretrained.preprocessing
-        torch.manual_seed(cfg.seed)
-        scratch = TransferModel(create_backbone(pretrained.name), data.n_classes, HeadConfig(dropout=recipe.head_dropout))
-        scratch = scratch.to(device, memory_format=torch.channels_last)
-        train_in = ImageInputs(data.train.pixels, prep, device, cfg.seed if recipe.augment else None)
-        val_in = ImageInputs(data.val.pixels, prep, device)
-        runner.train_and_summarise(runner.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch,
-                                   scratch, train_in, val_in, [scratch])
+        prep, seed = setting.pretrained.preprocessing, cell.cfg.seed
+        torch.manual_seed(seed)
+        scratch = TransferModel(create_backbone(setting.pretrained.name), data.n_classes,
+                                HeadConfig(dropout=recipe.head_dropout)).to(device, memory_format=torch.channels_last)
+        cell.train_and_summarise(Phase(cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch, scratch,
+                                       ImageInputs(data.train.pixels, prep, device, seed if recipe.augment else None),
+                                       ImageInputs(data.val.pixels, prep, device), [scratch]))
     return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,
-                      precisions={name: summary["precision"] for name, summary in runner.phases.items()})
+                      precisions={name: summary["precision"] for name, summary in cell.phases.items()})
 
 
 FINAL_FIT_DIR = "final"  # the final fit's checkpoints and metrics, beside the selection's
 
 
-def run_final_fit(cfg: CompareConfig, recipe: Recipe, data: CellData, both: DecodedImages, through: str,
-                  pretrained: PretrainedBackbone,
-                  model: TransferModel, initial_state: dict, run_dir: Path, resuming: bool, device: torch.device,
-                  stop: StopRequests, ranks: Ranks, cache_dir: Path) -> tuple[CellModels, dict[str, dict]]:
+def run_final_fit(selection: CellPhases, train_and_val: DecodedImages, through: str, model: TransferModel,
+                  initial_state: dict) -> tuple[CellModels, dict[str, dict]]:
     """The pipeline validation kept (`through`: frozen, or frozen then fine-tuned), trained again from
-    `initial_state` on `both` (train + validation) with the same epochs and schedule, the last epoch kept.
+    `initial_state` on train + validation with the same epochs and schedule, the last epoch kept.
 
     Validation has made every choice by then; what it can still give is data: on the embedded set (seeds
     0-2) fine-tuned test accuracy rose from 78.8 % to 82.1 %. Its validation numbers are not reported (it
     trained on those images); its checkpoints live in run_dir/final, so it resumes like the other phases.
     """
+    recipe = selection.recipe
     recipe = replace(recipe, optimization=replace(recipe.optimization, keep_best_epoch=False),
                      finetune_epochs=0 if through == "frozen" else recipe.finetune_epochs)
-    both = CellData(both, data.val, data.n_classes)
-    final_dir = Path(run_dir) / FINAL_FIT_DIR
-    if ranks.is_main:
+    setting = replace(selection.setting, cfg=replace(selection.cfg, recipe=recipe))
+    final_dir = Path(selection.run_dir) / FINAL_FIT_DIR
+    if setting.ranks.is_main:
         final_dir.mkdir(exist_ok=True)
-    runner = CellPhases(cfg, recipe, both, final_dir, resuming, device, stop, ranks)
+    final = CellPhases(setting, CellData(train_and_val, selection.data.val, selection.data.n_classes), final_dir,
+                       selection.resuming)
     model.load_state_dict(initial_state)
-    return run_cell(runner, both, pretrained, model, cache_dir, skip_scratch=True), runner.phases
+    return run_cell(final, model, skip_scratch=True), final.phases
 
 
-def predict_test_set(test: DecodedImages, models: CellModels, pretrained: PretrainedBackbone, cache_dir: Path,
-                     device: torch.device, cfg: CompareConfig, ranks: Ranks = SINGLE) -> dict[str, np.ndarray]:
+def predict_test_set(setting: CellSetting, test: DecodedImages, models: CellModels) -> dict[str, np.ndarray]:
     """Predictions of every phase's kept model on the test set: the only place the test set is read."""
-    labels, batch_size, model = labels_of(test), cfg.batch_size * 2, models.model
+    labels, batch_size, model = labels_of(test), setting.cfg.batch_size * 2, models.model
+    device, ranks = setting.device, setting.ranks
     units = sorted(set(models.first_units.values()), reverse=True)
     # the frozen phase's state holds the pretrained backbone: after fine-tuning, the pooled features would
     # come from the fine-tuned tail and poison the cache kept under the pretrained weights' key
     model.load_state_dict(models.kept["frozen"][1])
-    rows = dict(zip(units, prefix_rows(model, units, test, pretrained, cfg, device, cache_dir, ranks=ranks)))
+    rows = dict(zip(units, prefix_rows(setting, model, units, test)))
     predictions = {}
     for name, first_unit in models.first_units.items():
         model.load_state_dict(models.kept[name][1])
-        inputs = CachedInputs([rows[first_unit]], device)
-        predictions[name] = evaluate(lambda x: model.forward_from(first_unit, x), inputs, labels, batch_size,
-                                     device, models.precisions[name], ranks).predictions
+        predictions[name] = evaluate(functools.partial(model.forward_from, first_unit),
+                                     CachedInputs([rows[first_unit]], device), labels, batch_size, device,
+                                     models.precisions[name], ranks).predictions
     if models.scratch is not None:
         models.scratch.eval()
-        predictions["scratch"] = evaluate(models.scratch, ImageInputs(test.pixels, pretrained.preprocessing, device),
+        predictions["scratch"] = evaluate(models.scratch,
+                                          ImageInputs(test.pixels, setting.pretrained.preprocessing, device),
                                           labels, batch_size, device, models.precisions["scratch"], ranks).predictions
     return predictions
 
