@@ -15,9 +15,9 @@ from transferlab.cli import _config, build_parser
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.models.backbones import create_backbone
-from transferlab.models.freezing import Unfreeze, unfreeze_last_keras_layers
+from transferlab.models.freezing import unfreeze_last_keras_layers
 from transferlab.models.transfer_model import TransferModel
-from transferlab.training.recipes import PRESETS, flag_of, recipe_fields, value_type
+from transferlab.training.recipes import PRESETS, Unfreeze, flag_of, recipe_fields, value_type
 
 
 def test_last_20_keras_layers_of_mobilenetv2_are_blocks_15_16_and_conv_1():

@@ -18,7 +18,7 @@ from transferlab.errors import UserError
 
 if TYPE_CHECKING:
     from transferlab.experiments.config import CompareConfig
-    from transferlab.experiments.study_plan import StudyConfig
+    from transferlab.experiments.study_config import StudyConfig
 
 __all__ = ["CompareConfig", "Prediction", "StudyConfig", "UserError", "compare", "evaluate_folder", "export",
            "load_model", "predict", "resume", "study", "write_report", "write_study_report"]

@@ -12,22 +12,18 @@ from pathlib import Path
 # What the parser and main() need. The API that trains or loads models (torch, timm) is imported in the
 # command that runs it, so that `report` and `runs` stay light.
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
-from transferlab.deploy import FORMATS
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
-from transferlab.experiments.run_dir import default_cache_dir
-from transferlab.experiments.study_plan import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES, StudyConfig,
+from transferlab.experiments.study_config import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES, StudyConfig,
                                                 parse_ks)
 from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
-from transferlab.training.distributed import torchrun_ranks
-from transferlab.training.engines import ENGINES
-from transferlab.models.freezing import UNFREEZE_KINDS, Unfreeze
-from transferlab.training.precision import PRECISIONS
-from transferlab.training.recipes import PRESETS, flag_of, recipe_fields, resolve_recipe, value_type
+from transferlab.training.ranks import torchrun_ranks
+from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir
+from transferlab.training.recipes import PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe, value_type
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -168,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a run's model as ONNX (parity-checked against PyTorch)")
     exp.add_argument("run_dir", type=Path)
-    exp.add_argument("--format", choices=FORMATS, default="onnx")
+    exp.add_argument("--format", choices=EXPORT_FORMATS, default="onnx")
     exp.add_argument("--out", type=Path, metavar="DIR", help="where model.onnx + model.onnx.json go (default: RUN_DIR)")
     exp.add_argument("--check-images", nargs="+", type=Path, metavar="IMAGE",
                      help="check parity on these images (default: seeded noise images)")

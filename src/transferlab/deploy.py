@@ -16,12 +16,12 @@ import torch
 from transferlab.atomic import write_json_atomic
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
 from transferlab.errors import UserError, quoted
+from transferlab.options import EXPORT_FORMATS
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, export_onnx
 from transferlab.models.saved import load_model, read_model_meta
 from transferlab.training.engines import onnxruntime_session
 from transferlab.training.inputs import normalise
 
-FORMATS = ("onnx",)
 OUTPUT_NAME = "logits"
 PARITY_TOLERANCE = 1e-4   # max |delta logit|, fp32 on CPU
 RANDOM_PARITY_IMAGES = 8  # without --check-images: seeded noise images, decoded-pixel range
@@ -44,8 +44,8 @@ def _parity_inputs(prep, images: list[Path]) -> tuple[torch.Tensor, str]:
 def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                  check_images: list[Path] | None = None) -> dict:
     """Write model.onnx + model.onnx.json into `out_dir` (default: the run folder); returns the sidecar."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format '{fmt}' (option --format); choose one of: {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"unknown export format '{fmt}' (option --format); choose one of: {', '.join(EXPORT_FORMATS)}")
     run_dir = Path(run_dir)
     model, meta = load_model(run_dir)
     prep = meta["preprocessing"]

@@ -13,8 +13,7 @@ from pathlib import Path
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.tracking import check_tracking_options
-from transferlab.training.engines import ENGINES
-from transferlab.training.precision import PRECISIONS
+from transferlab.options import ENGINES, PRECISIONS
 from transferlab.training.recipes import Recipe, overridden_fields, recipe_fields, resolve_recipe
 
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes

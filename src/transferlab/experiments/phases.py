@@ -9,7 +9,7 @@ folder, so checkpoints, resume and interrupts work the same for both.
 import functools
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +25,7 @@ from transferlab.experiments.datasets import class_weights_for, labels_of
 from transferlab.experiments.interrupts import StopRequests
 from transferlab.experiments.run_dir import default_cache_dir, load_checkpoint, save_checkpoint
 from transferlab.models.backbones import PretrainedBackbone, create_backbone
-from transferlab.models.freezing import Unfreeze, changing_state_keys, freeze_backbone, unfreeze
+from transferlab.models.freezing import changing_state_keys, freeze_backbone, unfreeze
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.training.distributed import SINGLE, Ranks, any_rank, fill_shard_wise, gather_objects
 from transferlab.training.inputs import CachedInputs, ImageInputs, Inputs
@@ -33,7 +33,7 @@ from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_pha
 from transferlab.training.metrics import balanced_accuracy
 from transferlab.training.precision import MEASURE, measure_cpu_precision, precision_policy
 from transferlab.training.prefix_cache import prefix_outputs
-from transferlab.training.recipes import Recipe
+from transferlab.training.recipes import Recipe, Unfreeze
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
     # where fine-tuning will cut decides which activations to cache alongside the pooled features; each
     # stage's prefix stays frozen through the stages before it (they unfreeze later blocks only, or the same)
     end = len(model.units)
-    cuts = {s.name: unfreeze(model, s.recipe.unfreeze, recipe.train_batchnorm).first_trainable_unit for s in stages}
+    cuts = {s.name: unfreeze(model, *astuple(s.recipe.unfreeze), recipe.train_batchnorm).first_trainable_unit for s in stages}
     frozen_plan = freeze_backbone(model)
     units = list(dict.fromkeys([end, *cuts.values()]))
     train_at, t_train = cache_prefix_inputs(setting, model, units, data.train, views)
@@ -255,7 +255,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
 
     # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
     for stage in stages:
-        plan = unfreeze(model, stage.recipe.unfreeze, recipe.train_batchnorm)
+        plan = unfreeze(model, *astuple(stage.recipe.unfreeze), recipe.train_batchnorm)
         log.info("%s: %s", stage.name, plan)
         cut = cuts[stage.name]
         summary = cell.train_and_summarise(
@@ -334,7 +334,7 @@ def record_test_accuracy(phases: dict[str, dict], predictions: dict[str, np.ndar
 
 
 def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe):
-    return unfreeze(model, recipe.unfreeze, recipe.train_batchnorm)
+    return unfreeze(model, *astuple(recipe.unfreeze), recipe.train_batchnorm)
 
 
 def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import platform
 import re
 from datetime import datetime
@@ -13,14 +12,11 @@ import torch
 
 from transferlab.atomic import write_bytes_atomic
 from transferlab.errors import UserError
+from transferlab.options import default_cache_dir  # noqa: F401 (where runs look for it)
 from transferlab.models.weights import WeightsSource
 from transferlab.training.loop import PhaseState
 
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "numpy", "pillow")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transferlab"
 
 
 def safe_name(name: str) -> str:

@@ -26,7 +26,8 @@ from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, FineTuneStage, check_input_size, predict_test_set,
                                             record_test_accuracy, run_cell, unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, environment, safe_name
-from transferlab.experiments.study_plan import (STUDY_IMAGE_SIZE_PX, CellPlan, StudyConfig, Variant, images_digest,
+from transferlab.experiments.study_config import STUDY_IMAGE_SIZE_PX, StudyConfig
+from transferlab.experiments.study_plan import (CellPlan, Variant, images_digest,
                                                 plan_cells, plan_schedule, unfreeze_grid)
 from transferlab.experiments.study_store import lock_study_dir, start_study
 from transferlab.formats import STUDY_FORMAT_VERSION

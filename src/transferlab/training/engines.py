@@ -19,6 +19,7 @@ import torch
 
 from transferlab.data.images import Preprocessing
 from transferlab.errors import UserError
+from transferlab.options import ENGINES
 from torch import nn
 
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, cached_onnx, output_names
@@ -28,7 +29,6 @@ from transferlab.training.precision import prefix_autocast
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "onnxruntime")
 # Parity rule, per output: max |onnx - torch| <= PARITY_TOLERANCE * max(1, max |torch|), i.e. absolute for
 # outputs within +-1 and relative to the largest magnitude above that (mid-network activations reach ~30).
 # Measured: ~1e-6 of the scale; the fp16 caches round at ~5e-4 relative, so this is well below what is kept.

@@ -30,10 +30,10 @@ from torch import nn
 from transferlab.atomic import write_json_atomic
 from transferlab.data.fingerprints import key_digest
 from transferlab.errors import UserError
+from transferlab.options import PRECISIONS
 from transferlab.models.freezing import set_train_mode
 from transferlab.training.inputs import Inputs
 
-PRECISIONS = ("auto", "fp32", "bf16")
 MEASURE = "measure"  # what precision_policy answers where each phase measures fp32 against bf16
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # without them CPU autocast emulates bf16
 

@@ -14,7 +14,6 @@ from typing import Any, Iterator
 
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
-from transferlab.models.freezing import Unfreeze
 
 MAX_EPOCHS = 10_000
 MAX_CACHED_VIEWS = 32
@@ -28,6 +27,37 @@ def option(help: str, *, flag: str | None = None, low: float | None = None, high
     the values it takes (`bounds` says which ends of [low, high] are included)."""
     return field(default=default, metadata={"help": help, "flag": flag, "low": low, "high": high,
                                             "bounds": bounds, "choices": choices})
+
+
+UNFREEZE_KINDS = {  # kind: (CLI flag, what it counts)
+    "layers": ("--unfreeze-last", "fine-tune the last N layers with parameters"),
+    "blocks": ("--unfreeze-blocks", "fine-tune the last K timm blocks"),
+    "keras": ("--unfreeze-keras-layers", "fine-tune what Keras' base.layers[-N:] would (seed 002: 20)"),
+}
+
+
+@dataclass(frozen=True)
+class Unfreeze:
+    """What fine-tuning trains: the last `count` layers, blocks or Keras layers (models/freezing.py does it)."""
+
+    kind: str
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNFREEZE_KINDS or isinstance(self.count, bool) or not isinstance(self.count, int) \
+                or self.count < 0:
+            raise UserError(f"unfreeze '{self}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Unfreeze":
+        """'blocks:5' -> Unfreeze('blocks', 5): how config.json and reports write it."""
+        kind, _, count = str(text).partition(":")
+        if not count.isdigit():
+            raise UserError(f"unfreeze '{text}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)")
+        return cls(kind, int(count))
 
 
 @dataclass(frozen=True)
