@@ -22,22 +22,13 @@ from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
 from transferlab.training.ranks import torchrun_ranks
-from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir
+from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir, parse_duration
 from transferlab.training.recipes import PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe, value_type
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-
-
-def parse_duration(text: str) -> float:
-    """'30m', '90s', '1.5h' or plain seconds."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration like 30m, 90s or 1.5h") from None
 
 
 def add_recipe_options(group) -> None:
@@ -54,7 +45,8 @@ def add_recipe_options(group) -> None:
         elif kind is bool:
             group.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help)
         else:
-            group.add_argument(flag_of(f), dest=f.name, type=kind, choices=f.metadata["choices"], help=help,
+            group.add_argument(flag_of(f), dest=f.name, type=f.metadata["parse"] or kind, choices=f.metadata["choices"],
+                               help=help,
                                metavar=None if f.metadata["choices"] else flag_of(f)[2:].upper().replace("-", "_"))
 
 

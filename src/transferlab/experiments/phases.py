@@ -33,7 +33,7 @@ from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_pha
 from transferlab.training.metrics import balanced_accuracy
 from transferlab.training.precision import MEASURE, measure_cpu_precision, precision_policy
 from transferlab.training.prefix_cache import prefix_outputs
-from transferlab.training.recipes import Recipe, Unfreeze
+from transferlab.training.recipes import Recipe, Stopping, Unfreeze
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class CellPhases:
         self.phases: dict[str, dict] = {}
         self.predictions: dict[str, np.ndarray] = {}
 
-    def spec(self, name: str, epochs: int, lr: float) -> PhaseSpec:
+    def spec(self, name: str, epochs: int, lr: float, stopping: Stopping = Stopping()) -> PhaseSpec:
         return PhaseSpec(name=name, epochs=epochs, learning_rate=lr, batch_size=self.cfg.batch_size,
                          seed=self.cfg.seed, class_weights=self.class_weights,
-                         optimization=self.recipe.optimization, precision=self.precision)
+                         optimization=self.recipe.optimization, stopping=stopping, precision=self.precision)
 
     def run_phase(self, phase: Phase) -> tuple[PhaseState, float, str]:
         """(state, seconds, precision it trained in) of one phase, resumed from its checkpoint if any."""
@@ -271,7 +271,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
         torch.manual_seed(seed)
         scratch = TransferModel(create_backbone(setting.pretrained.name), data.n_classes,
                                 HeadConfig(dropout=recipe.head_dropout)).to(device, memory_format=torch.channels_last)
-        cell.train_and_summarise(Phase(cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr), scratch, scratch,
+        cell.train_and_summarise(Phase(cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr, recipe.scratch_stopping), scratch, scratch,
                                        ImageInputs(data.train.pixels, prep, device, seed if recipe.augment else None),
                                        ImageInputs(data.val.pixels, prep, device), [scratch]))
     return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,

@@ -23,7 +23,11 @@ class Inputs(Protocol):
 
 
 def augment_pixels(pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Light, label-safe augmentation on uint8 NHWC: horizontal flip and a shift of up to 1/8."""
+    """Light, label-safe augmentation on uint8 NHWC: horizontal flip and a shift of up to 1/8.
+
+    Kept by hand rather than torchvision.transforms.v2 (RandomHorizontalFlip + RandomCrop(padding, "edge")):
+    v2 draws one set of parameters per call from torch's global generator, so per-image draws that a resumed
+    run reproduces from (seed, epoch) alone would need one call per image inside a reseeded global RNG."""
     n, h, w, _ = pixels.shape
     out = pixels.clone()
     flips = rng.random(n) < 0.5

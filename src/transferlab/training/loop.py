@@ -23,7 +23,8 @@ from transferlab.training.distributed import (SINGLE, Ranks, broadcast_buffers, 
                                               sum_over_ranks)
 from transferlab.training.inputs import Inputs, epoch_rng
 from transferlab.training.precision import autocast
-from transferlab.training.recipes import Optimization
+from transferlab.training.recipes import Optimization, Stopping
+from transferlab.training.stopping import epochs_without_gain
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PhaseSpec:
     seed: int
     class_weights: tuple[float, ...] | None = None
     optimization: Optimization = Optimization()  # the recipe's part: optimiser, schedule, smoothing, kept epoch
+    stopping: Stopping = Stopping()              # before the epoch cap: a plateau, a budget (none by default)
     precision: str = "fp32"              # fp32 | bf16 (autocast) | measure (training/precision.py)
 
 
@@ -47,6 +49,26 @@ class PhaseState:
     best_epoch: int = -1
     best_val_acc: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def stop_reason(self) -> str | None:
+        """'plateau' or 'budget' when the phase stopped before its epoch cap (its last row says so)."""
+        return self.history[-1].get("stopped") if self.history else None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.stop_reason is not None
+
+
+def stop_reason(history: list[dict], stopping: Stopping) -> str | None:
+    """Whether the phase stops after the last epoch of `history`, and why (training/stopping.py)."""
+    val_accs = [r["val_acc"] for r in history]
+    if stopping.plateau_patience and epochs_without_gain(val_accs, stopping.plateau_min_gain) >= \
+            stopping.plateau_patience:
+        return "plateau"
+    if stopping.budget_seconds is not None and history[-1]["elapsed_seconds"] >= stopping.budget_seconds:
+        return "budget"
+    return None
 
 
 @dataclass(frozen=True)
@@ -133,7 +155,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         _check_every_rank_gets_images(len(train_inputs), spec, ranks)
         parallel_forward = data_parallel(module, forward, device)
 
-    for epoch in range(state.next_epoch, spec.epochs):
+    for epoch in range(state.next_epoch, spec.epochs if not state.is_finished else 0):
         started = time.perf_counter()
         torch.manual_seed(spec.seed * 100_003 + epoch)  # dropout masks
         set_train_mode(module, train_modules)
@@ -170,16 +192,22 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         row = {"phase": spec.name, "epoch": epoch + 1, "train_loss": loss_sum / len(order),
                "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
                "seconds": time.perf_counter() - started, "precision": spec.precision, "learning_rate": last_lr}
+        row["elapsed_seconds"] = sum(r["seconds"] for r in state.history) + row["seconds"]  # this phase's clock
         state.history.append(row)
+        stopped = stop_reason(state.history, spec.stopping)
+        if ranks.is_distributed:  # a budget is read on each rank's clock: rank 0's decides for all
+            stopped = gather_objects(stopped, ranks)[0]
+        if stopped:
+            row["stopped"] = stopped
         if val.accuracy > state.best_val_acc or not spec.optimization.keep_best_epoch:
             state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
             state.best_state = copy.deepcopy(module.state_dict())
         state.next_epoch = epoch + 1
         if on_epoch_end is not None:
             on_epoch_end(state, optimizer)
-        if should_stop():
+        if should_stop() or state.is_finished:
             break
-    if state.best_state is not None and state.next_epoch >= spec.epochs:
+    if state.best_state is not None and (state.next_epoch >= spec.epochs or state.is_finished):
         module.load_state_dict(state.best_state)
     return state
 

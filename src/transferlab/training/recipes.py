@@ -10,10 +10,11 @@ the run's config.json records the resolved recipe and which fields were overridd
 import math
 import types
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
+from transferlab.options import parse_duration
 
 MAX_EPOCHS = 10_000
 MAX_CACHED_VIEWS = 32
@@ -22,11 +23,12 @@ SCHEDULES = ("constant", "warmup-cosine")
 
 
 def option(help: str, *, flag: str | None = None, low: float | None = None, high: float | None = None,
-           bounds: str = "[]", choices: tuple[str, ...] | None = None, default: Any = MISSING) -> Any:
-    """A recipe field with what the CLI and the checks need: its help, its flag (default: --field-name) and
-    the values it takes (`bounds` says which ends of [low, high] are included)."""
+           bounds: str = "[]", choices: tuple[str, ...] | None = None, parse: Callable[[str], Any] | None = None,
+           default: Any = MISSING) -> Any:
+    """A recipe field with what the CLI and the checks need: its help, its flag (default: --field-name), the
+    values it takes (`bounds` says which ends of [low, high] are included) and how its flag's text is read."""
     return field(default=default, metadata={"help": help, "flag": flag, "low": low, "high": high,
-                                            "bounds": bounds, "choices": choices})
+                                            "bounds": bounds, "choices": choices, "parse": parse})
 
 
 UNFREEZE_KINDS = {  # kind: (CLI flag, what it counts)
@@ -76,7 +78,22 @@ class Optimization:
                                    default=True)
 
 
-OPTIMIZATION_FIELDS = tuple(f.name for f in fields(Optimization))
+@dataclass(frozen=True)
+class Stopping:
+    """When a phase stops before its epoch cap: on a plateau of its smoothed validation accuracy (training/
+    stopping.py), or when its wall-clock budget is spent; patience 0 runs every epoch."""
+
+    plateau_patience: int = option("epochs without a gain of --scratch-min-gain in smoothed validation accuracy "
+                                   "before scratch stops (0: it runs every epoch)", flag="--scratch-patience", low=0,
+                                   high=MAX_EPOCHS, default=0)
+    plateau_min_gain: float = option("the smallest gain in smoothed validation accuracy that counts as improving",
+                                     flag="--scratch-min-gain", low=0, high=1, bounds="[)", default=0.0)
+    budget_seconds: float | None = option("wall-clock budget of the scratch phase, e.g. 15m",
+                                          flag="--scratch-budget", low=0, high=math.inf, bounds="()",
+                                          parse=parse_duration, default=None)
+
+
+PARTS = (Optimization, Stopping)  # a recipe's parts: their fields are overridden and stored flat, like its own
 
 
 @dataclass(frozen=True)
@@ -96,9 +113,10 @@ class Recipe:
     cached_views: int = option("augmented views cached per image for the transfer phases", low=1,
                                high=MAX_CACHED_VIEWS)
     train_batchnorm: bool = option("BatchNorm in the unfrozen range updates its statistics (Keras' behaviour)")
-    scratch_epochs: int = option("the from-scratch baseline: same architecture, same augmentation", low=0,
-                                 high=MAX_EPOCHS)
+    scratch_epochs: int = option("the from-scratch baseline's epoch cap: same architecture, same augmentation",
+                                 low=0, high=MAX_EPOCHS)
     scratch_lr: float = option("learning rate of the scratch baseline", low=0, high=10, bounds="(]")
+    scratch_stopping: Stopping = option("when the scratch baseline stops before scratch_epochs")
     final_fit: bool = option("after validation chose, train the kept pipeline again on train + validation")
 
     def __post_init__(self) -> None:
@@ -116,13 +134,16 @@ class Recipe:
 
 def leaf_values(recipe: Recipe) -> Iterator[tuple[Field, Any]]:
     """Every training choice of `recipe` with its field: the parts (Optimization) flattened."""
-    for f in recipe_fields():
-        yield f, getattr(recipe.optimization if f.name in OPTIMIZATION_FIELDS else recipe, f.name)
+    for f in fields(Recipe)[1:]:
+        if f.type in PARTS:
+            yield from ((g, getattr(getattr(recipe, f.name), g.name)) for g in fields(f.type))
+        else:
+            yield f, getattr(recipe, f.name)
 
 
 def recipe_fields() -> list[Field]:
-    """The fields a user can override, flat: the recipe's own and its part's; `name` is the preset's."""
-    return [g for f in fields(Recipe)[1:] for g in (fields(Optimization) if f.type is Optimization else [f])]
+    """The fields a user can override, flat: the recipe's own and its parts'; `name` is the preset's."""
+    return [g for f in fields(Recipe)[1:] for g in (fields(f.type) if f.type in PARTS else [f])]
 
 
 def value_type(f: Field) -> type:
@@ -137,7 +158,7 @@ def flag_of(f: Field) -> str:
 def check_value(f: Field, value: Any) -> None:
     """One field's value against its declared type and range; the message names the flag."""
     meta, flag = f.metadata, flag_of(f)
-    if value is None and f.name == "image_size_px":
+    if value is None and isinstance(f.type, types.UnionType):  # None: the weights' size, no budget
         return
     kind = value_type(f)
     if kind is Unfreeze:
@@ -173,13 +194,14 @@ PRESETS = {
     "seeds": Recipe(name="seeds", image_size_px=224, head_dropout=0.0, frozen_epochs=5, frozen_lr=1e-3,
                     finetune_epochs=5, finetune_lr=1e-5, unfreeze=Unfreeze("keras", 20), optimization=KERAS_ADAM,
                     augment=False, cached_views=1, train_batchnorm=True, scratch_epochs=10, scratch_lr=1e-3,
+                    scratch_stopping=Stopping(),
                     final_fit=False),
     # seed 000: 128 px, Dropout(0.3) in the head, fine_tune_at = 100 of MobileNetV2's 154 Keras layers:
     # the last 54, one of which (block_13_pad) is a ZeroPadding layer that timm folds into the conv: 53 here.
     "seeds-000": Recipe(name="seeds-000", image_size_px=128, head_dropout=0.3, frozen_epochs=5, frozen_lr=1e-3,
                         finetune_epochs=5, finetune_lr=1e-5, unfreeze=Unfreeze("keras", 53), optimization=KERAS_ADAM,
                         augment=False, cached_views=1, train_batchnorm=True, scratch_epochs=10, scratch_lr=1e-3,
-                        final_fit=False),
+                        scratch_stopping=Stopping(), final_fit=False),
 }
 # The default, chosen on validation from what the field measured on small data (BiT-HyperRule, fastai
 # fine_tune, LP-FT): probe the head first (cheap: cached features), then fine-tune the last 5 blocks with
@@ -196,6 +218,10 @@ PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3
                                                       schedule="warmup-cosine", label_smoothing=0.1,
                                                       keep_best_epoch=True),
                             augment=True, cached_views=4, train_batchnorm=False, scratch_epochs=20, scratch_lr=1e-3,
+                            # scratch stops once 5 epochs gain under half a point of smoothed validation
+                            # accuracy, or after the seeds' 30 minutes; the report says which ended it
+                            scratch_stopping=Stopping(plateau_patience=5, plateau_min_gain=0.005,
+                                                      budget_seconds=1800.0),
                             final_fit=True)
 
 
@@ -208,8 +234,11 @@ def resolve_recipe(name: str, overrides: dict) -> Recipe:
     given = {f.name: overrides[f.name] for f in recipe_fields() if overrides.get(f.name) is not None}
     if isinstance(given.get("unfreeze"), str):
         given["unfreeze"] = Unfreeze.parse(given["unfreeze"])
-    part = {k: given.pop(k) for k in OPTIMIZATION_FIELDS if k in given}
-    return replace(preset, optimization=replace(preset.optimization, **part), **given)
+    for f in fields(Recipe):
+        if f.type in PARTS:
+            part = {g.name: given.pop(g.name) for g in fields(f.type) if g.name in given}
+            given[f.name] = replace(getattr(preset, f.name), **part)
+    return replace(preset, **given)
 
 
 def overridden_fields(recipe: Recipe) -> list[str]:
