@@ -23,6 +23,7 @@ from real_datasets import BUILDERS  # noqa: E402
 
 from transferlab.experiments.compare import run_compare  # noqa: E402
 from transferlab.experiments.config import CompareConfig  # noqa: E402
+from transferlab.training.recipes import resolve_recipe  # noqa: E402
 
 # each ablation switches one ingredient of the default recipe back to the seeds' choice
 VARIANTS = {

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from transferlab.data import decoded as decoded_module
-from transferlab.data import fingerprints, row_store
+from transferlab.data import fingerprints
 from transferlab.data.decoded import decode_images
 from transferlab.data.images import Preprocessing
 from transferlab.data.row_store import RowStore

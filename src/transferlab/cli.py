@@ -15,15 +15,16 @@ from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
-from transferlab.experiments.study_config import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES, StudyConfig,
-                                                parse_ks)
+from transferlab.experiments.study_config import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES,
+                                                  StudyConfig, parse_ks)
 from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
 from transferlab.training.ranks import torchrun_ranks
 from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir, parse_duration
-from transferlab.training.recipes import PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe, value_type
+from transferlab.training.recipes import (PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe,
+                                         value_type)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

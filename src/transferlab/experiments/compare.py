@@ -19,8 +19,8 @@ from transferlab.experiments.datasets import labels_of, prepare_data, scan_folde
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.interrupts import interruptible
-from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state, predict_test_set,
-                                            record_test_accuracy, run_cell, run_final_fit,
+from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state,
+                                            predict_test_set, record_test_accuracy, run_cell, run_final_fit,
                                             unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import default_cache_dir, environment, new_run_dir, read_run_config
 from transferlab.experiments.tracking import Tracker, tracking
@@ -103,7 +103,8 @@ def _check_same_weights(stored: dict, env: dict) -> None:
 def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run_dir: Path, resuming: bool,
                         tracker: Tracker | None) -> dict:
     started = time.perf_counter()
-    cfg, recipe, pretrained, device, ranks = setting.cfg, setting.recipe, setting.pretrained, setting.device, setting.ranks
+    cfg, recipe, pretrained, device = setting.cfg, setting.recipe, setting.pretrained, setting.device
+    ranks = setting.ranks
     cache_dir, prep = setting.cache_dir, pretrained.preprocessing
     decode_started = time.perf_counter()
     prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming, ranks)

@@ -239,7 +239,8 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
     # where fine-tuning will cut decides which activations to cache alongside the pooled features; each
     # stage's prefix stays frozen through the stages before it (they unfreeze later blocks only, or the same)
     end = len(model.units)
-    cuts = {s.name: unfreeze(model, *astuple(s.recipe.unfreeze), recipe.train_batchnorm).first_trainable_unit for s in stages}
+    cuts = {s.name: unfreeze(model, *astuple(s.recipe.unfreeze), recipe.train_batchnorm).first_trainable_unit
+            for s in stages}
     frozen_plan = freeze_backbone(model)
     units = list(dict.fromkeys([end, *cuts.values()]))
     train_at, t_train = cache_prefix_inputs(setting, model, units, data.train, views)
@@ -271,7 +272,8 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
         torch.manual_seed(seed)
         scratch = TransferModel(create_backbone(setting.pretrained.name), data.n_classes,
                                 HeadConfig(dropout=recipe.head_dropout)).to(device, memory_format=torch.channels_last)
-        cell.train_and_summarise(Phase(cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr, recipe.scratch_stopping), scratch, scratch,
+        spec = cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr, recipe.scratch_stopping)
+        cell.train_and_summarise(Phase(spec, scratch, scratch,
                                        ImageInputs(data.train.pixels, prep, device, seed if recipe.augment else None),
                                        ImageInputs(data.val.pixels, prep, device), [scratch]))
     return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,

@@ -21,10 +21,11 @@ from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import DecodedImages
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.datasets import Folders, PreparedData, Split, labels_of, prepare_data, scan_folders, screen_test_set
+from transferlab.experiments.datasets import (Folders, PreparedData, Split, labels_of, prepare_data, scan_folders,
+                                              screen_test_set)
 from transferlab.experiments.interrupts import StopRequests, interruptible
-from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, FineTuneStage, check_input_size, predict_test_set,
-                                            record_test_accuracy, run_cell, unfreeze_for_finetuning)
+from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, FineTuneStage, check_input_size,
+                                            predict_test_set, record_test_accuracy, run_cell, unfreeze_for_finetuning)
 from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, environment, safe_name
 from transferlab.experiments.study_config import STUDY_IMAGE_SIZE_PX, StudyConfig
 from transferlab.experiments.study_plan import (CellPlan, Variant, images_digest,
@@ -120,8 +121,8 @@ def run_study(cfg: StudyConfig) -> Path:
         with interruptible(study_dir, hint) as stop:
             prepared = prepare_data(base, folders, pretrained.preprocessing, base.cache_dir, study_dir, split_exists,
                                     ranks)
-            run = StudyRun(study_dir, folders, pretrained, prepared.split, ScreenedTestSet(prepared, base), device, stop,
-                           ranks, env)
+            run = StudyRun(study_dir, folders, pretrained, prepared.split, ScreenedTestSet(prepared, base), device,
+                           stop, ranks, env)
             results = run_studies(cfg, base, run, n_blocks) | {"data": _data_summary(prepared, run.test_set())}
             if ranks.is_main:
                 write_json_atomic(study_dir / "results.json", results)

@@ -7,8 +7,6 @@ phases get `SINGLE` even though a process group exists.
 """
 
 import atexit
-import os
-from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import numpy as np
