@@ -10,6 +10,7 @@ Public API:
 
 from pathlib import Path
 
+from transferlab.api_checks import check_flag, check_instance, check_path
 from transferlab.deploy import export_model as export
 from transferlab.errors import UserError
 from transferlab.experiments.compare import resume_compare, run_compare
@@ -28,6 +29,7 @@ __all__ = ["CompareConfig", "Prediction", "StudyConfig", "UserError", "compare",
 
 def compare(cfg: CompareConfig) -> Path:
     """Run the three phases and write the report; returns the run directory."""
+    check_instance("compare", "cfg", cfg, CompareConfig, "compare(CompareConfig(data_dir='data'))")
     run_dir = run_compare(cfg)
     if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
         write_report(run_dir)
@@ -37,6 +39,7 @@ def compare(cfg: CompareConfig) -> Path:
 
 def resume(run_dir: Path, show_progress: bool = True) -> Path:
     """Continue an interrupted compare run from its last finished epoch."""
+    check_path("resume", "run_dir", run_dir), check_flag("resume", "show_progress", show_progress)
     run_dir = resume_compare(run_dir, show_progress=show_progress)
     if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
         write_report(run_dir)
@@ -46,6 +49,7 @@ def resume(run_dir: Path, show_progress: bool = True) -> Path:
 
 def study(cfg: StudyConfig) -> Path:
     """Train the study's missing cells and write its report; returns the study directory."""
+    check_instance("study", "cfg", cfg, StudyConfig, "study(StudyConfig(CompareConfig(data_dir='data')))")
     study_dir = run_study(cfg)
     if torchrun_ranks().is_main:
         write_study_report(study_dir)

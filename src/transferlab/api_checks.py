@@ -23,6 +23,8 @@ _TAKES: dict[type, tuple[tuple[type, ...], str]] = {
 def _got(value: object) -> str:
     if value is None:
         return "got None"
+    if is_dataclass(value):
+        return f"got a {type(value).__name__}"
     shown = quoted(value) if isinstance(value, (str, os.PathLike)) else one_line(repr(value))
     return f"got {type(value).__name__} {shown[:80]}"
 

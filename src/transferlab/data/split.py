@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.atomic import write_json_atomic
+from transferlab.atomic import local_path_text, write_json_atomic
 from transferlab.data.scan import LabelledImage
 from transferlab.errors import UserError, quoted
 
-# dropped_*: validation or test images that duplicate training ones (--dedupe)
-SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test")
+# dropped_*: validation or test images that duplicate training ones (--dedupe); skipped: could not be decoded
+SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test", "skipped")
 
 
 def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int, test_fraction: float = 0.0
@@ -59,7 +59,7 @@ def save_split(path: Path, root: Path, subsets: dict[str, list[LabelledImage]], 
 
 def read_split(path: Path) -> dict:
     try:
-        saved = json.loads(Path(path).read_text())
+        saved = json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
         if not isinstance(saved.get("files"), dict):
             raise ValueError("no 'files' mapping")
         return saved
@@ -70,7 +70,7 @@ def read_split(path: Path) -> dict:
 
 def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]) -> dict[str, list[LabelledImage]]:
     """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal."""
-    saved = read_split(path)["files"]
+    saved = {local_path_text(rel): subset for rel, subset in read_split(path)["files"].items()}
     subsets: dict[str, list[LabelledImage]] = {name: [] for name in SUBSETS}
     seen = set()
     for im in images:
@@ -91,7 +91,8 @@ def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]) -> di
 def check_content_unchanged(path: Path, root: Path, content: dict[Path, str]) -> None:
     """Refuse a resume when a file's bytes differ from when the run started (the first one is named)."""
     split = read_split(path)
-    saved, skipped_before = split.get("content") or {}, split.get("skipped") or {}
+    saved, skipped_before = ({local_path_text(rel): v for rel, v in (split.get(key) or {}).items()}
+                             for key in ("content", "skipped"))
     for file, digest in sorted(content.items(), key=lambda kv: str(kv[0])):
         rel = str(Path(file).relative_to(root))
         if saved.get(rel, digest) != digest or rel in skipped_before:

@@ -10,8 +10,10 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from transferlab.api_checks import check_field_types
+from transferlab.atomic import local_path_text
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.tracking import check_tracking_options
 from transferlab.training.engines import ENGINES
@@ -72,7 +74,11 @@ class CompareConfig:
     mlflow_uri: str | None = None        # an MLflow tracking URI: params, per-epoch metrics, the report
 
     def __post_init__(self) -> None:
-        if (self.data_dir is None) == (self.train_dir is None):
+        check_field_types(self)  # the API's types first: CompareConfig(data_dir=5) is named, not a TypeError later
+        if self.data_dir is None and self.train_dir is None:
+            raise UserError("give a data folder (compare DATA; data_dir=) or --train DIR with --val DIR (train_dir=, "
+                            "val_dir=)")
+        if self.data_dir is not None and self.train_dir is not None:
             raise UserError("give either a data folder (compare DATA) or --train DIR with --val DIR, not both")
         if (self.train_dir is None) != (self.val_dir is None):
             raise UserError("--train and --val go together; give both folders")
@@ -147,7 +153,13 @@ class CompareConfig:
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":
         try:
-            stored = json.loads(Path(path).read_text())
+            stored = json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
+            if "study" in stored and "config" not in stored:
+                raise UserError(f"{quoted(Path(path).parent)} is a study folder, not a compare run; to continue it, "
+                                "run the same `transferlab study` command again (with --study-dir for this folder)")
+            paths = {f.name for f in fields(cls) if "Path" in str(f.type)}  # as this locale spells file names
+            stored["config"] = {k: local_path_text(v) if k in paths and isinstance(v, str) else v
+                                for k, v in stored["config"].items()}
             if stored.get("format_version") != RUN_FORMAT_VERSION:
                 raise UserError(f"run '{Path(path).parent}' was made by an older transferlab (config format "
                                 f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
