@@ -199,7 +199,7 @@ def _print_study_summary(study_dir: Path) -> None:
 def _print_summary(run_dir: Path) -> None:
     if not torchrun_ranks().is_main:
         return
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / "results.json").read_bytes())  # UTF-8 whatever the locale
     print(comparison_table(results))
     print("\n".join(verdict_lines(results)).replace("**", ""))
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.safetensors'}")
@@ -279,11 +279,9 @@ def run(argv: list[str]) -> int:
             _print_summary(compare(_config(args, data_dir=args.data)))
     elif args.command == "predict":
         from transferlab.predict import predict_batches
-        _escape_what_stdout_cannot_encode()
         _print_predictions(predict_batches(args.run_dir, args.images, top_k=args.top_k, onnx=args.onnx,
                                            batch_size=args.batch_size), args.json)
     elif args.command == "evaluate":
-        _escape_what_stdout_cannot_encode()
         result = evaluate_folder(args.run_dir, args.labelled_dir, onnx=args.onnx)
         if args.json:
             print(json.dumps(result, indent=2))
@@ -310,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
     if not ranks.is_main:  # the other ranks see the same data and options: rank 0's warnings say it all
         warnings.simplefilter("ignore")
+    _escape_what_stdout_cannot_encode()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UserError as e:

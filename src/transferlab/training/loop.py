@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
+from transferlab.progress import progress_bar
 
 from transferlab.errors import UserError
 from transferlab.training.distributed import (SINGLE, Ranks, broadcast_buffers, data_parallel, gather_objects,
@@ -200,8 +200,8 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         loss_sum, correct = 0.0, 0
         batches = range(0, len(order), spec.batch_size)
         steps_per_epoch = len(batches)
-        bar = tqdm(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
-                   disable=not show_progress)
+        bar = progress_bar(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
+                           show=show_progress)
         for step, start in enumerate(bar):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(epoch * steps_per_epoch + step, spec.epochs * steps_per_epoch, spec)
@@ -220,7 +220,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             optimizer.step()
             loss_sum += loss.item() / ranks.world_size * len(positions)  # a rank's loss is W x its part
             correct += int((logits.argmax(1) == target).sum())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # a refresh here drew a stale 0/N
         if ranks.is_distributed:
             loss_sum, correct = sum_over_ranks([loss_sum, correct], ranks)
             broadcast_buffers(module, ranks)
