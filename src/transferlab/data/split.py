@@ -16,6 +16,8 @@ from transferlab.errors import UserError, quoted
 
 # dropped_*: validation or test images that duplicate training ones (--dedupe); skipped: could not be decoded
 SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test", "skipped")
+# what a refused re-use of split.json tells the user to do; a study passes its own (another --study-dir)
+RESUME_FIX = "start a new run instead of resuming"
 
 
 def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int, test_fraction: float = 0.0
@@ -68,7 +70,8 @@ def read_split(path: Path) -> dict:
                         "resuming") from None
 
 
-def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]) -> dict[str, list[LabelledImage]]:
+def apply_saved_split(path: Path, root: Path, images: list[LabelledImage], fix: str = RESUME_FIX
+                      ) -> dict[str, list[LabelledImage]]:
     """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal."""
     saved = {local_path_text(rel): subset for rel, subset in read_split(path)["files"].items()}
     subsets: dict[str, list[LabelledImage]] = {name: [] for name in SUBSETS}
@@ -77,18 +80,18 @@ def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]) -> di
         rel = str(im.path.relative_to(root))
         subset = saved.get(rel)
         if subset not in subsets:
-            raise UserError(f"{quoted(im.path)} is not in {quoted(path)}: the data changed since the run "
-                            "started; start a new run instead of resuming")
+            raise UserError(f"{quoted(im.path)} is not in {quoted(path)}: the data changed since the split was "
+                            f"drawn; {fix}")
         subsets[subset].append(im)
         seen.add(rel)
     removed = sorted(set(saved) - seen)
     if removed:
-        raise UserError(f"{quoted(Path(root) / removed[0])} was removed since the run started ({len(removed)} "
-                        "files missing); restore it or start a new run instead of resuming")
+        raise UserError(f"{quoted(Path(root) / removed[0])} was removed since the split was drawn ({len(removed)} "
+                        f"files missing); restore it or {fix}")
     return subsets
 
 
-def check_content_unchanged(path: Path, root: Path, content: dict[Path, str]) -> None:
+def check_content_unchanged(path: Path, root: Path, content: dict[Path, str], fix: str = RESUME_FIX) -> None:
     """Refuse a resume when a file's bytes differ from when the run started (the first one is named)."""
     split = read_split(path)
     saved, skipped_before = ({local_path_text(rel): v for rel, v in (split.get(key) or {}).items()}
@@ -96,5 +99,4 @@ def check_content_unchanged(path: Path, root: Path, content: dict[Path, str]) ->
     for file, digest in sorted(content.items(), key=lambda kv: str(kv[0])):
         rel = str(Path(file).relative_to(root))
         if saved.get(rel, digest) != digest or rel in skipped_before:
-            raise UserError(f"{quoted(file)} changed since the run started; restore it or start a new run "
-                            "instead of resuming")
+            raise UserError(f"{quoted(file)} changed since the split was drawn; restore it or {fix}")

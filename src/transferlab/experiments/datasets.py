@@ -17,7 +17,8 @@ from transferlab.data.decoded import DecodedImages, decode_images
 from transferlab.data.images import Preprocessing
 from transferlab.data.leakage import find_leakage
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
-from transferlab.data.split import apply_saved_split, check_content_unchanged, save_split, split_stratified
+from transferlab.data.split import (RESUME_FIX, apply_saved_split, check_content_unchanged, save_split,
+                                   split_stratified)
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.training.distributed import SINGLE, Ranks, fill_shard_wise
@@ -147,8 +148,9 @@ def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool, subset: str
 
 
 def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cache_dir: Path, run_dir: Path,
-                 resuming: bool, ranks: Ranks = SINGLE) -> PreparedData:
-    """Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json."""
+                 resuming: bool, ranks: Ranks = SINGLE, data_changed_fix: str = RESUME_FIX) -> PreparedData:
+    """Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json.
+    `data_changed_fix`: what to do when the data differs from a saved split.json (a study: another --study-dir)."""
     roots = [_absolute(folder.root) for folder in folders.all]
     root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
     images = _all_images(folders)
@@ -158,7 +160,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
         folders = decode_folders(cfg, folders, prep, cache_dir, ranks)
     decoded = folders.decoded
     if resuming and split_path.exists():
-        subsets = apply_saved_split(split_path, root, images)
+        subsets = apply_saved_split(split_path, root, images, data_changed_fix)
         for name in ("val", "test"):  # --dedupe finds and drops them again, identically
             subsets[name] += subsets.pop(f"dropped_{name}")
     else:
@@ -171,7 +173,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     subsets = {name: sorted(members, key=lambda im: (im.label, str(im.path))) for name, members in subsets.items()}
     content = {im.path: key for im, key in zip(decoded.images, decoded.content_keys)}
     if resuming and split_path.exists():
-        check_content_unchanged(split_path, root, content)
+        check_content_unchanged(split_path, root, content, data_changed_fix)
 
     has_test = folders.test is not None or cfg.test_fraction > 0
     split = Split(subset_of(decoded, subsets["train"]), subset_of(decoded, subsets["val"]),
