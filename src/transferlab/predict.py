@@ -70,18 +70,17 @@ def _decode_batch(paths: list[Path], prep, pool: ThreadPoolExecutor
 
 def _probability_batches(model, prep, paths: list[Path], where: str, batch_size: int = BATCH_SIZE
                          ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
-    """(kept paths, their probabilities, skipped files with why) per batch, as soon as each is done: decoded exactly as
-    training decoded (model.json's preprocessing), one batch in memory at a time. Nothing decodable at all
-    is an error, raised after the last batch."""
+    """(kept paths, their probabilities, skipped files with why) per batch, as soon as each is done; decoded
+    exactly as training decoded (model.json's preprocessing), one batch in memory at a time. Nothing decodable
+    at all is an error, raised after the last batch."""
     n_kept = 0
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool, torch.no_grad():
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), batch_size):
-            batch = paths[start:start + batch_size]
-            kept, pixels, skipped = _decode_batch(batch, prep, pool)
+            kept, pixels, skipped = _decode_batch(paths[start:start + batch_size], prep, pool)
             probs = np.zeros((0, 0), np.float32)
             if pixels:
-                x = normalise(torch.from_numpy(np.stack(pixels)), prep)
-                probs = torch.softmax(model(x), dim=1).numpy()
+                with torch.no_grad():  # not around the yield: grad mode would leak into the caller's code
+                    probs = torch.softmax(model(normalise(torch.from_numpy(np.stack(pixels)), prep)), dim=1).numpy()
             n_kept += len(kept)
             yield kept, probs, skipped
     if not n_kept:
@@ -129,7 +128,7 @@ def predict_batches(run_dir: Path, images: list[Path] | Path, top_k: int = 3, on
     def batches() -> Iterator[tuple[int, list[Prediction]]]:
         for kept, probs, skipped in _probability_batches(model, meta["preprocessing"], files, "given", batch_size):
             yield len(kept) + len(skipped), [Prediction(path, [(names[i], float(p[i])) for i in np.argsort(-p)[:k]])
-                           for path, p in zip(kept, probs)]
+                                             for path, p in zip(kept, probs)]
     return PredictionStream(len(files), batches())
 
 

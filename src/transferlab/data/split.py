@@ -14,8 +14,8 @@ from transferlab.atomic import local_path_text, write_json_atomic
 from transferlab.data.scan import LabelledImage
 from transferlab.errors import UserError, quoted
 
-# dropped_*: validation or test images that duplicate training ones (--dedupe); skipped: could not be decoded
-SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test", "skipped")
+# dropped_*: validation or test images that duplicate training ones (--dedupe)
+SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test")
 # what a refused re-use of split.json tells the user to do; a study passes its own (another --study-dir)
 RESUME_FIX = "start a new run instead of resuming"
 
@@ -72,13 +72,18 @@ def read_split(path: Path) -> dict:
 
 def apply_saved_split(path: Path, root: Path, images: list[LabelledImage], fix: str = RESUME_FIX
                       ) -> dict[str, list[LabelledImage]]:
-    """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal."""
-    saved = {local_path_text(rel): subset for rel, subset in read_split(path)["files"].items()}
+    """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal. A file that could
+    not be decoded when the split was drawn is in no subset, only in "skipped"."""
+    split = read_split(path)
+    saved = {local_path_text(rel): subset for rel, subset in split["files"].items()}
+    skipped = {local_path_text(rel) for rel in split.get("skipped") or {}}
     subsets: dict[str, list[LabelledImage]] = {name: [] for name in SUBSETS}
     seen = set()
     for im in images:
         rel = str(im.path.relative_to(root))
         subset = saved.get(rel)
+        if subset is None and rel in skipped:
+            continue
         if subset not in subsets:
             raise UserError(f"{quoted(im.path)} is not in {quoted(path)}: the data changed since the split was "
                             f"drawn; {fix}")

@@ -164,10 +164,10 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
         for name in ("val", "test"):  # --dedupe finds and drops them again, identically
             subsets[name] += subsets.pop(f"dropped_{name}")
     else:
-        kept = set(decoded.images)
-        subsets = check_enough_per_class(cfg, folders) | {"skipped": [im for im in images if im not in kept]}
+        subsets = check_enough_per_class(cfg, folders)  # of the usable images; the others are listed as skipped
         if ranks.is_main:
-            save_split(split_path, root, subsets, seed=seed, val_fraction=fraction)
+            save_split(split_path, root, subsets, seed=seed, val_fraction=fraction,
+                       skipped={s.path: s.reason for s in decoded.skipped})
 
     # one order for a first run and a resume alike (a resume finds files in scan order): the batches match
     subsets = {name: sorted(members, key=lambda im: (im.label, str(im.path))) for name, members in subsets.items()}
