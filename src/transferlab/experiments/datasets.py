@@ -52,7 +52,8 @@ class Folders:
     train: ImageFolder             # DATA itself when the split is made here
     val: ImageFolder | None        # an explicit --val folder
     test: ImageFolder | None       # an explicit --test folder
-    decoded: DecodedImages | None = None  # every image, decoded by decode_folders before a run folder exists
+    decoded: DecodedImages | None = None  # every image, decoded by decode_folders before a run folder exists,
+    decoded_as: str | None = None         # at this geometry (a backbones study decodes again for each)
 
     @property
     def all(self) -> list[ImageFolder]:
@@ -83,8 +84,9 @@ def decode_folders(cfg: CompareConfig, folders: Folders, prep: Preprocessing, ca
     fill_shard_wise(lambda share: decode_images([images[i] for i in share], prep, cache_dir, strict=cfg.strict,
                                                 show_progress=cfg.show_progress), len(images), ranks)
     decoded = decode_images(images, prep, cache_dir, strict=cfg.strict, show_progress=cfg.show_progress)
-    check_enough_per_class(cfg, replace(folders, decoded=decoded))
-    return replace(folders, decoded=decoded)
+    folders = replace(folders, decoded=decoded, decoded_as=prep.geometry_key())
+    check_enough_per_class(cfg, folders)
+    return folders
 
 
 def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, list[LabelledImage]]:
@@ -156,7 +158,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     images = _all_images(folders)
     split_path = run_dir / "split.json"
     seed, fraction = cfg.seed, (cfg.val_fraction if folders.val is None else None)
-    if folders.decoded is None:  # a caller that did not decode before making its folder
+    if folders.decoded is None or folders.decoded_as != prep.geometry_key():  # not decoded yet, or for another size
         folders = decode_folders(cfg, folders, prep, cache_dir, ranks)
     decoded = folders.decoded
     if resuming and split_path.exists():
