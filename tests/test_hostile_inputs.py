@@ -278,8 +278,8 @@ def test_a_rerun_study_after_an_image_changed_names_study_dir(small_data, tmp_pa
     assert "resum" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="needs progress_bar and set_postfix(..., refresh=False) in experiments/study.py's "
-                   "run_all (the lead's file); remove this mark when it is there")
+@pytest.mark.xfail(strict=True, reason="needs progress_bar and set_postfix(..., refresh=False) in "
+                   "experiments/study.py's run_all (the lead's file); remove this mark when it is there")
 def test_a_study_cell_bar_never_counts_a_trained_cell_before_its_step(small_data, tmp_path, monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)

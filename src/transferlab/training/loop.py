@@ -220,7 +220,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             optimizer.step()
             loss_sum += loss.item() / ranks.world_size * len(positions)  # a rank's loss is W x its part
             correct += int((logits.argmax(1) == target).sum())
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # a refresh here drew a stale 0/N
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # a refresh drew a stale 0/N
         if ranks.is_distributed:
             loss_sum, correct = sum_over_ranks([loss_sum, correct], ranks)
             broadcast_buffers(module, ranks)
