@@ -1,8 +1,6 @@
 """Use a saved model: class probabilities for new images, and accuracy on a labelled folder."""
 
-import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -49,22 +47,17 @@ def _expand(paths: list[Path]) -> list[Path]:
 Decoded = tuple[list[Path], np.ndarray, list[tuple[Path, str]]]  # kept paths, their probabilities, skipped
 
 
-def _decode_batch(paths: list[Path], prep, pool: ThreadPoolExecutor
-                  ) -> tuple[list[Path], list[np.ndarray], list[tuple[Path, str]]]:
-    """Decoded in threads (Pillow releases the GIL); a file that fails is skipped with a warning naming it."""
-    def decode(path: Path) -> np.ndarray | str:
-        try:
-            return load_for_model(path, prep)
-        except ImageDecodeError as e:
-            return str(e)
+def _decode_batch(paths: list[Path], prep) -> tuple[list[Path], list[np.ndarray], list[tuple[Path, str]]]:
+    """A file that fails is skipped with a warning naming it, as compare does. One thread: the model's
+    forward already uses the cores (threads here measured no faster on a shared 2-core machine)."""
     kept, pixels, skipped = [], [], []
-    for path, result in zip(paths, pool.map(decode, paths)):
-        if isinstance(result, str):
-            skipped.append((path, result))
-            warnings.warn(f"skipping {quoted(path)}: {one_line(result)}", stacklevel=4)
-        else:
+    for path in paths:
+        try:
+            pixels.append(load_for_model(path, prep))
             kept.append(path)
-            pixels.append(result)
+        except ImageDecodeError as e:
+            skipped.append((path, str(e)))
+            warnings.warn(f"skipping {quoted(path)}: {one_line(str(e))}", stacklevel=4)
     return kept, pixels, skipped
 
 
@@ -74,15 +67,14 @@ def _probability_batches(model, prep, paths: list[Path], where: str, batch_size:
     exactly as training decoded (model.json's preprocessing), one batch in memory at a time. Nothing decodable
     at all is an error, raised after the last batch."""
     n_kept = 0
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(paths), batch_size):
-            kept, pixels, skipped = _decode_batch(paths[start:start + batch_size], prep, pool)
-            probs = np.zeros((0, 0), np.float32)
-            if pixels:
-                with torch.no_grad():  # not around the yield: grad mode would leak into the caller's code
-                    probs = torch.softmax(model(normalise(torch.from_numpy(np.stack(pixels)), prep)), dim=1).numpy()
-            n_kept += len(kept)
-            yield kept, probs, skipped
+    for start in range(0, len(paths), batch_size):
+        kept, pixels, skipped = _decode_batch(paths[start:start + batch_size], prep)
+        probs = np.zeros((0, 0), np.float32)
+        if pixels:
+            with torch.no_grad():  # not around the yield: grad mode would leak into the caller's code
+                probs = torch.softmax(model(normalise(torch.from_numpy(np.stack(pixels)), prep)), dim=1).numpy()
+        n_kept += len(kept)
+        yield kept, probs, skipped
     if not n_kept:
         raise UserError(f"none of the {len(paths)} images {where} could be decoded (each is named in a warning "
                         "above); give Pillow-readable images")
