@@ -67,6 +67,15 @@ def _signal_at(stage: str, monkeypatch, send) -> None:
 def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data, reference, tmp_path,
                                                                monkeypatch):
     cfg = tiny_config(small_data, tmp_path, **EPOCHS)
+    if stage == "decode":  # decoding checks the data before a run folder exists: a stop leaves nothing to resume
+        with monkeypatch.context() as patch:
+            _signal_at(stage, patch, lambda: os.kill(os.getpid(), signal.SIGINT))
+            with pytest.raises(KeyboardInterrupt):
+                compare(cfg)
+        assert not (tmp_path / "runs").exists()
+        run_dir = compare(cfg)  # the same command again
+        assert _metrics(run_dir) == _metrics(reference) and _accuracies(run_dir) == _accuracies(reference)
+        return
     with monkeypatch.context() as patch:
         _signal_at(stage, patch, lambda: os.kill(os.getpid(), signal.SIGINT))
         with pytest.raises(RunInterrupted) as stopped:
@@ -114,6 +123,12 @@ def test_sigkill_at_each_stage_then_resume_equals_uninterrupted(stage, small_dat
     killed = subprocess.run([sys.executable, "-c", DRIVER, stage, *_cli_args(cfg, tmp_path / "runs")],
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if stage == "decode":  # before a run folder exists: the same command again, on the decoded cache
+        assert not (tmp_path / "runs").exists()
+        assert main(_cli_args(cfg, tmp_path / "runs")) == 0
+        run_dir, = (tmp_path / "runs").iterdir()
+        assert _metrics(run_dir) == _metrics(reference) and _accuracies(run_dir) == _accuracies(reference)
+        return
     run_dir, = (tmp_path / "runs").iterdir()
     assert not (run_dir / "results.json").exists()
     for path in run_dir.rglob("*.json*"):  # whatever was written is whole

@@ -14,6 +14,7 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from transferlab.api_checks import check_flag, check_instance, check_path
 from transferlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -54,9 +55,11 @@ def __dir__() -> list[str]:
 def compare(cfg: CompareConfig) -> Path:
     """Run the three phases and write the report; returns the run directory."""
     from transferlab.experiments.compare import run_compare
+    from transferlab.experiments.config import CompareConfig
     from transferlab.experiments.tracking import log_report
     from transferlab.reporting.report import write_report
-    from transferlab.training.distributed import torchrun_ranks
+    from transferlab.training.ranks import torchrun_ranks
+    check_instance("compare", "cfg", cfg, CompareConfig, "compare(CompareConfig(data_dir='data'))")
     run_dir = run_compare(cfg)
     if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
         write_report(run_dir)
@@ -69,7 +72,8 @@ def resume(run_dir: Path, show_progress: bool = True) -> Path:
     from transferlab.experiments.compare import resume_compare
     from transferlab.experiments.tracking import log_report
     from transferlab.reporting.report import write_report
-    from transferlab.training.distributed import torchrun_ranks
+    from transferlab.training.ranks import torchrun_ranks
+    check_path("resume", "run_dir", run_dir), check_flag("resume", "show_progress", show_progress)
     run_dir = resume_compare(run_dir, show_progress=show_progress)
     if torchrun_ranks().is_main:  # under torchrun only rank 0 writes
         write_report(run_dir)
@@ -80,8 +84,10 @@ def resume(run_dir: Path, show_progress: bool = True) -> Path:
 def study(cfg: StudyConfig) -> Path:
     """Train the study's missing cells and write its report; returns the study directory."""
     from transferlab.experiments.study import run_study
+    from transferlab.experiments.study_config import StudyConfig
     from transferlab.reporting.study_report import write_study_report
-    from transferlab.training.distributed import torchrun_ranks
+    from transferlab.training.ranks import torchrun_ranks
+    check_instance("study", "cfg", cfg, StudyConfig, "study(StudyConfig(CompareConfig(data_dir='data')))")
     study_dir = run_study(cfg)
     if torchrun_ranks().is_main:
         write_study_report(study_dir)

@@ -9,9 +9,35 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from transferlab.errors import UserError, one_line, quoted
+
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+def creatable_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be written or made (None: it can). The probe, a temp folder in the nearest existing
+    parent removed at once, is what catches a read-only mount or /proc even for root."""
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "it is a file, not a folder" if existing == folder else f"{quoted(existing)} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".transferlab-probe-"))
+    except OSError as e:
+        return e.strerror if existing == folder else f"{e.strerror} in {quoted(existing)}"
+    return None
+
+
+def check_creatable(folder: Path, option: str) -> None:
+    """A folder the tool will write into is writable or can be made, else one UserError naming `option`:
+    checked before anything is written."""
+    problem = creatable_problem(folder)
+    if problem is not None:
+        raise UserError(f"{option} {quoted(folder)} cannot be written or made ({problem}); give a writable folder")
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -40,7 +66,25 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """UTF-8 in any locale. A file name read under a non-UTF-8 locale (LC_ALL=C) holds its bytes as lone
+    surrogates; they are written back as those bytes, which read as the name (local_path_text undoes it)."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogateescape")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            name = one_line(data[max(e.start - 30, 0):e.end + 30].decode("utf-8", "backslashreplace"))
+            raise UserError(f"cannot write {quoted(path)}: a file name in it is not UTF-8 (…{name}…); rename that "
+                            "file with a UTF-8 name") from None
+    write_bytes_atomic(path, data)
+
+
+def local_path_text(stored: str) -> str:
+    """A file name as the JSON files store it (UTF-8) spelled as this process's file functions spell it: the
+    same text under a UTF-8 locale, its bytes as surrogates under LC_ALL=C. Runs resume in either."""
+    return os.fsdecode(stored.encode("utf-8", "surrogateescape"))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("run_dir", type=Path)
     pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
     pred.add_argument("--top-k", type=int, default=3)
-    pred.add_argument("--json", action="store_true")
+    pred.add_argument("--batch-size", type=int, default=32, help="images decoded and classified at a time; "
+                      "each batch's lines are printed as soon as it is done")
+    pred.add_argument("--json", action="store_true", help="a JSON array, one image per line as it is done")
     pred.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
 
     ev = sub.add_parser("evaluate", help="accuracy of a run's model on a labelled folder")
@@ -191,7 +193,7 @@ def _print_study_summary(study_dir: Path) -> None:
 def _print_summary(run_dir: Path) -> None:
     if not torchrun_ranks().is_main:
         return
-    results = json.loads((run_dir / "results.json").read_text())
+    results = json.loads((run_dir / "results.json").read_bytes())  # UTF-8 whatever the locale
     print(comparison_table(results))
     print("\n".join(verdict_lines(results)).replace("**", ""))
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.safetensors'}")
@@ -204,6 +206,36 @@ def _refuse_options_with_resume(args: argparse.Namespace, argv: list[str]) -> No
     if given:
         raise UserError(f"--resume continues a run with the options saved in its config.json; drop "
                         f"{', '.join(given)} (or start a new run with them)")
+
+
+def _print_predictions(stream, as_json: bool) -> None:
+    """Each batch's lines as soon as it is done, flushed so a pipe sees them at once; a progress bar on stderr
+    only when that is a terminal. --json: one JSON array, one image per line."""
+    from transferlab.progress import progress_bar
+    opened = False
+    with progress_bar(total=stream.n_files, show=True, desc="predict", unit="img", leave=False) as bar:
+        for n_read, batch in stream.batches:
+            if as_json:
+                lines = [("," if opened or i else "[") + json.dumps({"path": str(p.path), "top": [
+                    {"class": c, "probability": round(pr, 5)} for c, pr in p.top]}, ensure_ascii=False)
+                    for i, p in enumerate(batch)]
+            else:
+                lines = [f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top) for p in batch]
+            opened = opened or bool(batch)
+            with bar.external_write_mode():
+                for line in lines:
+                    print(line)
+                sys.stdout.flush()
+            bar.update(n_read)
+    if as_json:
+        print("]" if opened else "[]", flush=True)
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """Under an ASCII locale (LC_ALL=C) a non-ASCII class or file name is printed escaped, not a traceback."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "")
+    if encoding not in ("utf8", "utf_8") and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 
 def run(argv: list[str]) -> int:
@@ -243,13 +275,9 @@ def run(argv: list[str]) -> int:
         else:
             _print_summary(compare(_config(args, data_dir=args.data)))
     elif args.command == "predict":
-        from transferlab import predict
-        predictions = predict(args.run_dir, args.images, top_k=args.top_k, onnx=args.onnx)
-        if args.json:
-            print(json.dumps([{"path": str(p.path), "top": [{"class": c, "probability": round(pr, 5)}
-                                                            for c, pr in p.top]} for p in predictions], indent=2))
-        for p in [] if args.json else predictions:
-            print(f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top))
+        from transferlab.predict import predict_batches
+        _print_predictions(predict_batches(args.run_dir, args.images, top_k=args.top_k, onnx=args.onnx,
+                                           batch_size=args.batch_size), args.json)
     elif args.command == "evaluate":
         from transferlab import evaluate_folder
         result = evaluate_folder(args.run_dir, args.labelled_dir, onnx=args.onnx)
@@ -280,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
     if not ranks.is_main:  # the other ranks see the same data and options: rank 0's warnings say it all
         warnings.simplefilter("ignore")
+    _escape_what_stdout_cannot_encode()
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except UserError as e:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.atomic import write_json_atomic
+from transferlab.api_checks import check_path, check_paths
+from transferlab.atomic import check_creatable, write_json_atomic
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
 from transferlab.errors import UserError, quoted
 from transferlab.options import EXPORT_FORMATS
@@ -44,13 +45,15 @@ def _parity_inputs(prep, images: list[Path]) -> tuple[torch.Tensor, str]:
 def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                  check_images: list[Path] | None = None) -> dict:
     """Write model.onnx + model.onnx.json into `out_dir` (default: the run folder); returns the sidecar."""
+    run_dir = check_path("export", "run_dir", run_dir)
+    check_images = [] if check_images is None else check_paths("export", "check_images (--check-images)", check_images)
     if fmt not in EXPORT_FORMATS:
-        raise UserError(f"unknown export format '{fmt}' (option --format); choose one of: {', '.join(EXPORT_FORMATS)}")
-    run_dir = Path(run_dir)
+        raise UserError(f"unknown export format {quoted(fmt)} (option --format); choose one of: {', '.join(EXPORT_FORMATS)}")
+    out_dir = run_dir if out_dir is None else check_path("export", "out_dir (--out)", out_dir)
+    check_creatable(out_dir, "--out")  # before the model is even read: a bad --out costs nothing
     model, meta = load_model(run_dir)
     prep = meta["preprocessing"]
-    x, inputs_used = _parity_inputs(prep, list(check_images or []))
-    out_dir = Path(out_dir or run_dir)
+    x, inputs_used = _parity_inputs(prep, check_images)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, sidecar_path = out_dir / ONNX_FILE, out_dir / SIDECAR_FILE
     checking = out_dir / f".{ONNX_FILE}.checking"  # an earlier export stays until this one has passed

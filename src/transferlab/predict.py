@@ -3,10 +3,12 @@
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+from transferlab.api_checks import check_flag, check_path, check_paths, check_whole_number
 from transferlab.data.images import ImageDecodeError, load_for_model
 from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
 from transferlab.errors import UserError, one_line, quoted
@@ -15,6 +17,8 @@ from transferlab.training.inputs import normalise
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall
 
 BATCH_SIZE = 32
+MAX_BATCH_SIZE = 4096
+MAX_TOP_K = 10_000
 
 
 @dataclass(frozen=True)
@@ -43,28 +47,45 @@ def _expand(paths: list[Path]) -> list[Path]:
 Decoded = tuple[list[Path], np.ndarray, list[tuple[Path, str]]]  # kept paths, their probabilities, skipped
 
 
-@torch.no_grad()
-def _probabilities(model, prep, paths: list[Path], where: str) -> Decoded:
-    """Decoded exactly as training decoded (model.json's preprocessing), one batch in memory at a time.
+def _decode_batch(paths: list[Path], prep) -> tuple[list[Path], list[np.ndarray], list[tuple[Path, str]]]:
+    """A file that fails is skipped with a warning naming it, as compare does. One thread: the model's
+    forward already uses the cores (threads here measured no faster on a shared 2-core machine)."""
+    kept, pixels, skipped = [], [], []
+    for path in paths:
+        try:
+            pixels.append(load_for_model(path, prep))
+            kept.append(path)
+        except ImageDecodeError as e:
+            skipped.append((path, str(e)))
+            warnings.warn(f"skipping {quoted(path)}: {one_line(str(e))}", stacklevel=4)
+    return kept, pixels, skipped
 
-    A file that fails is skipped with a warning naming it, as compare does; nothing decodable is an error.
-    """
-    kept, probs, skipped = [], [], []
-    for start in range(0, len(paths), BATCH_SIZE):
-        pixels = []
-        for path in paths[start:start + BATCH_SIZE]:
-            try:
-                pixels.append(load_for_model(path, prep))
-                kept.append(path)
-            except ImageDecodeError as e:
-                skipped.append((path, str(e)))
-                warnings.warn(f"skipping {quoted(path)}: {one_line(str(e))}", stacklevel=3)
+
+def _probability_batches(model, prep, paths: list[Path], where: str, batch_size: int = BATCH_SIZE
+                         ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
+    """(kept paths, their probabilities, skipped files with why) per batch, as soon as each is done; decoded
+    exactly as training decoded (model.json's preprocessing), one batch in memory at a time. Nothing decodable
+    at all is an error, raised after the last batch."""
+    n_kept = 0
+    for start in range(0, len(paths), batch_size):
+        kept, pixels, skipped = _decode_batch(paths[start:start + batch_size], prep)
+        probs = np.zeros((0, 0), np.float32)
         if pixels:
-            x = normalise(torch.from_numpy(np.stack(pixels)), prep)
-            probs.append(torch.softmax(model(x), dim=1).numpy())
-    if not kept:
+            with torch.no_grad():  # not around the yield: grad mode would leak into the caller's code
+                probs = torch.softmax(model(normalise(torch.from_numpy(np.stack(pixels)), prep)), dim=1).numpy()
+        n_kept += len(kept)
+        yield kept, probs, skipped
+    if not n_kept:
         raise UserError(f"none of the {len(paths)} images {where} could be decoded (each is named in a warning "
                         "above); give Pillow-readable images")
+
+
+def _probabilities(model, prep, paths: list[Path], where: str) -> Decoded:
+    kept, probs, skipped = [], [], []
+    for batch_kept, batch_probs, batch_skipped in _probability_batches(model, prep, paths, where):
+        kept += batch_kept
+        probs += [batch_probs] if batch_kept else []
+        skipped += batch_skipped
     return kept, np.concatenate(probs), skipped
 
 
@@ -76,20 +97,45 @@ def _load(run_dir: Path, onnx: bool):
     return load_model(run_dir)
 
 
-def predict(run_dir: Path, images: list[Path], top_k: int = 3, onnx: bool = False) -> list[Prediction]:
-    """The top_k classes of each image (fewer when the model has fewer); undecodable files are skipped."""
-    if top_k < 1:
-        raise UserError(f"--top-k must be at least 1 (got {top_k})")
-    paths = _expand(images)
+@dataclass(frozen=True)
+class PredictionStream:
+    """Predictions batch by batch, for a caller that shows them as they come (the CLI streams them)."""
+    n_files: int
+    batches: Iterator[tuple[int, list[Prediction]]]  # (files read, predictions of those that decoded)
+
+
+def predict_batches(run_dir: Path, images: list[Path] | Path, top_k: int = 3, onnx: bool = False,
+                    batch_size: int = BATCH_SIZE) -> PredictionStream:
+    """Arguments, images and the model are checked now; the batches are computed as they are iterated."""
+    run_dir = check_path("predict", "run_dir", run_dir)
+    paths = check_paths("predict", "images", images)
+    top_k = check_whole_number("predict", "top_k (--top-k)", top_k, 1, MAX_TOP_K)
+    onnx = check_flag("predict", "onnx (--onnx)", onnx)
+    batch_size = check_whole_number("predict", "batch_size (--batch-size)", batch_size, 1, MAX_BATCH_SIZE)
+    files = _expand(paths)
     model, meta = _load(run_dir, onnx)
     names = meta["class_names"]
-    kept, probs, _ = _probabilities(model, meta["preprocessing"], paths, "given")
     k = min(top_k, len(names))
-    return [Prediction(path, [(names[i], float(p[i])) for i in np.argsort(-p)[:k]]) for path, p in zip(kept, probs)]
+
+    def batches() -> Iterator[tuple[int, list[Prediction]]]:
+        for kept, probs, skipped in _probability_batches(model, meta["preprocessing"], files, "given", batch_size):
+            yield len(kept) + len(skipped), [Prediction(path, [(names[i], float(p[i])) for i in np.argsort(-p)[:k]])
+                                             for path, p in zip(kept, probs)]
+    return PredictionStream(len(files), batches())
+
+
+def predict(run_dir: Path, images: list[Path] | Path, top_k: int = 3, onnx: bool = False,
+            batch_size: int = BATCH_SIZE) -> list[Prediction]:
+    """The top_k classes of each image (fewer when the model has fewer); undecodable files are skipped.
+    `images`: one path, or a list of image files and folders."""
+    return [p for _, batch in predict_batches(run_dir, images, top_k, onnx, batch_size).batches for p in batch]
 
 
 def evaluate_folder(run_dir: Path, labelled_dir: Path, onnx: bool = False) -> dict:
     """Accuracy, per-class recall and the confusion matrix on DIR/<class>/*, classes named as in training."""
+    run_dir = check_path("evaluate_folder", "run_dir", run_dir)
+    labelled_dir = check_path("evaluate_folder", "labelled_dir", labelled_dir)
+    onnx = check_flag("evaluate_folder", "onnx (--onnx)", onnx)
     model, meta = _load(run_dir, onnx)
     names = meta["class_names"]
     folder = scan_image_folder(labelled_dir, class_names=tuple(names))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
 from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
 from transferlab.data.fingerprints import file_digest
 from transferlab.data.row_store import RowStore, RowView
 from transferlab.data.scan import LabelledImage
 from transferlab.errors import UserError, one_line, quoted
+from transferlab.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def decode_images(images: list[LabelledImage], prep: Preprocessing, cache_dir: P
     def decoded_chunks():
         """Decode DECODE_CHUNK images at a time, so memory holds one chunk, not the dataset."""
         items = list(todo.items())
-        bar = tqdm(total=len(items), desc="decode", unit="img", disable=not show_progress, leave=False)
+        bar = progress_bar(total=len(items), desc="decode", unit="img", show=show_progress, leave=False)
         with ThreadPoolExecutor(workers) as pool:
             for start in range(0, len(items), DECODE_CHUNK):
                 chunk = items[start:start + DECODE_CHUNK]

@@ -29,6 +29,12 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def label_of(folder: Path) -> str:
+    """A class folder's name as a label, the same in every locale: under LC_ALL=C Python spells a UTF-8 name's
+    bytes as surrogates, and a model trained under a UTF-8 locale must still recognise the folder."""
+    return folder.name.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+
+
 def _walk_class_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     """Images anywhere below `folder`, in a stable order; symlinked folders are not followed (no loops)."""
     images, ignored = [], []
@@ -58,7 +64,7 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
         found = f"{len(loose)} loose image files but no class folders" if loose else "no class folders"
         raise UserError(f"found {found} in {quoted(root)}; {LAYOUT_HINT}")
 
-    found_names = tuple(p.name for p in folders)
+    found_names = tuple(label_of(p) for p in folders)
     if class_names is None:
         class_names = found_names
     else:
@@ -75,7 +81,7 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
         ignored += others
         if not paths:
             empty.append(f"{quoted(folder.name)} ({len(others)} non-image files)" if others else quoted(folder.name))
-        label = class_names.index(folder.name)
+        label = class_names.index(label_of(folder))
         images += [LabelledImage(p, label) for p in paths]
 
     if empty:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.atomic import write_json_atomic
+from transferlab.atomic import local_path_text, write_json_atomic
 from transferlab.data.scan import LabelledImage
 from transferlab.errors import UserError, quoted
 
 # dropped_*: validation or test images that duplicate training ones (--dedupe)
 SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test")
+# what a refused re-use of split.json tells the user to do; a study passes its own (another --study-dir)
+RESUME_FIX = "start a new run instead of resuming"
 
 
 def split_stratified(images: list[LabelledImage], val_fraction: float, seed: int, test_fraction: float = 0.0
@@ -59,7 +61,7 @@ def save_split(path: Path, root: Path, subsets: dict[str, list[LabelledImage]], 
 
 def read_split(path: Path) -> dict:
     try:
-        saved = json.loads(Path(path).read_text())
+        saved = json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
         if not isinstance(saved.get("files"), dict):
             raise ValueError("no 'files' mapping")
         return saved
@@ -68,32 +70,38 @@ def read_split(path: Path) -> dict:
                         "resuming") from None
 
 
-def apply_saved_split(path: Path, root: Path, images: list[LabelledImage]) -> dict[str, list[LabelledImage]]:
-    """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal."""
-    saved = read_split(path)["files"]
+def apply_saved_split(path: Path, root: Path, images: list[LabelledImage], fix: str = RESUME_FIX
+                      ) -> dict[str, list[LabelledImage]]:
+    """Re-use a run's split.json: the same files in the same subsets, or a one-line refusal. A file that could
+    not be decoded when the split was drawn is in no subset, only in "skipped"."""
+    split = read_split(path)
+    saved = {local_path_text(rel): subset for rel, subset in split["files"].items()}
+    skipped = {local_path_text(rel) for rel in split.get("skipped") or {}}
     subsets: dict[str, list[LabelledImage]] = {name: [] for name in SUBSETS}
     seen = set()
     for im in images:
         rel = str(im.path.relative_to(root))
         subset = saved.get(rel)
+        if subset is None and rel in skipped:
+            continue
         if subset not in subsets:
-            raise UserError(f"{quoted(im.path)} is not in {quoted(path)}: the data changed since the run "
-                            "started; start a new run instead of resuming")
+            raise UserError(f"{quoted(im.path)} is not in {quoted(path)}: the data changed since the split was "
+                            f"drawn; {fix}")
         subsets[subset].append(im)
         seen.add(rel)
     removed = sorted(set(saved) - seen)
     if removed:
-        raise UserError(f"{quoted(Path(root) / removed[0])} was removed since the run started ({len(removed)} "
-                        "files missing); restore it or start a new run instead of resuming")
+        raise UserError(f"{quoted(Path(root) / removed[0])} was removed since the split was drawn ({len(removed)} "
+                        f"files missing); restore it or {fix}")
     return subsets
 
 
-def check_content_unchanged(path: Path, root: Path, content: dict[Path, str]) -> None:
+def check_content_unchanged(path: Path, root: Path, content: dict[Path, str], fix: str = RESUME_FIX) -> None:
     """Refuse a resume when a file's bytes differ from when the run started (the first one is named)."""
     split = read_split(path)
-    saved, skipped_before = split.get("content") or {}, split.get("skipped") or {}
+    saved, skipped_before = ({local_path_text(rel): v for rel, v in (split.get(key) or {}).items()}
+                             for key in ("content", "skipped"))
     for file, digest in sorted(content.items(), key=lambda kv: str(kv[0])):
         rel = str(Path(file).relative_to(root))
         if saved.get(rel, digest) != digest or rel in skipped_before:
-            raise UserError(f"{quoted(file)} changed since the run started; restore it or start a new run "
-                            "instead of resuming")
+            raise UserError(f"{quoted(file)} changed since the split was drawn; restore it or {fix}")

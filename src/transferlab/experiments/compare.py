@@ -15,14 +15,16 @@ import torch
 
 from transferlab.atomic import write_json_atomic
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.datasets import labels_of, prepare_data, scan_folders, screen_test_set, subset_of
+from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
+                                              subset_of)
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.interrupts import interruptible
 from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state,
                                             predict_test_set, record_test_accuracy, run_cell, run_final_fit,
                                             unfreeze_for_finetuning)
-from transferlab.experiments.run_dir import default_cache_dir, environment, new_run_dir, read_run_config
+from transferlab.experiments.run_dir import (check_output_folders, default_cache_dir, environment, new_run_dir,
+                                             read_run_config)
 from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
@@ -65,8 +67,10 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         overridden = stored.get("recipe", {}).get("overridden", [])
     else:
         overridden = cfg.overridden_recipe_fields()
+        check_output_folders(cfg)
         cfg = replace(cfg.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
+        folders = decode_folders(cfg, folders, pretrained.preprocessing, cfg.cache_dir, ranks)
         run_dir = run_on_main(lambda: _new_run(cfg, overridden, env), ranks)
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)

@@ -10,11 +10,13 @@ import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from transferlab.errors import UserError
+from transferlab.api_checks import check_field_types
+from transferlab.atomic import local_path_text
+from transferlab.errors import UserError, quoted
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.tracking import check_tracking_options
 from transferlab.options import ENGINES, PRECISIONS
-from transferlab.training.recipes import Recipe, overridden_fields, recipe_fields, resolve_recipe
+from transferlab.training.recipes import Recipe, Stopping, overridden_fields, recipe_fields, resolve_recipe
 
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
 MAX_BATCH_SIZE = 4096
@@ -53,9 +55,11 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if isinstance(self.recipe, str):  # a preset's name: the preset itself
             object.__setattr__(self, "recipe", resolve_recipe(self.recipe, {}))
-        if not isinstance(self.recipe, Recipe):
-            raise UserError(f"recipe must be a preset's name or a Recipe (got {type(self.recipe).__name__})")
-        if (self.data_dir is None) == (self.train_dir is None):
+        check_field_types(self)  # the API's types first: CompareConfig(data_dir=5) is named, not a TypeError later
+        if self.data_dir is None and self.train_dir is None:
+            raise UserError("give a data folder (compare DATA; data_dir=) or --train DIR with --val DIR (train_dir=, "
+                            "val_dir=)")
+        if self.data_dir is not None and self.train_dir is not None:
             raise UserError("give either a data folder (compare DATA) or --train DIR with --val DIR, not both")
         if (self.train_dir is None) != (self.val_dir is None):
             raise UserError("--train and --val go together; give both folders")
@@ -117,12 +121,20 @@ class CompareConfig:
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":
         try:
-            stored = json.loads(Path(path).read_text())
+            stored = json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
+            if "study" in stored and "config" not in stored:
+                raise UserError(f"{quoted(Path(path).parent)} is a study folder, not a compare run; to continue it, "
+                                "run the same `transferlab study` command again (with --study-dir for this folder)")
+            paths = {f.name for f in fields(cls) if "Path" in str(f.type)}  # as this locale spells file names
+            stored["config"] = {k: local_path_text(v) if k in paths and isinstance(v, str) else v
+                                for k, v in stored["config"].items()}
             if stored.get("format_version") != RUN_FORMAT_VERSION:
                 raise UserError(f"run '{Path(path).parent}' was made by an older transferlab (config format "
                                 f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
                                 "new run instead of resuming")
-            return cls.from_dict({"final_fit": False} | stored["config"])  # runs from before the final fit had none
+            # runs from before the final fit and the scratch stopping rule had neither
+            before = {"final_fit": False} | {f.name: f.default for f in fields(Stopping)}
+            return cls.from_dict(before | stored["config"])
         except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None
 

@@ -1,13 +1,14 @@
 """From folders to the decoded train/validation subsets a run trains on, with split.json kept in step.
 
-Order matters for resumability: scan → split.json (subsets only) → decode → content hashes into
-split.json → leakage check. A run stopped anywhere after the scan resumes on the same files, and a resume
-refuses data that changed since.
+Order matters for resumability: scan → decode (into the shared cache, before a run folder exists, so
+--strict and a class without enough usable images fail with nothing written) → split of the usable images →
+split.json with content hashes → leakage check. A run stopped anywhere after the split resumes on the same
+files, and a resume refuses data that changed since.
 """
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ from transferlab.data.decoded import DecodedImages, decode_images
 from transferlab.data.images import Preprocessing
 from transferlab.data.leakage import find_leakage
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
-from transferlab.data.split import apply_saved_split, check_content_unchanged, save_split, split_stratified
+from transferlab.data.split import (RESUME_FIX, apply_saved_split, check_content_unchanged, save_split,
+                                   split_stratified)
+from transferlab.errors import UserError, one_line, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.training.distributed import SINGLE, Ranks, fill_shard_wise
 
@@ -49,6 +52,8 @@ class Folders:
     train: ImageFolder             # DATA itself when the split is made here
     val: ImageFolder | None        # an explicit --val folder
     test: ImageFolder | None       # an explicit --test folder
+    decoded: DecodedImages | None = None  # every image, decoded by decode_folders before a run folder exists,
+    decoded_as: str | None = None         # at this geometry (a backbones study decodes again for each)
 
     @property
     def all(self) -> list[ImageFolder]:
@@ -58,8 +63,61 @@ class Folders:
 def scan_folders(cfg: CompareConfig) -> Folders:
     """Check the data before anything is created: a bad folder leaves no empty run behind."""
     train = scan_image_folder(cfg.data_dir or cfg.train_dir)
+    printable = [name for name in train.class_names if one_line(name) != name]
+    if printable:  # a label with a newline would break every line predict and evaluate print
+        raise UserError(f"class folder {quoted(printable[0])} in {quoted(train.root)} has a control character "
+                        "(e.g. a newline) in its name; rename the folder")
     labelled_like_train = lambda d: None if d is None else scan_image_folder(d, class_names=train.class_names)  # noqa: E731
     return Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
+
+
+def _all_images(folders: Folders) -> list[LabelledImage]:
+    return [LabelledImage(_absolute(im.path), im.label) for folder in folders.all for im in folder.images]
+
+
+def decode_folders(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cache_dir: Path,
+                   ranks: Ranks = SINGLE) -> Folders:
+    """Every image decoded into the shared cache now, before a run folder exists, so an undecodable file
+    under --strict, or a class left with too few usable images, fails with nothing written; the run then
+    reads the cache."""
+    images = _all_images(folders)
+    fill_shard_wise(lambda share: decode_images([images[i] for i in share], prep, cache_dir, strict=cfg.strict,
+                                                show_progress=cfg.show_progress), len(images), ranks)
+    decoded = decode_images(images, prep, cache_dir, strict=cfg.strict, show_progress=cfg.show_progress)
+    folders = replace(folders, decoded=decoded, decoded_as=prep.geometry_key())
+    check_enough_per_class(cfg, folders)
+    return folders
+
+
+def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, list[LabelledImage]]:
+    """The split of the usable images (those that decoded); a class left without a training, validation or
+    test image is a UserError naming it, never a model that silently never saw it (or a report row '– – 0')."""
+    usable = folders.decoded.images
+    subsets = _initial_split(cfg, folders, usable)
+    names = folders.train.class_names
+    has_test = folders.test is not None or cfg.test_fraction > 0
+    wanted = ["train"] + (["val"] if folders.val is None else []) + (["test"] if cfg.test_fraction > 0 else [])
+    for label, name in enumerate(names):
+        lacking = [s for s in wanted if not any(im.label == label for im in subsets[s])]
+        if lacking:
+            in_pool = {_absolute(im.path) for im in folders.train.images if im.label == label}
+            n_usable = sum(im.path in in_pool for im in usable)
+            n_failed = sum(s.path in in_pool for s in folders.decoded.skipped)
+            needs = [{"train": "training", "val": "validation", "test": "test"}[s] for s in wanted]
+            failed = f" ({n_failed} could not be decoded, each named in a warning above)" if n_failed else ""
+            fractions = "" if folders.val is not None else f" at --val-fraction {cfg.val_fraction:g}" + (
+                f" --test-fraction {cfg.test_fraction:g}" if cfg.test_fraction else "")
+            raise UserError(f"class {quoted(name)} has {n_usable} usable images{failed}, too few for a "
+                            f"{' and a '.join([', a '.join(needs[:-1]), needs[-1]] if len(needs) > 1 else needs)} "
+                            f"image{fractions}; add images to that class folder in {quoted(folders.train.root)} "
+                            "or remove it")
+    for subset, folder in (("val", folders.val), ("test", folders.test)):
+        present = {im.label for im in folder.images} if folder is not None else set()
+        missing = sorted(present - {im.label for im in subsets[subset]})
+        if missing and (subset == "val" or has_test):
+            raise UserError(f"no image of class {quoted(names[missing[0]])} in {quoted(folder.root)} could be decoded "
+                            "(each is named in a warning above); replace them or remove the class folder there")
+    return subsets
 
 
 def subset_of(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:
@@ -92,31 +150,32 @@ def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool, subset: str
 
 
 def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cache_dir: Path, run_dir: Path,
-                 resuming: bool, ranks: Ranks = SINGLE) -> PreparedData:
-    """Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json."""
-    images = [im for folder in folders.all for im in folder.images]
+                 resuming: bool, ranks: Ranks = SINGLE, data_changed_fix: str = RESUME_FIX) -> PreparedData:
+    """Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json.
+    `data_changed_fix`: what to do when the data differs from a saved split.json (a study: another --study-dir)."""
     roots = [_absolute(folder.root) for folder in folders.all]
     root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
-    images = [LabelledImage(_absolute(im.path), im.label) for im in images]
+    images = _all_images(folders)
     split_path = run_dir / "split.json"
     seed, fraction = cfg.seed, (cfg.val_fraction if folders.val is None else None)
+    if folders.decoded is None or folders.decoded_as != prep.geometry_key():  # not decoded yet, or for another size
+        folders = decode_folders(cfg, folders, prep, cache_dir, ranks)
+    decoded = folders.decoded
     if resuming and split_path.exists():
-        subsets = apply_saved_split(split_path, root, images)
+        subsets = apply_saved_split(split_path, root, images, data_changed_fix)
         for name in ("val", "test"):  # --dedupe finds and drops them again, identically
             subsets[name] += subsets.pop(f"dropped_{name}")
     else:
-        subsets = _initial_split(cfg, folders, images)
+        subsets = check_enough_per_class(cfg, folders)  # of the usable images; the others are listed as skipped
         if ranks.is_main:
-            save_split(split_path, root, subsets, seed=seed, val_fraction=fraction)
+            save_split(split_path, root, subsets, seed=seed, val_fraction=fraction,
+                       skipped={s.path: s.reason for s in decoded.skipped})
 
     # one order for a first run and a resume alike (a resume finds files in scan order): the batches match
     subsets = {name: sorted(members, key=lambda im: (im.label, str(im.path))) for name, members in subsets.items()}
-    fill_shard_wise(lambda share: decode_images([images[i] for i in share], prep, cache_dir, strict=cfg.strict,
-                                                show_progress=cfg.show_progress), len(images), ranks)
-    decoded = decode_images(images, prep, cache_dir, strict=cfg.strict, show_progress=cfg.show_progress)
     content = {im.path: key for im, key in zip(decoded.images, decoded.content_keys)}
     if resuming and split_path.exists():
-        check_content_unchanged(split_path, root, content)
+        check_content_unchanged(split_path, root, content, data_changed_fix)
 
     has_test = folders.test is not None or cfg.test_fraction > 0
     split = Split(subset_of(decoded, subsets["train"]), subset_of(decoded, subsets["val"]),

@@ -10,13 +10,26 @@ from pathlib import Path
 
 import torch
 
-from transferlab.atomic import write_bytes_atomic
-from transferlab.errors import UserError
-from transferlab.options import default_cache_dir  # noqa: F401 (where runs look for it)
+from transferlab.atomic import check_creatable, creatable_problem, write_bytes_atomic
+from transferlab.errors import UserError, quoted
+from transferlab.options import default_cache_dir
 from transferlab.models.weights import WeightsSource
 from transferlab.training.loop import PhaseState
 
 VERSIONED_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "numpy", "pillow")
+
+
+def check_output_folders(cfg) -> None:
+    """The runs folder and the cache (given, or the default under $XDG_CACHE_HOME or ~/.cache) can be written,
+    checked before a run or study folder is made: an unwritable HOME is one line, not a traceback mid-run."""
+    problem = creatable_problem(cfg.runs_dir)
+    if problem is not None:
+        raise UserError(f"cannot create a run folder in {quoted(cfg.runs_dir)} ({problem}); choose a writable "
+                        "--runs-dir")
+    cache_dir = Path(cfg.cache_dir or default_cache_dir()).expanduser()
+    if not cache_dir.is_dir():  # an existing read-only cache is read (data/row_store.py); a missing one is made
+        check_creatable(cache_dir, "--cache-dir" if cfg.cache_dir else
+                        "the default cache folder (under $XDG_CACHE_HOME or $HOME; choose one with --cache-dir)")
 
 
 def safe_name(name: str) -> str:
@@ -60,7 +73,7 @@ def _version(package: str) -> str:
 def read_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(path.read_bytes())  # UTF-8 whatever the locale
         if not isinstance(stored, dict):
             raise ValueError("not a JSON object")
         return stored

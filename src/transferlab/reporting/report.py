@@ -68,6 +68,9 @@ def read_results(run_dir: Path) -> dict:
     path = Path(run_dir) / "results.json"
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {quoted(run_dir)} does not exist; give the folder `transferlab compare` printed")
+    if not path.is_file() and not (path.parent / "config.json").is_file():  # e.g. RUN/checkpoints: nothing to resume
+        raise UserError(f"{quoted(run_dir)} is not a transferlab run folder (no config.json); give the folder "
+                        "`transferlab compare` printed")
     resume = f"resume it with `transferlab compare --resume {quoted(run_dir)}`"
     if not path.is_file():
         raise UserError(f"{quoted(path)} does not exist: this run has not finished; {resume}")

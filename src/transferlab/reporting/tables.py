@@ -65,10 +65,10 @@ def verdict_lines(results: dict) -> list[str]:
 def recipe_line(results: dict) -> str:
     r = results["recipe"]
     changed = f" (overridden: {', '.join(r['overridden'])})" if r.get("overridden") else ""
+    scratch = f"; scratch {r['scratch_epochs']} epochs at {r['scratch_lr']:g}" if "scratch" in results["phases"] else ""
     return (f"Recipe `{r['name']}`{changed}: frozen {r['frozen_epochs']} epochs at {r['frozen_lr']:g}, then "
             f"fine-tune `{r['unfreeze']}` for {r['finetune_epochs']} epochs at {r['finetune_lr']:g} "
             f"({r['optimizer']}, {r['schedule']} schedule, label smoothing {r['label_smoothing']:g}, head dropout "
             f"{r['head_dropout']:g}, augmentation {'on' if r['augment'] else 'off'}, "
-            f"{'best-validation' if r['keep_best_epoch'] else 'last'} epoch kept); scratch {r['scratch_epochs']} "
-            f"epochs at {r['scratch_lr']:g}"
+            f"{'best-validation' if r['keep_best_epoch'] else 'last'} epoch kept){scratch}"
             f"{'; the kept pipeline then fitted again on train + validation' if r.get('final_fit') else ''}.")

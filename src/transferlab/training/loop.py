@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
-from tqdm import tqdm
+from transferlab.progress import progress_bar
 
 from transferlab.errors import UserError
 from transferlab.models.freezing import set_train_mode
@@ -162,8 +162,8 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         order = epoch_rng(spec.seed, epoch).permutation(len(train_inputs))
         loss_sum, correct = 0.0, 0
         batches = range(0, len(order), spec.batch_size)
-        bar = tqdm(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
-                   disable=not show_progress)
+        bar = progress_bar(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
+                           show=show_progress)
         for start in bar:
             positions = order[start:start + spec.batch_size]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
@@ -183,7 +183,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                 schedule.step()
             loss_sum += loss.item() / ranks.world_size * len(positions)  # a rank's loss is W x its part
             correct += int((logits.argmax(1) == target).sum())
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # a refresh drew a stale 0/N
         if ranks.is_distributed:
             loss_sum, correct = sum_over_ranks([loss_sum, correct], ranks)
             broadcast_buffers(module, ranks)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from tqdm import tqdm
+from transferlab.progress import progress_bar
 
 from transferlab.data.images import Preprocessing
 from transferlab.data.fingerprints import key_digest
@@ -55,8 +55,8 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         positions = np.array([position_of[k] for k in missing])
         run = prefix_runner(model, [n for n, _ in todo], prep, device, engine, cache_root, model_key)
         chunks: list[list[np.ndarray]] = [[] for _ in todo]
-        for start in tqdm(range(0, len(positions), batch_size), desc="cache backbone outputs",
-                          unit="batch", leave=False, disable=not show_progress):
+        for start in progress_bar(range(0, len(positions), batch_size), desc="cache backbone outputs",
+                                  unit="batch", leave=False, show=show_progress):
             chunk = positions[start:start + batch_size]
             x = torch.from_numpy(pixels[chunk])
             if view > 0:  # a view is a fixed augmentation of each image, seeded by its content

@@ -1,0 +1,290 @@
+"""What a hostile new user tried (issue 21): each case is one `error:` line naming the culprit, or the right
+result, never a traceback, a silently wrong model or an orphan run folder."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from PIL import Image
+
+from transferlab import CompareConfig, StudyConfig, UserError, compare, predict, study
+from transferlab.cli import main
+from transferlab.deploy import ONNX_FILE
+from transferlab.formats import STUDY_FORMAT_VERSION
+
+
+def _cli_compare(data: Path, tmp: Path, *extra: str, quiet: bool = True) -> list[str]:
+    return ["compare", str(data), "--backbone", "tf_efficientnet_lite0", "--image-size", "32", "--frozen-epochs", "1",
+            "--finetune-epochs", "1", "--skip-scratch", "--unfreeze-last", "6", "--no-final-fit", "--engine", "torch",
+            "--runs-dir", str(tmp / "runs"), "--cache-dir", str(tmp / "cache"), *(["--quiet"] if quiet else []),
+            *extra]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _copy_with_class(small_data: Path, tmp: Path, name: str, good: int, text_files: int) -> Path:
+    """small_data plus a class `name` of `good` real images (Coats upside down, so no duplicates) and
+    `text_files` text files named .png."""
+    data = Path(shutil.copytree(small_data, tmp / "data"))
+    images = sorted((small_data / "Coat").iterdir())
+    (data / name).mkdir()
+    for i in range(good):
+        Image.open(images[i]).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(data / name / f"real{i}.png")
+    for i in range(text_files):
+        (data / name / f"text{i}.png").write_text("this is not an image")
+    return data
+
+
+# --- wrong results, silently ----------------------------------------------------------------------------
+
+def test_a_class_whose_every_file_fails_to_decode_is_an_error_naming_it(small_data, tmp_path, capsys):
+    data = _copy_with_class(small_data, tmp_path, "square", good=0, text_files=5)
+    assert main(_cli_compare(data, tmp_path)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "class 'square' has 0 usable images (5 could not be decoded" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra, needs", [([], "training and a validation"),
+                                          (["--test-fraction", "0.2"], "training, a validation and a test")])
+def test_a_class_with_too_few_usable_images_for_the_split_is_an_error(small_data, tmp_path, capsys, extra, needs):
+    good = 1 if not extra else 2  # 2 usable images: one trains, one validates, none is left to test
+    data = _copy_with_class(small_data, tmp_path, "square", good=good, text_files=3)
+    assert main(_cli_compare(data, tmp_path, *extra)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"class 'square' has {good} usable images (3 could not be decoded" in line and needs in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_undecodable_files_are_left_out_of_the_split_and_listed_as_skipped(small_data, tmp_path):
+    """A class keeps its validation image when one of its files is broken: the split is of usable images."""
+    data = _copy_with_class(small_data, tmp_path, "square", good=2, text_files=3)
+    run = compare(tiny_config(data, tmp_path, frozen_epochs=1, finetune_epochs=0, skip_scratch=True))
+    split = json.loads((run / "split.json").read_bytes())
+    assert sorted(v for k, v in split["files"].items() if k.startswith("square/")) == ["train", "val"]
+    assert sorted(split["skipped"]) == [f"square/text{i}.png" for i in range(3)]
+    results = json.loads((run / "results.json").read_bytes())
+    square = results["data"]["class_names"].index("square")
+    assert results["data"]["train_per_class"][square] == 1 and results["data"]["val_per_class"][square] == 1
+
+
+# --- tracebacks ------------------------------------------------------------------------------------------
+
+def test_an_unwritable_default_cache_is_one_line_before_a_run_folder_exists(small_data, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"} | {
+        "HOME": "/proc/no-such-home", "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    args = [a for a in _cli_compare(small_data, tmp_path) if a not in ("--cache-dir", str(tmp_path / "cache"))]
+    done = subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert "/proc/no-such-home/.cache/transferlab" in line and "--cache-dir" in line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("make_out", [lambda tmp: (tmp / "a file").write_text("x") and tmp / "a file",
+                                      lambda tmp: Path("/proc/no-such/deploy"),
+                                      lambda tmp: (tmp / "f").write_text("x") and tmp / "f" / "sub"],
+                         ids=["an existing file", "under /proc", "under a file"])
+def test_export_to_an_out_that_cannot_be_made_is_one_line(finished_run, tmp_path, capsys, make_out):
+    out = make_out(tmp_path)
+    assert main(["export", str(finished_run), "--out", str(out)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "--out" in line and f"'{out}'" in line
+    assert not (finished_run / ONNX_FILE).exists() and not list(tmp_path.glob(f"**/.{ONNX_FILE}.checking"))
+
+
+def test_a_non_utf8_locale_with_non_ascii_names_trains_and_evaluates(small_data, tmp_path):
+    """LC_ALL=C without UTF-8 mode: Python spells the names' bytes as surrogates. Also: with stderr a pipe,
+    no progress-bar frames are written."""
+    data = Path(shutil.copytree(small_data, tmp_path / "données"))
+    (data / "Coat").rename(data / "Coät")
+    first = sorted((data / "Coät").iterdir())[0]
+    first.rename(data / "Coät" / "été 1.png")
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LANGUAGE")} | {"LC_ALL": "C", "PYTHONUTF8": "0"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "transferlab", *args], capture_output=True,  # noqa: E731
+                                       env=env, timeout=300)
+    done = run(*[os.fsencode(a) for a in _cli_compare(data, tmp_path, quiet=False)])
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"\r" not in done.stderr
+    [run_dir] = (tmp_path / "runs").iterdir()
+    split = json.loads((run_dir / "split.json").read_bytes())
+    assert "Coät/été 1.png" in split["files"]
+    assert "Coät" in json.loads((run_dir / "model.json").read_bytes())["class_names"]
+    evaluated = run("evaluate", str(run_dir), os.fsencode(data), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr.decode(errors="replace")
+    assert json.loads(evaluated.stdout)["n_images"] == len(split["files"])
+
+
+# --- the Python API validates its arguments at the boundary ------------------------------------------------
+
+def test_predict_takes_one_path_as_one_image(finished_run, small_data):
+    image = sorted((small_data / "Coat").iterdir())[0]
+    [one] = predict(finished_run, str(image))
+    assert one.path == image and one == predict(finished_run, [image])[0]
+
+
+API_MISUSES = [
+    (lambda run, image: compare("data/"), "compare(): cfg must be a CompareConfig"),
+    (lambda run, image: study(tiny_config(image.parent.parent, image.parent)), "study(): cfg must be a StudyConfig"),
+    (lambda run, image: predict(None, [image]), "predict(): run_dir must be a path"),
+    (lambda run, image: predict(run, [image], top_k="3"), "predict(): top_k (--top-k) must be a whole number"),
+    (lambda run, image: predict(run, 5), "predict(): images must be a path or a list of paths"),
+    (lambda run, image: CompareConfig(data_dir=5), "CompareConfig(): data_dir must be a path"),
+    (lambda run, image: CompareConfig(data_dir="d", image_size_px="32"),
+     "CompareConfig(): image_size_px must be a whole number or None (got str '32')"),
+    (lambda run, image: CompareConfig(data_dir="d", augment="yes"), "CompareConfig(): augment must be True or False"),
+    (lambda run, image: CompareConfig(), "give a data folder (compare DATA; data_dir=) or --train DIR"),
+]
+
+
+@pytest.mark.parametrize("call, message", API_MISUSES, ids=[m for _, m in API_MISUSES])
+def test_api_misuse_is_a_user_error_naming_the_argument(finished_run, small_data, call, message):
+    image = sorted((small_data / "Coat").iterdir())[0]
+    with pytest.raises(UserError) as error:
+        call(finished_run, image)
+    assert message in str(error.value) and "not both" not in str(error.value)
+
+
+@pytest.mark.xfail(strict=True, reason="needs `check_field_types(self)` as the first line of StudyConfig.__post_init__ "
+                   "(experiments/study.py, the lead's file); remove this mark when it is there")
+def test_study_config_with_a_string_for_studies_names_the_argument(small_data, tmp_path):
+    with pytest.raises(UserError, match=r"StudyConfig\(\): studies must be a tuple \(got str 'data'\)"):
+        StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.2), studies="data")
+
+
+# --- misleading or missing words ---------------------------------------------------------------------------
+
+def test_strict_with_an_undecodable_file_writes_no_run_folder(small_data, tmp_path, capsys):
+    data = _copy_with_class(small_data, tmp_path, "square", good=3, text_files=1)
+    assert main(_cli_compare(data, tmp_path, "--strict")) == 2
+    assert "text0.png" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_study_folder_says_it_is_a_study(small_data, tmp_path, capsys):
+    study_dir = tmp_path / "study-x"
+    study_dir.mkdir()
+    cfg = StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.2))
+    (study_dir / "config.json").write_text(json.dumps({"format_version": STUDY_FORMAT_VERSION,
+                                                       "study": cfg.to_dict(), "environment": {}}))
+    assert main(["compare", "--resume", str(study_dir)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "is a study folder" in line and "transferlab study" in line and "older transferlab" not in line
+
+
+def test_report_of_a_folder_that_is_not_a_run_does_not_suggest_resuming_it(finished_run, capsys):
+    assert (finished_run / "checkpoints").is_dir()
+    assert main(["report", str(finished_run / "checkpoints")]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "not a transferlab run folder" in line and "--resume" not in line
+
+
+def test_a_class_name_with_a_newline_is_refused_in_one_line(small_data, tmp_path, capsys):
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    (data / "Coat").rename(data / "Co\nat")
+    assert main(_cli_compare(data, tmp_path)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "'Co\\nat'" in line and "rename" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_predict_yields_each_batch_before_decoding_the_next(finished_run, small_data, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted((small_data / "Coat").iterdir())[:8]:
+        shutil.copy(image, folder / image.name)
+    from transferlab.predict import predict_batches
+    stream = predict_batches(finished_run, folder, batch_size=4)
+    assert stream.n_files == 8
+    n_read, first = next(stream.batches)
+    assert n_read == 4 and [p.path.name for p in first] == sorted(p.name for p in folder.iterdir())[:4]
+    later = sorted(folder.iterdir())[4:]
+    for path in later:  # the second batch is read only now: it sees them broken
+        path.write_text("not an image any more")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rest = list(stream.batches)
+    assert rest == [(4, [])] and sum("skipping" in str(w.message) for w in caught) == 4
+
+
+def test_cli_predict_streams_json_one_image_a_line_and_no_bar_off_a_terminal(finished_run, small_data, capsys):
+    folder = small_data / "Dress"
+    assert main(["predict", str(finished_run), str(folder), "--batch-size", "5", "--json"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == len(list(folder.iterdir())) + 1 and lines[-1] == "]"
+    assert [json.loads(line[1:])["path"] for line in lines[:-1]] == [str(p) for p in sorted(folder.iterdir())]
+    assert json.loads(out) == [json.loads(line[1:]) for line in lines[:-1]]
+    assert "\r" not in err
+    assert main(["predict", str(finished_run), str(folder), "--batch-size", "0"]) == 2
+    assert "--batch-size" in _one_error_line(capsys.readouterr().err)
+
+
+class _Terminal:
+    """A stderr that says it is a terminal and keeps every frame written to it."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_training_bars_never_show_a_loss_beside_a_stale_zero_count_and_skip_scratch_recipe(small_data, tmp_path,
+                                                                                            monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run = compare(tiny_config(small_data, tmp_path, skip_scratch=True, show_progress=True, frozen_epochs=2,
+                              finetune_epochs=1))
+    monkeypatch.undo()
+    counts = [int(n) for n in re.findall(r"\| *(\d+)/\d+ \[[^\]\r]*loss=", terminal.text)]
+    assert counts and min(counts) >= 1, terminal.text[-2000:]
+    recipe = next(line for line in (run / "report.md").read_text().splitlines() if line.startswith("Recipe"))
+    assert "; scratch" not in recipe and "epoch kept)." in recipe, recipe
+
+
+@pytest.mark.xfail(strict=True, reason="needs prepare_data(..., data_changed_fix=...) in experiments/study.py (the "
+                   "lead's file); remove this mark when it is there")
+def test_a_rerun_study_after_an_image_changed_names_study_dir(small_data, tmp_path):
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    cfg = StudyConfig(tiny_config(data, tmp_path, test_fraction=0.25, frozen_epochs=1, finetune_epochs=1,
+                                  scratch_epochs=1), studies=("data",), seeds=1, ks=(None,),
+                      study_dir=tmp_path / "study")
+    study(cfg)
+    victim, other = sorted((data / "Dress").iterdir())[0], sorted((data / "Shirt").iterdir())[0]
+    victim.write_bytes(other.read_bytes())
+    with pytest.raises(UserError) as error:
+        study(cfg)
+    assert victim.name in str(error.value) and "--study-dir" in str(error.value)
+    assert "resum" not in str(error.value)
+
+
+@pytest.mark.xfail(strict=True, reason="needs progress_bar and set_postfix(..., refresh=False) in "
+                   "experiments/study.py's run_all (the lead's file); remove this mark when it is there")
+def test_a_study_cell_bar_never_counts_a_trained_cell_before_its_step(small_data, tmp_path, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    study(StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.25, frozen_epochs=1, finetune_epochs=1,
+                                  scratch_epochs=1, show_progress=True), studies=("data",), seeds=1, ks=(None,)))
+    monkeypatch.undo()
+    frames = re.findall(r"\| *(\d+)/\d+ \[[^\]\r]*trained=(\d+)", terminal.text)
+    assert frames and all(int(n) >= int(trained) for n, trained in frames), terminal.text[-2000:]
