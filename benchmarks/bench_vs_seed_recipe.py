@@ -131,8 +131,8 @@ def decode(cfg: CompareConfig, cache_dir: Path) -> tuple[Split, PretrainedBackbo
     """The backbone, and the scan + split + decode compare does, into `cache_dir` (timed)."""
     pretrained = load_backbone(cfg.backbone, cfg.weights, cfg.recipe.image_size_px)
     started = time.perf_counter()
-    prepared = prepare_data(cfg, scan_folders(cfg), pretrained.preprocessing, cache_dir, run_dir=cache_dir,
-                            resuming=False)
+    prepared = prepare_data(replace(cfg, cache_dir=cache_dir), scan_folders(cfg), pretrained.preprocessing,
+                            run_dir=cache_dir)
     return prepared.split, pretrained, time.perf_counter() - started
 
 

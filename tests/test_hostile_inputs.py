@@ -1,6 +1,7 @@
 """What a hostile new user tried (issue 21): each case is one `error:` line naming the culprit, or the right
 result, never a traceback, a silently wrong model or an orphan run folder."""
 
+import functools
 import json
 import os
 import re
@@ -15,9 +16,11 @@ from conftest import tiny_config
 from PIL import Image
 
 from transferlab import CompareConfig, StudyConfig, UserError, compare, predict, study
+from transferlab import progress
 from transferlab.cli import main
 from transferlab.deploy import ONNX_FILE
 from transferlab.formats import STUDY_FORMAT_VERSION
+from transferlab.training.recipes import resolve_recipe
 
 
 def _cli_compare(data: Path, tmp: Path, *extra: str, quiet: bool = True) -> list[str]:
@@ -142,9 +145,10 @@ API_MISUSES = [
     (lambda run, image: predict(run, [image], top_k="3"), "predict(): top_k (--top-k) must be a whole number"),
     (lambda run, image: predict(run, 5), "predict(): images must be a path or a list of paths"),
     (lambda run, image: CompareConfig(data_dir=5), "CompareConfig(): data_dir must be a path"),
-    (lambda run, image: CompareConfig(data_dir="d", image_size_px="32"),
-     "CompareConfig(): image_size_px must be a whole number or None (got str '32')"),
-    (lambda run, image: CompareConfig(data_dir="d", augment="yes"), "CompareConfig(): augment must be True or False"),
+    (lambda run, image: resolve_recipe("default", {"image_size_px": "32"}),
+     "--image-size (image_size_px) must be a whole number from 16 to 1024 (got '32')"),
+    (lambda run, image: resolve_recipe("default", {"augment": "yes"}), "--augment must be true or false (got 'yes')"),
+    (lambda run, image: CompareConfig(data_dir="d", dedupe="yes"), "CompareConfig(): dedupe must be True or False"),
     (lambda run, image: CompareConfig(), "give a data folder (compare DATA; data_dir=) or --train DIR"),
 ]
 
@@ -157,8 +161,6 @@ def test_api_misuse_is_a_user_error_naming_the_argument(finished_run, small_data
     assert message in str(error.value) and "not both" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="needs `check_field_types(self)` as the first line of StudyConfig.__post_init__ "
-                   "(experiments/study.py, the lead's file); remove this mark when it is there")
 def test_study_config_with_a_string_for_studies_names_the_argument(small_data, tmp_path):
     with pytest.raises(UserError, match=r"StudyConfig\(\): studies must be a tuple \(got str 'data'\)"):
         StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.2), studies="data")
@@ -253,6 +255,8 @@ def test_training_bars_never_show_a_loss_beside_a_stale_zero_count_and_skip_scra
                                                                                             monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    # every update drawn, however fast the batches: the frames do not depend on the machine's speed
+    monkeypatch.setattr(progress, "tqdm", functools.partial(progress.tqdm, mininterval=0, miniters=1))
     run = compare(tiny_config(small_data, tmp_path, skip_scratch=True, show_progress=True, frozen_epochs=2,
                               finetune_epochs=1))
     monkeypatch.undo()
@@ -262,8 +266,6 @@ def test_training_bars_never_show_a_loss_beside_a_stale_zero_count_and_skip_scra
     assert "; scratch" not in recipe and "epoch kept)." in recipe, recipe
 
 
-@pytest.mark.xfail(strict=True, reason="needs prepare_data(..., data_changed_fix=...) in experiments/study.py (the "
-                   "lead's file); remove this mark when it is there")
 def test_a_rerun_study_after_an_image_changed_names_study_dir(small_data, tmp_path):
     data = Path(shutil.copytree(small_data, tmp_path / "data"))
     cfg = StudyConfig(tiny_config(data, tmp_path, test_fraction=0.25, frozen_epochs=1, finetune_epochs=1,
@@ -278,11 +280,10 @@ def test_a_rerun_study_after_an_image_changed_names_study_dir(small_data, tmp_pa
     assert "resum" not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="needs progress_bar and set_postfix(..., refresh=False) in "
-                   "experiments/study.py's run_all (the lead's file); remove this mark when it is there")
 def test_a_study_cell_bar_never_counts_a_trained_cell_before_its_step(small_data, tmp_path, monkeypatch):
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(progress, "tqdm", functools.partial(progress.tqdm, mininterval=0, miniters=1))
     study(StudyConfig(tiny_config(small_data, tmp_path, test_fraction=0.25, frozen_epochs=1, finetune_epochs=1,
                                   scratch_epochs=1, show_progress=True), studies=("data",), seeds=1, ks=(None,)))
     monkeypatch.undo()

@@ -109,9 +109,9 @@ def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run
     started = time.perf_counter()
     cfg, recipe, pretrained, device = setting.cfg, setting.recipe, setting.pretrained, setting.device
     ranks = setting.ranks
-    cache_dir, prep = setting.cache_dir, pretrained.preprocessing
+    prep = pretrained.preprocessing
     decode_started = time.perf_counter()
-    prepared = prepare_data(cfg, folders, prep, cache_dir, run_dir, resuming, ranks)
+    prepared = prepare_data(cfg, folders, prep, run_dir, ranks)
     split = prepared.split
     decode_seconds = time.perf_counter() - decode_started
     n_classes = len(split.class_names)

@@ -21,6 +21,7 @@ from transferlab.data.split import (RESUME_FIX, apply_saved_split, check_content
                                    split_stratified)
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.experiments.config import CompareConfig
+from transferlab.options import default_cache_dir
 from transferlab.training.distributed import SINGLE, Ranks, fill_shard_wise
 
 
@@ -149,10 +150,12 @@ def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool, subset: str
     return leak.all, summary
 
 
-def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cache_dir: Path, run_dir: Path,
-                 resuming: bool, ranks: Ranks = SINGLE, data_changed_fix: str = RESUME_FIX) -> PreparedData:
-    """Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json.
+def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, run_dir: Path, ranks: Ranks = SINGLE,
+                 data_changed_fix: str = RESUME_FIX) -> PreparedData:
+    """The split saved in run_dir/split.json (a resumed run, a study's re-run), or a new one drawn and saved.
+    Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json.
     `data_changed_fix`: what to do when the data differs from a saved split.json (a study: another --study-dir)."""
+    cache_dir = Path(cfg.cache_dir or default_cache_dir())
     roots = [_absolute(folder.root) for folder in folders.all]
     root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
     images = _all_images(folders)
@@ -161,7 +164,8 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     if folders.decoded is None or folders.decoded_as != prep.geometry_key():  # not decoded yet, or for another size
         folders = decode_folders(cfg, folders, prep, cache_dir, ranks)
     decoded = folders.decoded
-    if resuming and split_path.exists():
+    resuming = split_path.exists()
+    if resuming:
         subsets = apply_saved_split(split_path, root, images, data_changed_fix)
         for name in ("val", "test"):  # --dedupe finds and drops them again, identically
             subsets[name] += subsets.pop(f"dropped_{name}")
@@ -174,7 +178,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, cach
     # one order for a first run and a resume alike (a resume finds files in scan order): the batches match
     subsets = {name: sorted(members, key=lambda im: (im.label, str(im.path))) for name, members in subsets.items()}
     content = {im.path: key for im, key in zip(decoded.images, decoded.content_keys)}
-    if resuming and split_path.exists():
+    if resuming:
         check_content_unchanged(split_path, root, content, data_changed_fix)
 
     has_test = folders.test is not None or cfg.test_fraction > 0

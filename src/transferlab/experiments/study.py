@@ -15,23 +15,24 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
-from tqdm import tqdm
 
 from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import DecodedImages
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.datasets import (Folders, PreparedData, Split, labels_of, prepare_data, scan_folders,
-                                              screen_test_set)
+from transferlab.experiments.datasets import (Folders, PreparedData, Split, decode_folders, labels_of, prepare_data,
+                                              scan_folders, screen_test_set)
 from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, FineTuneStage, check_input_size,
                                             predict_test_set, record_test_accuracy, run_cell, unfreeze_for_finetuning)
-from transferlab.experiments.run_dir import checkpoint_path, default_cache_dir, environment, safe_name
+from transferlab.experiments.run_dir import (check_output_folders, checkpoint_path, default_cache_dir, environment,
+                                             safe_name)
 from transferlab.experiments.study_config import STUDY_IMAGE_SIZE_PX, StudyConfig
 from transferlab.experiments.study_plan import (CellPlan, Variant, images_digest,
                                                 plan_cells, plan_schedule, unfreeze_grid)
 from transferlab.experiments.study_store import lock_study_dir, start_study
 from transferlab.formats import STUDY_FORMAT_VERSION
+from transferlab.progress import progress_bar
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.inference_cost import measure_inference
 from transferlab.models.transfer_model import HeadConfig, TransferModel
@@ -40,6 +41,9 @@ from transferlab.training.distributed import Ranks, barrier, gather_objects, joi
     torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.precision import precision_policy
+
+
+STUDY_DATA_CHANGED = "give another --study-dir for the changed data (the finished cells trained on the old images)"
 
 
 class ScreenedTestSet:
@@ -110,17 +114,18 @@ def run_study(cfg: StudyConfig) -> Path:
     base = replace(base.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
     base = replace(base, recipe=replace(base.recipe, final_fit=False))  # a cell learns from its k images only
+    check_output_folders(base)  # and every image decoded: a bad input fails before the study folder exists
+    folders = decode_folders(base, folders, pretrained.preprocessing, base.cache_dir, ranks)
     name = base.name or Path(base.data_dir or base.train_dir).name
     study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
     env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
     held: list[FileLock] = []  # rank 0 holds the lock for all ranks of its torchrun job
     run_on_main(lambda: held.append(lock_study_dir(study_dir)), ranks)
     try:
-        split_exists = run_on_main(lambda: start_study(study_dir, cfg, base, env), ranks)
+        run_on_main(lambda: start_study(study_dir, cfg, base, env), ranks)
         hint = "the same `transferlab study` command (finished cells are kept, the stopped one resumes)"
         with interruptible(study_dir, hint) as stop:
-            prepared = prepare_data(base, folders, pretrained.preprocessing, base.cache_dir, study_dir, split_exists,
-                                    ranks)
+            prepared = prepare_data(base, folders, pretrained.preprocessing, study_dir, ranks, STUDY_DATA_CHANGED)
             run = StudyRun(study_dir, folders, pretrained, prepared.split, ScreenedTestSet(prepared, base), device,
                            stop, ranks, env)
             results = run_studies(cfg, base, run, n_blocks) | {"data": _data_summary(prepared, run.test_set())}
@@ -178,12 +183,13 @@ def run_cells(plans: list[CellPlan], run: StudyRun) -> list[dict]:
     mine = plans[ranks.rank::ranks.world_size]
     label = plans[0].variant.label if plans else ""
     rows = []
-    with tqdm(total=len(mine), desc=f"study cells: {label}", unit="cell",
-              disable=not plans or not plans[0].variant.cfg.show_progress) as bar:
+    with progress_bar(total=len(mine), desc=f"study cells: {label}", unit="cell",
+                      show=bool(plans) and plans[0].variant.cfg.show_progress) as bar:
         for plan in mine:
             rows.append(run_cell_plan(plan, run) | {"rank": ranks.rank})
-            bar.update()
-            bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows))
+            bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows),
+                            refresh=False)
+            bar.update()  # the count and the postfix drawn together: never trained=1 at 0/12
     by_rank = gather_objects(rows, ranks)
     return [by_rank[i % ranks.world_size][i // ranks.world_size] for i in range(len(plans))]
 
@@ -196,8 +202,7 @@ def backbone_entry(name: str, cfg: StudyConfig, base: CompareConfig, run: StudyR
         b, _ = setup_backbone(name, base, n_classes)
     except UserError as e:
         return {"name": name, "skipped": str(e)}
-    prepared = prepare_data(base, run.folders, b.preprocessing, base.cache_dir, run.study_dir, resuming=True,
-                            ranks=run.ranks)
+    prepared = prepare_data(base, run.folders, b.preprocessing, run.study_dir, run.ranks, STUDY_DATA_CHANGED)
     own = replace(run, pretrained=b, split=prepared.split, test_set=ScreenedTestSet(prepared, base))
     variant = Variant(b.name, base, b.name, skip_scratch=True)
     rows = run_cells(plan_cells(variant, cfg.seeds, (None,), prepared.split, own.common_key(variant)), own)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferlab.api_checks import check_field_types
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 
@@ -31,6 +32,7 @@ class StudyConfig:
     study_dir: Path | None = None              # None: <runs_dir>/study-<name>, so a re-run finds its cells
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # studies='data' is named, not split into letters
         unknown = [s for s in self.studies if s not in STUDIES]
         if unknown or not self.studies:
             raise UserError(f"--studies '{','.join(unknown) or ''}' is unknown; choose from {', '.join(STUDIES)}")

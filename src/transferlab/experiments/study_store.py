@@ -43,10 +43,9 @@ def check_same_split(study_dir: Path, base: CompareConfig) -> None:
                         "--study-dir for the new split, or the options it was started with")
 
 
-def start_study(study_dir: Path, cfg: StudyConfig, base: CompareConfig, env: dict) -> bool:
-    """Refuse another split, write config.json; returns whether split.json was there before this run."""
+def start_study(study_dir: Path, cfg: StudyConfig, base: CompareConfig, env: dict) -> None:
+    """Refuse another split, write config.json."""
     check_same_split(study_dir, base)
     write_json_atomic(study_dir / "config.json", {"format_version": STUDY_FORMAT_VERSION,
                                                   "study": replace(cfg, compare=base).to_dict(),
                                                   "environment": env})
-    return (study_dir / "split.json").exists()

@@ -158,6 +158,8 @@ def flag_of(f: Field) -> str:
 def check_value(f: Field, value: Any) -> None:
     """One field's value against its declared type and range; the message names the flag."""
     meta, flag = f.metadata, flag_of(f)
+    if flag != "--" + f.name.replace("_", "-"):
+        flag += f" ({f.name})"  # the API's name too, where the CLI's differs
     if value is None and isinstance(f.type, types.UnionType):  # None: the weights' size, no budget
         return
     kind = value_type(f)
