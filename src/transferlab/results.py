@@ -2,7 +2,7 @@
 same types, so the producers (experiments/) and the readers (reporting/, the CLI, tracking) cannot drift.
 
 Each dataclass mirrors one object of results.json key for key and in the same order. A field marked
-`_absent_when_none()` is left out of the JSON when None (a key that only some phases or entries have);
+ABSENT_WHEN_NONE is left out of the JSON when None (a key that only some phases or entries have);
 every other field is always written, None as null. Parts whose shape another module declares, or that are
 free-form (per-epoch rows, precision probes, unfreeze plans, the recipe, preprocessing, the environment),
 stay dicts. Torch-free: reporting rebuilds a report without importing torch.
@@ -22,8 +22,7 @@ RESULTS_FILE = "results.json"
 STUDY_KIND = "study"  # a study's results.json says so; a run's has no "kind"
 
 
-def _absent_when_none() -> Any:
-    return field(default=None, metadata={"absent_when_none": True})
+ABSENT_WHEN_NONE = {"absent_when_none": True}  # field metadata: leave the key out of the JSON when None
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,18 @@ class PhaseResult:
     steps: int
     precision: str
     precision_probe: dict | None             # what measure_cpu_precision found; None when not measured
-    unfreeze: dict | None = _absent_when_none()   # the freezing plan (models/freezing.py); scratch has none
-    fit_of: str | None = _absent_when_none()      # the final fit only: the phase it trained again
-    n_train: int | None = _absent_when_none()     # the final fit only: train + validation images
-    test_acc: float | None = _absent_when_none()  # set once the test set is read
-    balanced_test_acc: float | None = _absent_when_none()
+    # the freezing plan (models/freezing.py); scratch has none
+    unfreeze: dict | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # the final fit only: the phase it trained again
+    fit_of: str | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # the final fit only: train + validation images
+    n_train: int | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    test_acc: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)  # set once the test set is read
+    balanced_test_acc: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+
+    def accuracy_on(self, subset: str) -> float | None:
+        """Its accuracy on "test" or "validation" (a verdict's and a confusion matrix's `subset`)."""
+        return self.test_acc if subset == "test" else self.val_acc
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class Leakage:
     near_duplicates: int
     dropped: bool
     examples: list[str]
-    test: "Leakage | None" = _absent_when_none()
+    test: "Leakage | None" = field(default=None, metadata=ABSENT_WHEN_NONE)
 
 
 @dataclass(frozen=True)
@@ -189,8 +195,10 @@ class CellResult:
     repeats: int
     phases: dict[str, CellPhaseResult]
     test_predictions: dict[str, list[int]]
-    reused: bool | None = _absent_when_none()  # the study's row only: found finished instead of trained
-    rank: int | None = _absent_when_none()     # the study's row only: the torchrun rank that ran it (older: absent)
+    # the study's row only: found finished instead of trained
+    reused: bool | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # the study's row only: the torchrun rank that ran it (older: absent)
+    rank: int | None = field(default=None, metadata=ABSENT_WHEN_NONE)
 
     def to_json(self) -> dict:
         return to_json(self)
@@ -216,12 +224,13 @@ class BackboneResult:
     """One backbone of the backbones study: transfer cells and inference cost, or why it was skipped."""
 
     name: str
-    skipped: str | None = _absent_when_none()
-    weights: Weights | None = _absent_when_none()
-    cells: list[CellResult] | None = _absent_when_none()
-    parameters: int | None = _absent_when_none()       # models/inference_cost.measure_inference
-    size_mb: float | None = _absent_when_none()
-    latency_ms_per_image: dict[str, float] | None = _absent_when_none()
+    skipped: str | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    weights: Weights | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    cells: list[CellResult] | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # models/inference_cost.measure_inference
+    parameters: int | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    size_mb: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    latency_ms_per_image: dict[str, float] | None = field(default=None, metadata=ABSENT_WHEN_NONE)
 
 
 @dataclass(frozen=True)
@@ -290,7 +299,7 @@ def to_json(value: Any) -> Any:
     """A result (or any part of one) as JSON values, fields in declaration order."""
     if is_dataclass(value):
         return {f.name: to_json(getattr(value, f.name)) for f in fields(value)
-                if not (f.metadata.get("absent_when_none") and getattr(value, f.name) is None)}
+                if not (f.metadata == ABSENT_WHEN_NONE and getattr(value, f.name) is None)}
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
     if isinstance(value, list):
