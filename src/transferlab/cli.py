@@ -23,6 +23,7 @@ from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
+from transferlab.results import read_run_results
 from transferlab.training.distributed import torchrun_ranks
 from transferlab.training.engines import ENGINES
 from transferlab.models.freezing import UNFREEZE_KINDS, Unfreeze
@@ -202,7 +203,7 @@ def _print_study_summary(study_dir: Path) -> None:
 def _print_summary(run_dir: Path) -> None:
     if not torchrun_ranks().is_main:
         return
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_run_results(run_dir)
     print(comparison_table(results))
     print("\n".join(verdict_lines(results)).replace("**", ""))
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.safetensors'}")
