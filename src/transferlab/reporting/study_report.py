@@ -28,10 +28,10 @@ def _pct(e: Estimate) -> str:
 Methods = dict[str, dict[int, CellPhaseResult]]  # method -> seed -> that cell's phase
 
 
-def _groups(results: StudyResult) -> list[tuple[str, float, Methods]]:
+def _groups(cells: list[CellResult]) -> list[tuple[str, float, Methods]]:
     """(label, images per class, method -> seed -> phase summary), ordered by images per class."""
     groups: dict[float, tuple[str, Methods]] = {}
-    for cell in results.cells:
+    for cell in cells:
         label, methods = groups.setdefault(cell.images_per_class, (str(cell.k), {}))
         for name, phase in cell.phases.items():
             methods.setdefault(name, {})[cell.seed] = phase
@@ -51,8 +51,8 @@ def _test_acc(cells: list[CellResult], phase: str) -> Estimate:
     return mean_interval([c.phases[phase].test_acc for c in cells])
 
 
-def data_efficiency_lines(results: StudyResult) -> list[str]:
-    groups = _groups(results)
+def data_efficiency_lines(cells: list[CellResult]) -> list[str]:
+    groups = _groups(cells)
     rows = ["| images per class | k asked | " + " | ".join(PHASE_LABELS[p] for p in PHASE_ORDER) + " |",
             "|---:|---|" + "---:|" * len(PHASE_ORDER)]
     for label, x, methods in groups:
@@ -92,10 +92,10 @@ def headline_lines(groups: list) -> list[str]:
     return lines
 
 
-def paired_lines(results: StudyResult) -> list[str]:
+def paired_lines(cells: list[CellResult]) -> list[str]:
     rows = ["| images per class | comparison | difference (pts, 95 % interval) | p (paired t) | supported? |",
             "|---:|---|---:|---:|---|"]
-    for _, x, methods in _groups(results):
+    for _, x, methods in _groups(cells):
         for a, b in COMPARISONS:
             if a not in methods or b not in methods:
                 continue
@@ -110,11 +110,11 @@ def paired_lines(results: StudyResult) -> list[str]:
     return rows
 
 
-def time_points(results: StudyResult) -> dict[str, list[tuple[float, float, str]]]:
+def time_points(cells: list[CellResult]) -> dict[str, list[tuple[float, float, str]]]:
     """Mean seconds and test accuracy per method and k; fine-tuning's clock includes the frozen phase it
     starts from."""
     points: dict[str, list] = {}
-    for _, x, methods in _groups(results):
+    for _, x, methods in _groups(cells):
         for name in methods:
             seeds = sorted(methods[name])
             seconds = [methods[name][s].seconds + (methods["frozen"][s].seconds if name == "finetuned" else 0)
@@ -126,7 +126,7 @@ def time_points(results: StudyResult) -> dict[str, list[tuple[float, float, str]
 def per_class_lines(results: StudyResult) -> tuple[list[str], str, list[list[int]]]:
     """Confusion matrix and precision/recall of the method with the best mean *validation* accuracy on all
     data, summed over seeds."""
-    _, x, methods = _groups(results)[-1]
+    _, x, methods = _groups(results.cells)[-1]
     best = max(methods, key=lambda m: mean_interval([p.val_acc for p in methods[m].values()]).mean)
     cells = [c for c in results.cells if c.images_per_class == x]
     labels, names = np.array(results.data.test_labels), results.data.class_names
@@ -221,8 +221,8 @@ def render_markdown(results: StudyResult) -> str:
     ]
     if "data" in results.studies:
         lines += ["## Data efficiency: test accuracy vs images per class", "",
-                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results), "",
-                  "### Differences between methods", "", *paired_lines(results), ""]
+                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results.cells), "",
+                  "### Differences between methods", "", *paired_lines(results.cells), ""]
     if "time" in results.studies:
         lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
                   "Seconds are wall-clock per cell on this machine; fine-tuning's include the frozen phase it starts "
@@ -243,13 +243,13 @@ def render_markdown(results: StudyResult) -> str:
 def write_study_report(study_dir: Path) -> Path:
     study_dir = Path(study_dir)
     results = read_study_results(study_dir)
-    groups = _groups(results)
+    groups = _groups(results.cells)
     if "data" in results.studies and groups:
         curves = {p: [(x, _accuracy(m, p).mean, _accuracy(m, p).half_width) for _, x, m in groups if p in m]
                   for p in PHASE_ORDER}
         plot_data_efficiency(curves, _accuracy(groups[-1][2], "scratch").mean, study_dir / "data_efficiency.png")
     if "time" in results.studies and groups:
-        plot_time_to_accuracy(time_points(results), study_dir / "time_to_accuracy.png")
+        plot_time_to_accuracy(time_points(results.cells), study_dir / "time_to_accuracy.png")
     if results.unfreeze:
         rows, columns, grid = unfreeze_grid(results)
         plot_heatmap([[e.mean if e else 0.0 for e in row] for row in grid],
