@@ -15,6 +15,7 @@ from transferlab.data.scan import LabelledImage
 from transferlab.experiments import phases
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.study_plan import nested_subset
+from transferlab.results import CellPhaseResult, CellResult
 
 EPOCHS = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
 
@@ -61,6 +62,12 @@ def test_study_trains_every_cell_once_on_the_same_validation_and_test_sets(two_s
     assert steps["2"] == steps["all"]
 
 
+def _cell_phase(test_acc: float) -> CellPhaseResult:
+    """A cell's phase with a crafted test accuracy; the report's verdicts read nothing else of it."""
+    return CellPhaseResult(val_acc=test_acc, test_acc=test_acc, seconds=1.0, train_seconds=1.0, steps=1, best_epoch=1,
+                           trainable_parameters=1, total_parameters=1)
+
+
 def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two_seed_study):
     from transferlab.reporting.study_report import data_efficiency_lines, paired_lines
     study_dir, _ = two_seed_study
@@ -75,9 +82,9 @@ def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two
     acc = {("scratch", 5): [0.30, 0.35, 0.32], ("frozen", 5): [0.40, 0.60, 0.50], ("finetuned", 5): [0.70, 0.71, 0.72],
            ("scratch", 100): [0.50, 0.52, 0.54], ("frozen", 100): [0.50, 0.56, 0.53],
            ("finetuned", 100): [0.80, 0.84, 0.82]}
-    crafted = {"cells": [{"k": 5 if k == 5 else "all", "images_per_class": float(k), "seed": seed,
-                          "phases": {m: {"test_acc": acc[m, k][seed]} for m in ("scratch", "frozen", "finetuned")}}
-                         for k in (5, 100) for seed in range(3)]}
+    crafted = [CellResult(hash="", seed=seed, k=5 if k == 5 else "all", images_per_class=float(k), repeats=1,
+                          phases={m: _cell_phase(acc[m, k][seed]) for m in ("scratch", "frozen", "finetuned")},
+                          test_predictions={}) for k in (5, 100) for seed in range(3)]
     assert data_efficiency_lines(crafted)[-3:] == ["",
         "- **fine-tuned needs 20× less data**: with 5 images per class it reaches 71.0 ± 2.5 % (n=3) test accuracy "
         "vs 52.0 ± 5.0 % (n=3) for scratch on all 100 per class, and the 95 % intervals do not overlap.",

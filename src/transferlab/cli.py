@@ -21,6 +21,7 @@ from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
+from transferlab.results import read_run_results
 from transferlab.training.ranks import torchrun_ranks
 from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir, parse_duration
 from transferlab.training.recipes import (PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe,
@@ -193,7 +194,7 @@ def _print_study_summary(study_dir: Path) -> None:
 def _print_summary(run_dir: Path) -> None:
     if not torchrun_ranks().is_main:
         return
-    results = json.loads((run_dir / "results.json").read_bytes())  # UTF-8 whatever the locale
+    results = read_run_results(run_dir)
     print(comparison_table(results))
     print("\n".join(verdict_lines(results)).replace("**", ""))
     print(f"report: {run_dir / 'report.md'}\nmodel:  {run_dir / 'model.safetensors'}")

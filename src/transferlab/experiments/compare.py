@@ -29,6 +29,8 @@ from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.results import (Augment, ConfusionMatrix, FinalFit, Leakage, PhaseResult, RunData, RunResult,
+                                 SkippedFile, Verdict, Weights, from_json, write_results)
 from transferlab.training.distributed import barrier, join_process_group, run_on_main, torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.devices import resolve_device
@@ -77,11 +79,10 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     tracked = (cfg.tensorboard_dir, cfg.mlflow_uri) if ranks.is_main else (None, None)  # only rank 0 logs
     with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
         setting = CellSetting(cfg, pretrained, device, Path(cfg.cache_dir or default_cache_dir()), stop, ranks)
-        results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker)
-        results["recipe"] = {"overridden": overridden, **results["recipe"]}
+        results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker, env)
+        results = replace(results, recipe={"overridden": overridden, **results.recipe})
         if ranks.is_main:
-            write_json_atomic(run_dir / "results.json",
-                              {"format_version": RUN_FORMAT_VERSION} | results | {"environment": env})
+            write_results(run_dir / "results.json", results)
         if tracker is not None:
             tracker.log_results(results)
     barrier(ranks)  # every rank returns a finished run
@@ -105,7 +106,7 @@ def _check_same_weights(stored: dict, env: dict) -> None:
 
 
 def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run_dir: Path, resuming: bool,
-                        tracker: Tracker | None) -> dict:
+                        tracker: Tracker | None, env: dict) -> RunResult:
     started = time.perf_counter()
     cfg, recipe, pretrained, device = setting.cfg, setting.recipe, setting.pretrained, setting.device
     ranks = setting.ranks
@@ -146,58 +147,60 @@ def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run
     if ranks.is_main:
         save_model(run_dir, model, backbone=pretrained.name, class_names=list(split.class_names),
                    preprocessing=prep, head=head_cfg, phase=model_phase, val_acc=kept[chosen][0])
-    best_phase = max((p for p in phases if phases[p]["val_acc"] is not None), key=lambda p: phases[p]["val_acc"])
-    transfer_seconds = decode_seconds + sum(phases[p]["seconds"] for p in ("frozen", "finetuned", "final")
+    best_phase = max((p for p in phases if phases[p].val_acc is not None), key=lambda p: phases[p].val_acc)
+    transfer_seconds = decode_seconds + sum(phases[p].seconds for p in ("frozen", "finetuned", "final")
                                             if p in phases)
     on_test = test is not None
     verdict_phase = model_phase if on_test else chosen  # the final fit trained on validation: no number there
-    headline = phases[verdict_phase]["test_acc" if on_test else "val_acc"]
+    subset = "test" if on_test else "validation"
+    headline = phases[verdict_phase].accuracy_on(subset)
     counts = lambda d: np.bincount(labels_of(d), minlength=n_classes).tolist()  # noqa: E731
     matrix_labels, matrix_predictions = ((labels_of(test), test_predictions[best_phase]) if on_test
                                          else (cell.val_labels, cell.predictions[best_phase]))
-    return {
-        "run_dir": str(run_dir), "backbone": pretrained.name,
-        "weights": {"kind": pretrained.weights.kind, "location": pretrained.weights.location},
-        "notice": pretrained.notice, "device": str(device), "preprocessing": prep.to_dict(),
-        "recipe": recipe.to_dict(),
-        "augment": {"enabled": recipe.augment, "cached_views": views,
-                    "mode": (f"{views} augmented views cached per image" if recipe.augment
-                             else "no augmentation; exact feature cache")},
-        "data": {"source": str(cfg.data_dir or cfg.train_dir), "val_source": str(cfg.val_dir or ""),
-                 "test_source": str(cfg.test_dir or ("split.json" if cfg.test_fraction else "")),
-                 "split": "split.json" if cfg.data_dir else "explicit --train/--val",
-                 "class_names": list(split.class_names), "train_per_class": counts(split.train),
-                 "val_per_class": counts(split.val), "n_train": len(split.train.images),
-                 "n_val": len(split.val.images), "n_test": len(test.images) if on_test else 0,
-                 "skipped": [{"path": str(s.path), "reason": s.reason} for s in prepared.skipped],
-                 "ignored_files": [str(p) for p in split.ignored_files], "leakage": prepared.leakage,
-                 "imbalanced": max(counts(split.train)) > 1.5 * max(min(counts(split.train)), 1)},
-        "decode_seconds": decode_seconds,
-        "phases": phases,
-        "model_phase": model_phase,
-        "final_fit": None if final is None else {"of": chosen, "n_train": phases["final"]["n_train"]},
-        "best_phase": best_phase,
-        "confusion_matrix": {"phase": best_phase, "subset": "test" if on_test else "validation",
-                             "matrix": confusion_matrix(matrix_labels, matrix_predictions, n_classes)},
-        "verdict": {"subset": "test" if on_test else "validation", "phase": verdict_phase,
-                    "target_acc": cfg.target_acc, "acc": headline, "target_met": headline >= cfg.target_acc,
-                    "val_optimism": None if on_test else phases[chosen]["val_acc_over_last_epoch"],
-                    "time_budget_seconds": cfg.time_budget_seconds, "transfer_seconds": transfer_seconds,
-                    "time_target_met": transfer_seconds <= cfg.time_budget_seconds},
-        "engine": resolve_engine(cfg.engine, device),
-        "training_precision": {name: phase["precision"] for name, phase in phases.items()},
-        "total_seconds": time.perf_counter() - started,
-    }
+    return RunResult(
+        run_dir=str(run_dir), backbone=pretrained.name,
+        weights=Weights(kind=pretrained.weights.kind, location=pretrained.weights.location),
+        notice=pretrained.notice, device=str(device), preprocessing=prep.to_dict(),
+        recipe=recipe.to_dict(),  # run_compare adds which fields were overridden
+        augment=Augment(enabled=recipe.augment, cached_views=views,
+                        mode=(f"{views} augmented views cached per image" if recipe.augment
+                              else "no augmentation; exact feature cache")),
+        data=RunData(source=str(cfg.data_dir or cfg.train_dir), val_source=str(cfg.val_dir or ""),
+                     test_source=str(cfg.test_dir or ("split.json" if cfg.test_fraction else "")),
+                     split="split.json" if cfg.data_dir else "explicit --train/--val",
+                     class_names=list(split.class_names), train_per_class=counts(split.train),
+                     val_per_class=counts(split.val), n_train=len(split.train.images),
+                     n_val=len(split.val.images), n_test=len(test.images) if on_test else 0,
+                     skipped=[SkippedFile(path=str(s.path), reason=s.reason) for s in prepared.skipped],
+                     ignored_files=[str(p) for p in split.ignored_files],
+                     leakage=from_json(Leakage, prepared.leakage),  # datasets.py reports it as a dict
+                     imbalanced=max(counts(split.train)) > 1.5 * max(min(counts(split.train)), 1)),
+        decode_seconds=decode_seconds,
+        phases=phases,
+        model_phase=model_phase,
+        final_fit=None if final is None else FinalFit(of=chosen, n_train=phases["final"].n_train),
+        best_phase=best_phase,
+        confusion_matrix=ConfusionMatrix(phase=best_phase, subset=subset,
+                                         matrix=confusion_matrix(matrix_labels, matrix_predictions, n_classes)),
+        verdict=Verdict(subset=subset, phase=verdict_phase, target_acc=cfg.target_acc, acc=headline,
+                        target_met=headline >= cfg.target_acc,
+                        val_optimism=None if on_test else phases[chosen].val_acc_over_last_epoch,
+                        time_budget_seconds=cfg.time_budget_seconds, transfer_seconds=transfer_seconds,
+                        time_target_met=transfer_seconds <= cfg.time_budget_seconds),
+        engine=resolve_engine(cfg.engine, device),
+        training_precision={name: phase.precision for name, phase in phases.items()},
+        total_seconds=time.perf_counter() - started,
+        environment=env,
+    )
 
 
-def final_fit_summary(final_phases: dict[str, dict], chosen: str, n_train: int) -> dict:
+def final_fit_summary(final_phases: dict[str, PhaseResult], chosen: str, n_train: int) -> PhaseResult:
     """The final fit as one row: the chosen phase's numbers, its seconds summed over the phases it re-ran,
     and nothing measured on validation (it trained on those images)."""
     ran = [p for name, p in final_phases.items() if name in ("frozen", chosen)]
-    return final_phases[chosen] | {
-        "val_acc": None, "balanced_val_acc": None, "gap": None, "val_acc_over_last_epoch": None,
-        "seconds": sum(p["seconds"] for p in ran), "cache_seconds": sum(p["cache_seconds"] for p in ran),
-        "train_seconds": sum(p["train_seconds"] for p in ran), "fit_of": chosen, "n_train": n_train}
+    return replace(final_phases[chosen], val_acc=None, balanced_val_acc=None, gap=None, val_acc_over_last_epoch=None,
+                   seconds=sum(p.seconds for p in ran), cache_seconds=sum(p.cache_seconds for p in ran),
+                   train_seconds=sum(p.train_seconds for p in ran), fit_of=chosen, n_train=n_train)
 
 
 def resume_compare(run_dir: Path, show_progress: bool = True) -> Path:

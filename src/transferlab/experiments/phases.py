@@ -27,6 +27,7 @@ from transferlab.experiments.run_dir import default_cache_dir, load_checkpoint, 
 from transferlab.models.backbones import PretrainedBackbone, create_backbone
 from transferlab.models.freezing import changing_state_keys, freeze_backbone, unfreeze
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.results import PhaseResult
 from transferlab.training.distributed import SINGLE, Ranks, any_rank, fill_shard_wise, gather_objects
 from transferlab.training.inputs import CachedInputs, ImageInputs, Inputs
 from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
@@ -92,7 +93,7 @@ class CellPhases:
                               if self.cfg.class_weights == "auto" else None)
         self.history: list[dict] = []
         self.precision_probes: dict[str, dict] = {}  # phase: what measure_cpu_precision found, where it ran
-        self.phases: dict[str, dict] = {}
+        self.phases: dict[str, PhaseResult] = {}
         self.predictions: dict[str, np.ndarray] = {}
 
     def spec(self, name: str, epochs: int, lr: float, stopping: Stopping = Stopping()) -> PhaseSpec:
@@ -142,8 +143,9 @@ class CellPhases:
         self.history += state.history
         return state, time.perf_counter() - started + already, spec.precision
 
-    def train_and_summarise(self, phase: Phase, cache_seconds: float = 0.0, extra: dict | None = None) -> dict:
-        """Run one phase, re-evaluate its kept checkpoint on validation and record the summary."""
+    def train_and_summarise(self, phase: Phase, cache_seconds: float = 0.0, extra: dict | None = None) -> PhaseResult:
+        """Run one phase, re-evaluate its kept checkpoint on validation and record the summary; `extra` holds
+        PhaseResult's optional fields (the freezing plan as `unfreeze`)."""
         state, seconds, precision = self.run_phase(phase)
         spec, model = phase.spec, phase.model
         model.eval()  # also when no epoch ran: dropout off, BatchNorm on its running statistics
@@ -153,19 +155,19 @@ class CellPhases:
         kept = next((r for r in state.history if r["epoch"] == state.best_epoch), None)
         train_acc = kept["train_acc"] if kept else None
         last_val = state.history[-1]["val_acc"] if state.history else None
-        self.phases[spec.name] = {
-            "epochs": state.history, "best_epoch": state.best_epoch, "train_acc": train_acc,
-            "val_acc": final.accuracy,
-            "balanced_val_acc": balanced_accuracy(self.val_labels, final.predictions, self.n_classes),
+        self.phases[spec.name] = PhaseResult(
+            epochs=state.history, best_epoch=state.best_epoch, train_acc=train_acc,
+            val_acc=final.accuracy,
+            balanced_val_acc=balanced_accuracy(self.val_labels, final.predictions, self.n_classes),
             # what choosing the epoch on validation added: the optimism of a validation-only report
-            "val_acc_over_last_epoch": None if last_val is None else final.accuracy - last_val,
-            "gap": None if train_acc is None else train_acc - final.accuracy,
-            "seconds": seconds + cache_seconds, "cache_seconds": cache_seconds, "train_seconds": seconds,
-            "learning_rate": spec.learning_rate,
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total_parameters": sum(p.numel() for p in model.parameters()),
-            "steps": len(state.history) * -(-len(phase.train_inputs) // spec.batch_size), "precision": precision,
-            "precision_probe": self.precision_probes.get(spec.name), **(extra or {})}
+            val_acc_over_last_epoch=None if last_val is None else final.accuracy - last_val,
+            gap=None if train_acc is None else train_acc - final.accuracy,
+            seconds=seconds + cache_seconds, cache_seconds=cache_seconds, train_seconds=seconds,
+            learning_rate=spec.learning_rate,
+            trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            total_parameters=sum(p.numel() for p in model.parameters()),
+            steps=len(state.history) * -(-len(phase.train_inputs) // spec.batch_size), precision=precision,
+            precision_probe=self.precision_probes.get(spec.name), **(extra or {}))
         return self.phases[spec.name]
 
 
@@ -252,7 +254,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
         Phase(cell.spec("frozen", recipe.frozen_epochs, recipe.frozen_lr), model,
               functools.partial(model.forward_from, end), train_at[end], val_at[end], [model.head]),
         t_train + t_val, {"unfreeze": frozen_plan.to_dict()})
-    kept, first_units = {"frozen": (frozen["val_acc"], copy_state(model))}, {"frozen": end}
+    kept, first_units = {"frozen": (frozen.val_acc, copy_state(model))}, {"frozen": end}
 
     # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
     for stage in stages:
@@ -263,7 +265,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
             Phase(cell.spec(stage.name, stage.recipe.finetune_epochs, stage.recipe.finetune_lr), model,
                   functools.partial(model.forward_from, cut), train_at[cut], val_at[cut],
                   [model.head, *plan.train_mode_modules]), 0.0, {"unfreeze": plan.to_dict()})
-        kept[stage.name], first_units[stage.name] = (summary["val_acc"], copy_state(model)), cut
+        kept[stage.name], first_units[stage.name] = (summary.val_acc, copy_state(model)), cut
 
     # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
     scratch = None
@@ -277,14 +279,14 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
                                        ImageInputs(data.train.pixels, prep, device, seed if recipe.augment else None),
                                        ImageInputs(data.val.pixels, prep, device), [scratch]))
     return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,
-                      precisions={name: summary["precision"] for name, summary in cell.phases.items()})
+                      precisions={name: summary.precision for name, summary in cell.phases.items()})
 
 
 FINAL_FIT_DIR = "final"  # the final fit's checkpoints and metrics, beside the selection's
 
 
 def run_final_fit(selection: CellPhases, train_and_val: DecodedImages, through: str, model: TransferModel,
-                  initial_state: dict) -> tuple[CellModels, dict[str, dict]]:
+                  initial_state: dict) -> tuple[CellModels, dict[str, PhaseResult]]:
     """The pipeline validation kept (`through`: frozen, or frozen then fine-tuned), trained again from
     `initial_state` on train + validation with the same epochs and schedule, the last epoch kept.
 
@@ -328,11 +330,12 @@ def predict_test_set(setting: CellSetting, test: DecodedImages, models: CellMode
     return predictions
 
 
-def record_test_accuracy(phases: dict[str, dict], predictions: dict[str, np.ndarray], labels: np.ndarray,
+def record_test_accuracy(phases: dict[str, PhaseResult], predictions: dict[str, np.ndarray], labels: np.ndarray,
                          n_classes: int) -> None:
+    """The test read's numbers, added to each phase's result in `phases`."""
     for name, predicted in predictions.items():
-        phases[name]["test_acc"] = float((predicted == labels).mean()) if len(labels) else 0.0
-        phases[name]["balanced_test_acc"] = balanced_accuracy(labels, predicted, n_classes)
+        phases[name] = replace(phases[name], test_acc=float((predicted == labels).mean()) if len(labels) else 0.0,
+                               balanced_test_acc=balanced_accuracy(labels, predicted, n_classes))
 
 
 def unfreeze_for_finetuning(model: TransferModel, recipe: Recipe):

@@ -8,7 +8,6 @@ stopped. This module runs plans: one loop (`run_cells`) over cells, each `run_ce
 """
 
 import copy
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +35,9 @@ from transferlab.progress import progress_bar
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.inference_cost import measure_inference
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.results import (BackboneResult, Budget, CellPhaseResult, CellResult, EpochBudget, Leakage,
+                                 ScheduleStage, StudyData, StudyResult, UnfreezePoint, UnfreezeSchedule, Weights,
+                                 from_json, read_cell_result, to_json, write_results)
 from transferlab.training.devices import resolve_device
 from transferlab.training.distributed import Ranks, barrier, gather_objects, join_process_group, run_on_main, \
     torchrun_ranks
@@ -128,9 +130,9 @@ def run_study(cfg: StudyConfig) -> Path:
             prepared = prepare_data(base, folders, pretrained.preprocessing, study_dir, ranks, STUDY_DATA_CHANGED)
             run = StudyRun(study_dir, folders, pretrained, prepared.split, ScreenedTestSet(prepared, base), device,
                            stop, ranks, env)
-            results = run_studies(cfg, base, run, n_blocks) | {"data": _data_summary(prepared, run.test_set())}
+            results = run_studies(cfg, base, run, n_blocks)
             if ranks.is_main:
-                write_json_atomic(study_dir / "results.json", results)
+                write_results(study_dir / "results.json", results)
         barrier(ranks)  # every rank returns a finished study
     finally:
         for lock in held:
@@ -138,8 +140,8 @@ def run_study(cfg: StudyConfig) -> Path:
     return study_dir
 
 
-def run_studies(cfg: StudyConfig, base: CompareConfig, run: StudyRun, n_blocks: int) -> dict:
-    """Each asked-for study's plans, run in turn; the results.json of the whole (less its data summary)."""
+def run_studies(cfg: StudyConfig, base: CompareConfig, run: StudyRun, n_blocks: int) -> StudyResult:
+    """Each asked-for study's plans, run in turn; then the data summary, with the test set as screened."""
     rows, unfreeze, schedule, backbones = [], [], None, []
     if "data" in cfg.studies or "time" in cfg.studies:  # `time` alone needs only all of the data
         ks = tuple(dict.fromkeys((*cfg.ks, None))) if "data" in cfg.studies else (None,)  # all: the reference
@@ -148,35 +150,37 @@ def run_studies(cfg: StudyConfig, base: CompareConfig, run: StudyRun, n_blocks: 
     if "unfreeze" in cfg.studies:
         for point, variant in unfreeze_grid(base, n_blocks):
             plans = plan_cells(variant, cfg.seeds, (None,), run.split, run.common_key(variant))
-            unfreeze.append(point | {"cells": run_cells(plans, run)})
-        schedule = plan_schedule(unfreeze, n_blocks, base.recipe)
-        stages = tuple(FineTuneStage.from_dict(s, base.recipe) for s in schedule["stages"])
+            unfreeze.append(UnfreezePoint(**point, cells=run_cells(plans, run)))
+        planned = plan_schedule([to_json(p) for p in unfreeze], n_blocks, base.recipe)  # study_plan reads JSON's shape
+        stages = tuple(FineTuneStage.from_dict(s, base.recipe) for s in planned["stages"])
         variant = Variant("stage by stage", base, base.backbone, skip_scratch=True, stages=stages)
-        schedule["cells"] = run_cells(plan_cells(variant, cfg.seeds, (None,), run.split, run.common_key(variant)), run)
+        schedule = UnfreezeSchedule(
+            learning_rate=planned["learning_rate"], stages=[ScheduleStage(**s) for s in planned["stages"]],
+            cells=run_cells(plan_cells(variant, cfg.seeds, (None,), run.split, run.common_key(variant)), run))
     if "backbones" in cfg.studies:
         backbones = [backbone_entry(name, cfg, base, run) for name in cfg.backbones]
     recipe, p = base.recipe, run.pretrained
-    return {"format_version": STUDY_FORMAT_VERSION, "kind": "study", "study_dir": str(run.study_dir),
-            "studies": list(cfg.studies), "seeds": list(range(cfg.seeds)),
-            "backbone": p.name, "weights": {"kind": p.weights.kind, "location": p.weights.location},
-            "notice": p.notice, "device": str(run.device), "image_size_px": p.preprocessing.image_size_px,
-            "recipe": recipe.to_dict(),
-            "budget": {"kind": "fixed steps", "pool_images": len(run.split.train.images),
-                       "epochs": {"frozen": recipe.frozen_epochs, "finetuned": recipe.finetune_epochs,
-                                  "scratch": recipe.scratch_epochs}, "batch_size": base.batch_size},
-            "cells": rows, "backbones": backbones, "unfreeze": unfreeze, "unfreeze_schedule": schedule,
-            "environment": run.env}
+    return StudyResult(
+        study_dir=str(run.study_dir), studies=list(cfg.studies), seeds=list(range(cfg.seeds)),
+        backbone=p.name, weights=Weights(kind=p.weights.kind, location=p.weights.location),
+        notice=p.notice, device=str(run.device), image_size_px=p.preprocessing.image_size_px,
+        recipe=recipe.to_dict(),
+        budget=Budget(kind="fixed steps", pool_images=len(run.split.train.images),
+                      epochs=EpochBudget(frozen=recipe.frozen_epochs, finetuned=recipe.finetune_epochs,
+                                         scratch=recipe.scratch_epochs), batch_size=base.batch_size),
+        cells=rows, backbones=backbones, unfreeze=unfreeze, unfreeze_schedule=schedule,
+        environment=run.env, data=_data_summary(run.test_set.prepared, run.test_set()))
 
 
-def _data_summary(prepared: PreparedData, test: DecodedImages) -> dict:
+def _data_summary(prepared: PreparedData, test: DecodedImages) -> StudyData:
     split = prepared.split
-    return {"class_names": list(split.class_names),
-            "pool_per_class": np.bincount(labels_of(split.train), minlength=len(split.class_names)).tolist(),
-            "n_val": len(split.val.images), "n_test": len(test.images), "test_labels": labels_of(test).tolist(),
-            "leakage": prepared.leakage}
+    return StudyData(class_names=list(split.class_names),
+                     pool_per_class=np.bincount(labels_of(split.train), minlength=len(split.class_names)).tolist(),
+                     n_val=len(split.val.images), n_test=len(test.images), test_labels=labels_of(test).tolist(),
+                     leakage=from_json(Leakage, prepared.leakage))  # datasets.py reports it as a dict
 
 
-def run_cells(plans: list[CellPlan], run: StudyRun) -> list[dict]:
+def run_cells(plans: list[CellPlan], run: StudyRun) -> list[CellResult]:
     """Every plan, in order, as one row each. Under torchrun cell i trains on rank i % world size, as a single
     process, and every rank gets every row."""
     ranks = run.ranks
@@ -186,37 +190,36 @@ def run_cells(plans: list[CellPlan], run: StudyRun) -> list[dict]:
     with progress_bar(total=len(mine), desc=f"study cells: {label}", unit="cell",
                       show=bool(plans) and plans[0].variant.cfg.show_progress) as bar:
         for plan in mine:
-            rows.append(run_cell_plan(plan, run) | {"rank": ranks.rank})
-            bar.set_postfix(trained=sum(not r["reused"] for r in rows), reused=sum(r["reused"] for r in rows),
-                            refresh=False)
+            rows.append(replace(run_cell_plan(plan, run), rank=ranks.rank))
+            bar.set_postfix(trained=sum(not r.reused for r in rows), reused=sum(r.reused for r in rows), refresh=False)
             bar.update()  # the count and the postfix drawn together: never trained=1 at 0/12
     by_rank = gather_objects(rows, ranks)
     return [by_rank[i % ranks.world_size][i // ranks.world_size] for i in range(len(plans))]
 
 
-def backbone_entry(name: str, cfg: StudyConfig, base: CompareConfig, run: StudyRun) -> dict:
+def backbone_entry(name: str, cfg: StudyConfig, base: CompareConfig, run: StudyRun) -> BackboneResult:
     """Transfer cells on all of the data for one backbone; one whose weights cannot be had (or that cannot be
     cut for fine-tuning) is listed as skipped with the reason, never dropped silently."""
     n_classes = len(run.split.class_names)
     try:
         b, _ = setup_backbone(name, base, n_classes)
     except UserError as e:
-        return {"name": name, "skipped": str(e)}
+        return BackboneResult(name=name, skipped=str(e))
     prepared = prepare_data(base, run.folders, b.preprocessing, run.study_dir, run.ranks, STUDY_DATA_CHANGED)
     own = replace(run, pretrained=b, split=prepared.split, test_set=ScreenedTestSet(prepared, base))
     variant = Variant(b.name, base, b.name, skip_scratch=True)
     rows = run_cells(plan_cells(variant, cfg.seeds, (None,), prepared.split, own.common_key(variant)), own)
-    return {"name": b.name, "weights": {"kind": b.weights.kind, "location": b.weights.location}, "cells": rows,
-            **run_on_main(lambda: measure_inference(b, n_classes, run.device), run.ranks)}
+    return BackboneResult(name=b.name, weights=Weights(kind=b.weights.kind, location=b.weights.location), cells=rows,
+                          **run_on_main(lambda: measure_inference(b, n_classes, run.device), run.ranks))
 
 
-def run_cell_plan(plan: CellPlan, run: StudyRun) -> dict:
+def run_cell_plan(plan: CellPlan, run: StudyRun) -> CellResult:
     """One cell: reused when finished, resumed when stopped, else trained; then its one read of the test set."""
     cell_dir = run.study_dir / "cells" / plan.hash
     done = cell_dir / "results.json"
     k = "all" if plan.k is None else plan.k
     if done.exists():
-        return json.loads(done.read_text()) | {"k": k, "reused": True}
+        return replace(read_cell_result(done), k=k, reused=True)
     resuming = checkpoint_path(cell_dir, "frozen").parent.is_dir()  # a stopped cell: each phase resumes
     write_json_atomic(cell_dir / "cell.json", plan.key)
     cfg = replace(plan.variant.cfg, seed=plan.seed, show_progress=False)
@@ -230,11 +233,9 @@ def run_cell_plan(plan: CellPlan, run: StudyRun) -> dict:
     test = run.test_set()  # every choice of this cell is made: its one read of the test set
     predictions = predict_test_set(setting, test, models)
     record_test_accuracy(phases.phases, predictions, labels_of(test), n_classes)
-    result = {"hash": plan.hash, "seed": plan.seed, "k": k, "images_per_class": plan.images_per_class,
-              "repeats": plan.repeats,
-              "phases": {name: {key: p[key] for key in ("val_acc", "test_acc", "seconds", "train_seconds", "steps",
-                                                       "best_epoch", "trainable_parameters", "total_parameters")}
-                         for name, p in phases.phases.items()},
-              "test_predictions": {name: predicted.tolist() for name, predicted in predictions.items()}}
-    write_json_atomic(done, result)  # written last: its presence means the cell is finished
-    return result | {"reused": False}
+    result = CellResult(hash=plan.hash, seed=plan.seed, k=k, images_per_class=plan.images_per_class,
+                        repeats=plan.repeats,
+                        phases={name: CellPhaseResult.of(p) for name, p in phases.phases.items()},
+                        test_predictions={name: predicted.tolist() for name, predicted in predictions.items()})
+    write_results(done, result)  # written last: its presence means the cell is finished
+    return replace(result, reused=False)

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from transferlab.atomic import write_json_atomic
 from transferlab.errors import UserError
+from transferlab.results import RunResult
 
 TRACKING_FILE = "tracking.json"   # in the run folder: the MLflow run id, so --resume continues that run
 MLFLOW_EXPERIMENT = "transferlab"
@@ -73,10 +74,10 @@ def run_params(config_json: dict) -> dict[str, bool | int | float | str]:
     return flat
 
 
-def final_metrics(results: dict) -> dict[str, float]:
+def final_metrics(results: RunResult) -> dict[str, float]:
     """What a finished run measured, per phase: `final/<phase>/<metric>`."""
-    return {f"final/{phase}/{metric}": float(summary[metric]) for phase, summary in results["phases"].items()
-            for metric in FINAL_METRICS if summary.get(metric) is not None}
+    return {f"final/{phase}/{metric}": float(getattr(summary, metric)) for phase, summary in results.phases.items()
+            for metric in FINAL_METRICS if getattr(summary, metric) is not None}
 
 
 class Tracker:
@@ -106,7 +107,7 @@ class Tracker:
         metrics = {f"{row['phase']}/{name}": float(row[key]) for key, name in EPOCH_METRICS.items() if key in row}
         self._log(metrics, step=row["epoch"])
 
-    def log_results(self, results: dict) -> None:
+    def log_results(self, results: RunResult) -> None:
         metrics = final_metrics(results)
         self._log(metrics, step=0)
         if self.tensorboard is not None:  # the HPARAMS tab: this run's recipe beside its final accuracies

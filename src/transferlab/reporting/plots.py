@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from transferlab.atomic import write_atomic  # noqa: E402
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER  # noqa: E402
+from transferlab.results import RunResult  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -16,12 +17,13 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_learning_curves(results: dict, path: Path) -> None:
+def plot_learning_curves(results: RunResult, path: Path) -> None:
     """Accuracy and loss per epoch; fine-tuning continues the frozen phase's epoch count."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    offset = {"scratch": 0, "frozen": 0, "finetuned": len(results["phases"].get("frozen", {}).get("epochs", []))}
-    for i, name in enumerate(p for p in PHASE_ORDER if p in results["phases"]):
-        epochs = results["phases"][name]["epochs"]
+    phases = results.phases
+    offset = {"scratch": 0, "frozen": 0, "finetuned": len(phases["frozen"].epochs) if "frozen" in phases else 0}
+    for i, name in enumerate(p for p in PHASE_ORDER if p in phases):
+        epochs = phases[name].epochs
         x = [offset[name] + r["epoch"] for r in epochs]
         color = f"C{i}"
         for ax, key in ((ax_acc, "acc"), (ax_loss, "loss")):

@@ -1,31 +1,28 @@
 """report.md and report.html for a run, from results.json alone."""
 
 import base64
-import json
 from pathlib import Path
 
 from markdown_it import MarkdownIt
 
 from transferlab.atomic import write_text_atomic
-from transferlab.errors import UserError, quoted
-from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.reporting.plots import confusion_plot_note, plot_confusion_matrix, plot_learning_curves
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
+from transferlab.results import RunResult, read_run_results
 
 
-def render_markdown(results: dict) -> str:
-    data = results["data"]
-    cm = results["confusion_matrix"]
-    finetune = results["phases"]["finetuned"]["unfreeze"]
-    plot_note = confusion_plot_note(len(data["class_names"]))
+def render_markdown(results: RunResult) -> str:
+    data, cm = results.data, results.confusion_matrix
+    finetune = results.phases["finetuned"].unfreeze  # the freezing plan, a dict (models/freezing.py)
+    plot_note = confusion_plot_note(len(data.class_names))
     lines = [
-        f"# transferlab compare: {Path(results['run_dir']).name}", "",
-        f"Backbone `{results['backbone']}`, weights from {results['weights']['kind']} "
-        f"`{results['weights']['location']}`, on {results['device']}; input "
-        f"{results['preprocessing']['image_size_px']} px, {results['augment']['mode']}.",
-        *([f"> {results['notice']}"] if results.get("notice") else []), "",
-        f"Data: {data['n_train']} training / {data['n_val']} validation / {data.get('n_test', 0)} test images in "
-        f"{len(data['class_names'])} classes ({data['split']}).", "",
+        f"# transferlab compare: {Path(results.run_dir).name}", "",
+        f"Backbone `{results.backbone}`, weights from {results.weights.kind} "
+        f"`{results.weights.location}`, on {results.device}; input "
+        f"{results.preprocessing['image_size_px']} px, {results.augment.mode}.",
+        *([f"> {results.notice}"] if results.notice else []), "",
+        f"Data: {data.n_train} training / {data.n_val} validation / {data.n_test} test images in "
+        f"{len(data.class_names)} classes ({data.split}).", "",
         recipe_line(results), "",
         "## Before and after", "", comparison_table(results), "",
         "Train accuracy is the running accuracy over the kept epoch (dropout on, as Keras reports it); "
@@ -33,68 +30,43 @@ def render_markdown(results: dict) -> str:
         "test set (if any) was read once, at the end. Seconds include building caches.", "",
         f"Fine-tuning trained the last {finetune['layers_counted']} layers with parameters "
         f"({finetune['trainable_layers']} trainable, {finetune['batchnorm_kept_frozen']} BatchNorm kept frozen); "
-        f"the saved model is the {PHASE_LABELS[results['model_phase']]} checkpoint.", "",
+        f"the saved model is the {PHASE_LABELS[results.model_phase]} checkpoint.", "",
         "## Verdict", "", *verdict_lines(results), "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
-        f"## Confusion matrix ({PHASE_LABELS[cm['phase']]}, {cm.get('subset', 'validation')})", "",
+        f"## Confusion matrix ({PHASE_LABELS[cm.phase]}, {cm.subset})", "",
         "![confusion matrix](confusion_matrix.png)", "",
         *([plot_note, ""] if plot_note else []),
         "## Data hygiene", "",
     ]
-    leak = data["leakage"]
-    lines.append(f"- train/val leakage: {leak['exact_duplicates']} exact and {leak['near_duplicates']} near "
+    leak = data.leakage
+    found = leak.exact_duplicates + leak.near_duplicates
+    lines.append(f"- train/val leakage: {leak.exact_duplicates} exact and {leak.near_duplicates} near "
                  "duplicates of training images in validation" +
-                 (" (dropped: --dedupe)" if leak["dropped"] and (leak["exact_duplicates"] + leak["near_duplicates"])
-                  else "" if not (leak["exact_duplicates"] + leak["near_duplicates"])
+                 (" (dropped: --dedupe)" if leak.dropped and found
+                  else "" if not found
                   else "; validation accuracy is optimistic, --dedupe drops them"))
-    lines += [f"  - `{path}`" for path in leak["examples"]]
-    if "test" in leak:
-        test_leak = leak["test"]
+    lines += [f"  - `{path}`" for path in leak.examples]
+    if leak.test is not None:
+        test_leak = leak.test
         lines.append(f"- train/test leakage (checked when the test set was first read, at the end): "
-                     f"{test_leak['exact_duplicates']} exact and {test_leak['near_duplicates']} near duplicates"
-                     + (" (dropped: --dedupe)" if test_leak["dropped"] and test_leak["examples"] else ""))
-    lines.append(f"- class counts (train): {dict(zip(data['class_names'], data['train_per_class']))}")
+                     f"{test_leak.exact_duplicates} exact and {test_leak.near_duplicates} near duplicates"
+                     + (" (dropped: --dedupe)" if test_leak.dropped and test_leak.examples else ""))
+    lines.append(f"- class counts (train): {dict(zip(data.class_names, data.train_per_class))}")
     lines += ["", "### Skipped files", ""]
-    skipped = data["skipped"]
-    lines += [f"- `{s['path']}`: {s['reason']}" for s in skipped] or ["None: every image decoded."]
-    if data["ignored_files"]:
-        lines += ["", f"{len(data['ignored_files'])} files without an image suffix were ignored "
-                  f"(first: `{data['ignored_files'][0]}`)."]
+    lines += [f"- `{s.path}`: {s.reason}" for s in data.skipped] or ["None: every image decoded."]
+    if data.ignored_files:
+        lines += ["", f"{len(data.ignored_files)} files without an image suffix were ignored "
+                  f"(first: `{data.ignored_files[0]}`)."]
     return "\n".join(lines) + "\n"
-
-
-def read_results(run_dir: Path) -> dict:
-    """results.json is written last, when a run finishes: without it there is nothing to report yet."""
-    path = Path(run_dir) / "results.json"
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run folder {quoted(run_dir)} does not exist; give the folder `transferlab compare` printed")
-    if not path.is_file() and not (path.parent / "config.json").is_file():  # e.g. RUN/checkpoints: nothing to resume
-        raise UserError(f"{quoted(run_dir)} is not a transferlab run folder (no config.json); give the folder "
-                        "`transferlab compare` printed")
-    resume = f"resume it with `transferlab compare --resume {quoted(run_dir)}`"
-    if not path.is_file():
-        raise UserError(f"{quoted(path)} does not exist: this run has not finished; {resume}")
-    try:
-        results = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{quoted(path)} is not valid JSON ({e}): the run did not finish or the file was "
-                        f"damaged; {resume}") from None
-    if not isinstance(results, dict):
-        raise UserError(f"{quoted(path)} holds a JSON {type(results).__name__}, not a run's results; {resume}")
-    if results.get("format_version") != RUN_FORMAT_VERSION:
-        raise UserError(f"{quoted(path)} was written by an older transferlab (results format "
-                        f"{results.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); its report.md is "
-                        "still there, or re-run compare to rebuild it")
-    return results
 
 
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    results = read_results(run_dir)
+    results = read_run_results(run_dir)
     plot_learning_curves(results, run_dir / "learning_curves.png")
-    cm = results["confusion_matrix"]
-    plot_confusion_matrix(cm["matrix"], results["data"]["class_names"],
-                          f"{PHASE_LABELS[cm['phase']]} ({cm.get('subset', 'validation')})", run_dir / "confusion_matrix.png")
+    cm = results.confusion_matrix
+    plot_confusion_matrix(cm.matrix, results.data.class_names, f"{PHASE_LABELS[cm.phase]} ({cm.subset})",
+                          run_dir / "confusion_matrix.png")
     markdown = render_markdown(results)
     write_text_atomic(run_dir / "report.md", markdown)
     write_text_atomic(run_dir / "report.html", markdown_to_html(markdown, run_dir))

@@ -4,19 +4,17 @@ Every number carries its n (seeds); means come with 95 % t-intervals; a differen
 claimed only when the paired interval over seeds excludes zero.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from transferlab.atomic import write_text_atomic
-from transferlab.errors import UserError, quoted
-from transferlab.formats import STUDY_FORMAT_VERSION
 from transferlab.reporting.plots import (plot_confusion_matrix, plot_data_efficiency, plot_heatmap,
                                          plot_time_to_accuracy)
 from transferlab.reporting.report import markdown_to_html
 from transferlab.reporting.statistics import Estimate, mean_interval, paired_test
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
+from transferlab.results import CellPhaseResult, CellResult, StudyResult, read_study_results
 from transferlab.training.metrics import confusion_matrix
 
 COMPARISONS = (("finetuned", "scratch"), ("frozen", "scratch"), ("finetuned", "frozen"))
@@ -27,27 +25,34 @@ def _pct(e: Estimate) -> str:
     return f"{100 * e.mean:.1f}{spread} % (n={e.n})"
 
 
-def _groups(results: dict) -> list[tuple[str, float, dict[str, dict[int, dict]]]]:
+Methods = dict[str, dict[int, CellPhaseResult]]  # method -> seed -> that cell's phase
+
+
+def _groups(cells: list[CellResult]) -> list[tuple[str, float, Methods]]:
     """(label, images per class, method -> seed -> phase summary), ordered by images per class."""
-    groups: dict[float, tuple[str, dict]] = {}
-    for cell in results["cells"]:
-        label, methods = groups.setdefault(cell["images_per_class"], (str(cell["k"]), {}))
-        for name, phase in cell["phases"].items():
-            methods.setdefault(name, {})[cell["seed"]] = phase
+    groups: dict[float, tuple[str, Methods]] = {}
+    for cell in cells:
+        label, methods = groups.setdefault(cell.images_per_class, (str(cell.k), {}))
+        for name, phase in cell.phases.items():
+            methods.setdefault(name, {})[cell.seed] = phase
     return [(label, x, methods) for x, (label, methods) in sorted(groups.items())]
 
 
-def _accuracy(methods: dict, name: str) -> Estimate:
-    return mean_interval([p["test_acc"] for _, p in sorted(methods[name].items())])
+def _accuracy(methods: Methods, name: str) -> Estimate:
+    return mean_interval([p.test_acc for _, p in sorted(methods[name].items())])
 
 
-def _paired(methods: dict, a: str, b: str, key: str = "test_acc"):
+def _paired(methods: Methods, a: str, b: str):
     seeds = sorted(set(methods[a]) & set(methods[b]))
-    return paired_test([methods[a][s][key] for s in seeds], [methods[b][s][key] for s in seeds])
+    return paired_test([methods[a][s].test_acc for s in seeds], [methods[b][s].test_acc for s in seeds])
 
 
-def data_efficiency_lines(results: dict) -> list[str]:
-    groups = _groups(results)
+def _test_acc(cells: list[CellResult], phase: str) -> Estimate:
+    return mean_interval([c.phases[phase].test_acc for c in cells])
+
+
+def data_efficiency_lines(cells: list[CellResult]) -> list[str]:
+    groups = _groups(cells)
     rows = ["| images per class | k asked | " + " | ".join(PHASE_LABELS[p] for p in PHASE_ORDER) + " |",
             "|---:|---|" + "---:|" * len(PHASE_ORDER)]
     for label, x, methods in groups:
@@ -87,10 +92,10 @@ def headline_lines(groups: list) -> list[str]:
     return lines
 
 
-def paired_lines(results: dict) -> list[str]:
+def paired_lines(cells: list[CellResult]) -> list[str]:
     rows = ["| images per class | comparison | difference (pts, 95 % interval) | p (paired t) | supported? |",
             "|---:|---|---:|---:|---|"]
-    for _, x, methods in _groups(results):
+    for _, x, methods in _groups(cells):
         for a, b in COMPARISONS:
             if a not in methods or b not in methods:
                 continue
@@ -105,29 +110,29 @@ def paired_lines(results: dict) -> list[str]:
     return rows
 
 
-def time_points(results: dict) -> dict[str, list[tuple[float, float, str]]]:
+def time_points(cells: list[CellResult]) -> dict[str, list[tuple[float, float, str]]]:
     """Mean seconds and test accuracy per method and k; fine-tuning's clock includes the frozen phase it
     starts from."""
     points: dict[str, list] = {}
-    for _, x, methods in _groups(results):
+    for _, x, methods in _groups(cells):
         for name in methods:
             seeds = sorted(methods[name])
-            seconds = [methods[name][s]["seconds"] + (methods["frozen"][s]["seconds"] if name == "finetuned" else 0)
+            seconds = [methods[name][s].seconds + (methods["frozen"][s].seconds if name == "finetuned" else 0)
                        for s in seeds]
             points.setdefault(name, []).append((sum(seconds) / len(seconds), _accuracy(methods, name).mean, f"{x:g}"))
     return points
 
 
-def per_class_lines(results: dict) -> tuple[list[str], str, list[list[int]]]:
+def per_class_lines(results: StudyResult) -> tuple[list[str], str, list[list[int]]]:
     """Confusion matrix and precision/recall of the method with the best mean *validation* accuracy on all
     data, summed over seeds."""
-    _, x, methods = _groups(results)[-1]
-    best = max(methods, key=lambda m: mean_interval([p["val_acc"] for p in methods[m].values()]).mean)
-    cells = [c for c in results["cells"] if c["images_per_class"] == x]
-    labels, names = np.array(results["data"]["test_labels"]), results["data"]["class_names"]
+    _, x, methods = _groups(results.cells)[-1]
+    best = max(methods, key=lambda m: mean_interval([p.val_acc for p in methods[m].values()]).mean)
+    cells = [c for c in results.cells if c.images_per_class == x]
+    labels, names = np.array(results.data.test_labels), results.data.class_names
     matrix = [[0] * len(names) for _ in names]
     for cell in cells:
-        for i, row in enumerate(confusion_matrix(labels, np.array(cell["test_predictions"][best]), len(names))):
+        for i, row in enumerate(confusion_matrix(labels, np.array(cell.test_predictions[best]), len(names))):
             matrix[i] = [a + b for a, b in zip(matrix[i], row)]
     rows = ["| class | precision | recall | test images × seeds |", "|---|---:|---:|---:|"]
     for i, name in enumerate(names):
@@ -138,139 +143,123 @@ def per_class_lines(results: dict) -> tuple[list[str], str, list[list[int]]]:
     return rows, best, matrix
 
 
-def backbone_lines(results: dict) -> list[str]:
+def backbone_lines(results: StudyResult) -> list[str]:
     """Transfer on all of the data per backbone; skipped ones are listed with the reason."""
     rows = ["| backbone | frozen test acc | fine-tuned test acc | parameters | train seconds (frozen + fine-tune) | "
             "ms/image at batch 1 | ms/image at batch 32 | size (fp32) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     skipped = []
-    for entry in results.get("backbones", []):
-        if "skipped" in entry:
-            skipped.append(f"- `{entry['name']}` skipped: {entry['skipped']}")
+    for entry in results.backbones:
+        if entry.skipped is not None:
+            skipped.append(f"- `{entry.name}` skipped: {entry.skipped}")
             continue
-        cells = entry["cells"]
-        acc = {p: mean_interval([c["phases"][p]["test_acc"] for c in cells]) for p in ("frozen", "finetuned")}
-        seconds = mean_interval([c["phases"]["frozen"]["seconds"] + c["phases"]["finetuned"]["seconds"]
-                                 for c in cells])
-        latency = entry["latency_ms_per_image"]
-        rows.append(f"| `{entry['name']}` | {_pct(acc['frozen'])} | {_pct(acc['finetuned'])} | "
-                    f"{entry['parameters']:,} | {seconds.mean:.1f} | {latency['batch_1']:.2f} | "
-                    f"{latency['batch_32']:.2f} | {entry['size_mb']:.1f} MiB |")
+        cells = entry.cells
+        acc = {p: _test_acc(cells, p) for p in ("frozen", "finetuned")}
+        seconds = mean_interval([c.phases["frozen"].seconds + c.phases["finetuned"].seconds for c in cells])
+        latency = entry.latency_ms_per_image
+        rows.append(f"| `{entry.name}` | {_pct(acc['frozen'])} | {_pct(acc['finetuned'])} | "
+                    f"{entry.parameters:,} | {seconds.mean:.1f} | {latency['batch_1']:.2f} | "
+                    f"{latency['batch_32']:.2f} | {entry.size_mb:.1f} MiB |")
     return rows + ([""] + skipped if skipped else [])
 
 
-def unfreeze_grid(results: dict) -> tuple[list[str], list[str], list[list[Estimate]]]:
+def unfreeze_grid(results: StudyResult) -> tuple[list[str], list[str], list[list[Estimate]]]:
     """(blocks rows, learning-rate columns, test accuracy per cell of the grid)."""
-    entries = results.get("unfreeze", [])
-    rows = list(dict.fromkeys(str(e["blocks"]) for e in entries))
-    columns = list(dict.fromkeys(f"{e['learning_rate']:g}" for e in entries))
+    entries = results.unfreeze
+    rows = list(dict.fromkeys(str(e.blocks) for e in entries))
+    columns = list(dict.fromkeys(f"{e.learning_rate:g}" for e in entries))
     grid = [[None] * len(columns) for _ in rows]
     for e in entries:
-        grid[rows.index(str(e["blocks"]))][columns.index(f"{e['learning_rate']:g}")] = mean_interval(
-            [c["phases"]["finetuned"]["test_acc"] for c in e["cells"]])
+        grid[rows.index(str(e.blocks))][columns.index(f"{e.learning_rate:g}")] = _test_acc(e.cells, "finetuned")
     return rows, columns, grid
 
 
-def unfreeze_lines(results: dict) -> list[str]:
+def unfreeze_lines(results: StudyResult) -> list[str]:
     rows, columns, grid = unfreeze_grid(results)
-    entries = results["unfreeze"]
-    best = max(entries, key=lambda e: mean_interval([c["phases"]["finetuned"]["val_acc"] for c in e["cells"]]).mean)
-    frozen = mean_interval([c["phases"]["frozen"]["test_acc"] for c in entries[0]["cells"]])
+    entries = results.unfreeze
+    best = max(entries, key=lambda e: mean_interval([c.phases["finetuned"].val_acc for c in e.cells]).mean)
+    frozen = _test_acc(entries[0].cells, "frozen")
     table = ["| last blocks unfrozen | " + " | ".join(f"lr {c}" for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     table += [f"| {r} | " + " | ".join(_pct(e) if e else "–" for e in grid[i]) + " |" for i, r in enumerate(rows)]
     return ["![unfreezing heat-map](unfreeze_heatmap.png)", "", *table, "",
             f"Every cell starts from the same frozen-head phase (same seed, data and recipe: {_pct(frozen)} test "
-            f"accuracy), then fine-tunes the last K of {entries[0]['of_blocks']} timm blocks at the given rate. "
-            f"Best on validation: last {best['blocks']} blocks at {best['learning_rate']:g}.", "",
+            f"accuracy), then fine-tunes the last K of {entries[0].of_blocks} timm blocks at the given rate. "
+            f"Best on validation: last {best.blocks} blocks at {best.learning_rate:g}.", "",
             *schedule_lines(results)]
 
 
-def schedule_lines(results: dict) -> list[str]:
-    schedule = results.get("unfreeze_schedule")
+def schedule_lines(results: StudyResult) -> list[str]:
+    schedule = results.unfreeze_schedule
     if not schedule:
         return []
-    stages = schedule["stages"]
-    last = mean_interval([c["phases"][stages[-1]["name"]]["test_acc"] for c in schedule["cells"]])
-    steps = ", then ".join(f"{s['unfreeze'].split(':')[1]} blocks for {s['epochs']} epochs" for s in stages)
+    stages = schedule.stages
+    last = _test_acc(schedule.cells, stages[-1].name)
+    steps = ", then ".join(f"{s.unfreeze.split(':')[1]} blocks for {s.epochs} epochs" for s in stages)
     return [f"Stage by stage, as one run from the same frozen head: the last {steps}, each stage from the one "
-            f"before, at {schedule['learning_rate']:g} (the grid's best rate on validation): fine-tuned test "
+            f"before, at {schedule.learning_rate:g} (the grid's best rate on validation): fine-tuned test "
             f"accuracy {_pct(last)}."]
 
 
-def render_markdown(results: dict) -> str:
-    budget, data = results["budget"], results["data"]
-    seeds, n_cells = results["seeds"], len(results["cells"])
-    trained = sum(not c.get("reused", False) for c in results["cells"])
+def render_markdown(results: StudyResult) -> str:
+    budget, data = results.budget, results.data
+    seeds, n_cells = results.seeds, len(results.cells)
+    trained = sum(not c.reused for c in results.cells)
     lines = [
-        f"# transferlab study: {Path(results['study_dir']).name}", "",
-        f"Backbone `{results['backbone']}` (weights: {results['weights']['kind']} `{results['weights']['location']}`) "
-        f"at {results['image_size_px']} px on {results['device']}; {len(data['class_names'])} classes, training pool "
-        f"{data['pool_per_class']} per class, {data['n_val']} validation and {data['n_test']} test images (the same "
+        f"# transferlab study: {Path(results.study_dir).name}", "",
+        f"Backbone `{results.backbone}` (weights: {results.weights.kind} `{results.weights.location}`) "
+        f"at {results.image_size_px} px on {results.device}; {len(data.class_names)} classes, training pool "
+        f"{data.pool_per_class} per class, {data.n_val} validation and {data.n_test} test images (the same "
         f"for every cell). Seeds {seeds} (n = {len(seeds)}). {n_cells} cells: {trained} trained by this "
         f"invocation, {n_cells - trained} reused from `cells/`.",
-        *([f"> {results['notice']}"] if results.get("notice") else []), "",
-        f"Budget: **fixed optimisation steps** — every cell trains frozen {budget['epochs']['frozen']}, fine-tune "
-        f"{budget['epochs']['finetuned']} and scratch {budget['epochs']['scratch']} epochs of ~{budget['pool_images']} "
-        f"images (a k-subset is repeated to the size of the pool), batch {budget['batch_size']}; not a fixed number "
+        *([f"> {results.notice}"] if results.notice else []), "",
+        f"Budget: **fixed optimisation steps** — every cell trains frozen {budget.epochs.frozen}, fine-tune "
+        f"{budget.epochs.finetuned} and scratch {budget.epochs.scratch} epochs of ~{budget.pool_images} "
+        f"images (a k-subset is repeated to the size of the pool), batch {budget.batch_size}; not a fixed number "
         "of epochs, which would give a model trained on a subset fewer steps in proportion to its size.", "",
         "Intervals are 95 % Student-t intervals over seeds; differences are paired by seed (same subset, same "
         "initialisation) and called supported only when their interval excludes zero.", "",
     ]
-    if "data" in results["studies"]:
+    if "data" in results.studies:
         lines += ["## Data efficiency: test accuracy vs images per class", "",
-                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results), "",
-                  "### Differences between methods", "", *paired_lines(results), ""]
-    if "time" in results["studies"]:
+                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results.cells), "",
+                  "### Differences between methods", "", *paired_lines(results.cells), ""]
+    if "time" in results.studies:
         lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
                   "Seconds are wall-clock per cell on this machine; fine-tuning's include the frozen phase it starts "
                   "from, and the cell that first builds the feature cache pays for it.", ""]
-    if results.get("unfreeze"):
+    if results.unfreeze:
         lines += ["## Gradual unfreezing: fine-tuned test accuracy", "", *unfreeze_lines(results), ""]
-    if results.get("backbones"):
+    if results.backbones:
         lines += ["## Backbones (transfer on all of the data)", "", *backbone_lines(results), "",
                   "Latency is the whole model (backbone and head) in PyTorch eager on this machine, median of "
-                  f"3 after a warm-up, at {results['image_size_px']} px.", ""]
-    if results["cells"]:
+                  f"3 after a warm-up, at {results.image_size_px} px.", ""]
+    if results.cells:
         table, best, _ = per_class_lines(results)
         lines += [f"## Per class ({PHASE_LABELS[best]}, all data, summed over {len(seeds)} seeds)", "",
                   "![confusion matrix](confusion_matrix.png)", "", *table, ""]
     return "\n".join(lines) + "\n"
 
 
-def read_study_results(study_dir: Path) -> dict:
-    path = Path(study_dir) / "results.json"
-    if not path.is_file():
-        raise UserError(f"{quoted(path)} does not exist: the study has not finished; re-run the same "
-                        "`transferlab study` command to finish it")
-    try:
-        results = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{quoted(path)} is not valid JSON ({e}); re-run the study to rebuild it") from None
-    if not isinstance(results, dict) or results.get("format_version") != STUDY_FORMAT_VERSION:
-        raise UserError(f"{quoted(path)} is not a study's results in format {STUDY_FORMAT_VERSION}; re-run the study")
-    return results
-
-
 def write_study_report(study_dir: Path) -> Path:
     study_dir = Path(study_dir)
     results = read_study_results(study_dir)
-    groups = _groups(results)
-    if "data" in results["studies"] and groups:
+    groups = _groups(results.cells)
+    if "data" in results.studies and groups:
         curves = {p: [(x, _accuracy(m, p).mean, _accuracy(m, p).half_width) for _, x, m in groups if p in m]
                   for p in PHASE_ORDER}
         plot_data_efficiency(curves, _accuracy(groups[-1][2], "scratch").mean, study_dir / "data_efficiency.png")
-    if "time" in results["studies"] and groups:
-        plot_time_to_accuracy(time_points(results), study_dir / "time_to_accuracy.png")
-    if results.get("unfreeze"):
+    if "time" in results.studies and groups:
+        plot_time_to_accuracy(time_points(results.cells), study_dir / "time_to_accuracy.png")
+    if results.unfreeze:
         rows, columns, grid = unfreeze_grid(results)
         plot_heatmap([[e.mean if e else 0.0 for e in row] for row in grid],
                      [[f"{100 * e.mean:.1f}" + (f"±{100 * e.half_width:.1f}" if e and e.half_width is not None else "")
                        if e else "–" for e in row] for row in grid], rows, [f"lr {c}" for c in columns],
                      "fine-tune learning rate", "last blocks unfrozen", "fine-tuned test accuracy (%)",
                      study_dir / "unfreeze_heatmap.png")
-    if results["cells"]:
+    if results.cells:
         _, best, matrix = per_class_lines(results)
-        plot_confusion_matrix(matrix, results["data"]["class_names"], f"{PHASE_LABELS[best]} (test, all seeds)",
+        plot_confusion_matrix(matrix, results.data.class_names, f"{PHASE_LABELS[best]} (test, all seeds)",
                               study_dir / "confusion_matrix.png")
     markdown = render_markdown(results)
     write_text_atomic(study_dir / "report.md", markdown)

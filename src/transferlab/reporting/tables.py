@@ -1,5 +1,7 @@
 """The before/after table, as Markdown (report, terminal) from results.json."""
 
+from transferlab.results import RunResult
+
 PHASE_LABELS = {"scratch": "scratch (before)", "frozen": "pretrained, frozen", "finetuned": "fine-tuned",
                 "final": "final fit (train + val)"}
 PHASE_ORDER = ("scratch", "frozen", "finetuned")  # the phases of every cell; compare may add "final"
@@ -9,61 +11,61 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
-def comparison_table(results: dict) -> str:
+def comparison_table(results: RunResult) -> str:
     """Balanced accuracy gets a column when the classes are imbalanced (where plain accuracy flatters)."""
-    balanced = results["data"].get("imbalanced", False)
-    has_test = results["data"].get("n_test", 0) > 0
+    balanced = results.data.imbalanced
+    has_test = results.data.n_test > 0
     columns = ["model", "train acc", "val acc"] + (["balanced val acc"] if balanced else []) + \
         (["test acc"] if has_test else []) + (["balanced test acc"] if has_test and balanced else []) + \
         ["gap (train−val)", "kept epoch", "trainable params", "seconds"]
     rows = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
-    phases = results["phases"]
+    phases = results.phases
     for name in (*PHASE_ORDER, "final"):
         if name not in phases:
             continue
         p = phases[name]
-        gap = "–" if p["gap"] is None else f"{100 * p['gap']:+.1f} pts"
-        cells = [PHASE_LABELS[name], _pct(p["train_acc"]), _pct(p["val_acc"])] + \
-            ([_pct(p["balanced_val_acc"])] if balanced else []) + ([_pct(p.get("test_acc"))] if has_test else []) + \
-            ([_pct(p.get("balanced_test_acc"))] if has_test and balanced else []) + \
-            [gap, f"{p['best_epoch']}/{len(p['epochs'])}", f"{p['trainable_parameters']:,}", f"{p['seconds']:.1f}"]
+        gap = "–" if p.gap is None else f"{100 * p.gap:+.1f} pts"
+        cells = [PHASE_LABELS[name], _pct(p.train_acc), _pct(p.val_acc)] + \
+            ([_pct(p.balanced_val_acc)] if balanced else []) + ([_pct(p.test_acc)] if has_test else []) + \
+            ([_pct(p.balanced_test_acc)] if has_test and balanced else []) + \
+            [gap, f"{p.best_epoch}/{len(p.epochs)}", f"{p.trainable_parameters:,}", f"{p.seconds:.1f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def verdict_lines(results: dict) -> list[str]:
-    v = results["verdict"]
+def verdict_lines(results: RunResult) -> list[str]:
+    v = results.verdict
     mark = lambda ok: "met" if ok else "NOT met"  # noqa: E731
-    final = results.get("final_fit")
-    chosen = final["of"] if final else results["model_phase"]
+    final = results.final_fit
+    chosen = final.of if final else results.model_phase
     model = (f"{PHASE_LABELS[chosen]}, chosen on validation"
-             + (f", then fitted again on train + validation ({final['n_train']} images)" if final else ""))
-    subset = v["subset"]
-    lines = [f"- {subset} accuracy of the kept model ({model}) {_pct(v['acc'])} vs target "
-             f"{_pct(v['target_acc'])}: **{mark(v['target_met'])}**"]
+             + (f", then fitted again on train + validation ({final.n_train} images)" if final else ""))
+    subset = v.subset
+    lines = [f"- {subset} accuracy of the kept model ({model}) {_pct(v.acc)} vs target "
+             f"{_pct(v.target_acc)}: **{mark(v.target_met)}**"]
     if final and subset == "validation":
         lines.append("- the saved model is the final fit, which trained on the validation images: this number is "
                      "the model validation chose, before the final fit")
     if subset == "validation":
         lines.append(f"- no test set: this validation accuracy also chose the epochs and the model, so it is "
-                     f"optimistic (the kept epoch beat the last one by {100 * (v['val_optimism'] or 0):+.1f} pts); "
+                     f"optimistic (the kept epoch beat the last one by {100 * (v.val_optimism or 0):+.1f} pts); "
                      "give --test DIR or --test-fraction for an unbiased number")
-    lines.append(f"- transfer time {v['transfer_seconds']:.0f} s (decode + frozen + fine-tune"
+    lines.append(f"- transfer time {v.transfer_seconds:.0f} s (decode + frozen + fine-tune"
                  f"{' + final fit' if final else ''}) vs budget "
-                 f"{v['time_budget_seconds']:.0f} s: **{mark(v['time_target_met'])}**")
-    phases = results["phases"]
+                 f"{v.time_budget_seconds:.0f} s: **{mark(v.time_target_met)}**")
+    phases = results.phases
     if "scratch" in phases:
-        key = "test_acc" if subset == "test" else "val_acc"
-        best, scratch = phases[chosen][key], phases["scratch"][key]  # both trained on the training images only
+        # both trained on the training images only
+        best, scratch = phases[chosen].accuracy_on(subset), phases["scratch"].accuracy_on(subset)
         lines.append(f"- transfer vs scratch, both on the training images: {_pct(best)} vs {_pct(scratch)} "
                      f"{subset} accuracy ({100 * (best - scratch):+.1f} pts), "
-                     f"{phases['frozen']['seconds'] + phases['finetuned']['seconds']:.0f} s vs "
-                     f"{phases['scratch']['seconds']:.0f} s")
+                     f"{phases['frozen'].seconds + phases['finetuned'].seconds:.0f} s vs "
+                     f"{phases['scratch'].seconds:.0f} s")
     return lines
 
 
-def recipe_line(results: dict) -> str:
-    r = results["recipe"]
+def recipe_line(results: RunResult) -> str:
+    r = results.recipe  # a dict: the recipe's fields are declared in training/recipes.py
     changed = f" (overridden: {', '.join(r['overridden'])})" if r.get("overridden") else ""
     scratch = f"; scratch {r['scratch_epochs']} epochs at {r['scratch_lr']:g}" if "scratch" in results["phases"] else ""
     return (f"Recipe `{r['name']}`{changed}: frozen {r['frozen_epochs']} epochs at {r['frozen_lr']:g}, then "
