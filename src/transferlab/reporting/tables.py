@@ -67,7 +67,7 @@ def verdict_lines(results: RunResult) -> list[str]:
 def recipe_line(results: RunResult) -> str:
     r = results.recipe  # a dict: the recipe's fields are declared in training/recipes.py
     changed = f" (overridden: {', '.join(r['overridden'])})" if r.get("overridden") else ""
-    scratch = f"; scratch {r['scratch_epochs']} epochs at {r['scratch_lr']:g}" if "scratch" in results["phases"] else ""
+    scratch = f"; scratch {r['scratch_epochs']} epochs at {r['scratch_lr']:g}" if "scratch" in results.phases else ""
     return (f"Recipe `{r['name']}`{changed}: frozen {r['frozen_epochs']} epochs at {r['frozen_lr']:g}, then "
             f"fine-tune `{r['unfreeze']}` for {r['finetune_epochs']} epochs at {r['finetune_lr']:g} "
             f"({r['optimizer']}, {r['schedule']} schedule, label smoothing {r['label_smoothing']:g}, head dropout "
