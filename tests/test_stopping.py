@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from transferlab.data.row_store import RowView
+from transferlab.reporting.tables import scratch_ending
+from transferlab.results import PhaseResult
 from transferlab.training.inputs import CachedInputs
 from transferlab.training.loop import PhaseSpec, PhaseState, stop_reason, train_phase
 from transferlab.training.recipes import PRESETS, Stopping, resolve_recipe
@@ -83,3 +85,19 @@ def test_stopping_is_a_recipe_part_with_its_own_flags():
     recipe = resolve_recipe("default", {"plateau_patience": 7, "budget_seconds": 600.0})
     assert recipe.scratch_stopping == Stopping(7, PRESETS["default"].scratch_stopping.plateau_min_gain, 600.0)
     assert recipe.to_dict()["plateau_patience"] == 7 and PRESETS["seeds"].scratch_stopping == Stopping()
+
+
+def _scratch(stopped: str, gain: float | None, epochs: int = 20) -> PhaseResult:
+    return PhaseResult(epochs=[{}] * epochs, best_epoch=epochs, train_acc=0.7, val_acc=0.7, balanced_val_acc=0.7,
+                       val_acc_over_last_epoch=0.0, gap=0.0, seconds=1.0, cache_seconds=0.0, train_seconds=1.0,
+                       learning_rate=1e-3, trainable_parameters=1, total_parameters=1, steps=1, precision="fp32",
+                       precision_probe=None, stopped=stopped, recent_val_gain=gain)
+
+
+def test_the_verdict_says_in_the_same_line_when_scratch_was_cut_while_improving():
+    assert scratch_ending(_scratch("epochs", 0.021)) == (
+        "; scratch was cut by its epoch cap while still improving (+2.1 pts of smoothed validation accuracy over "
+        "its last 5 epochs), so this gap overstates what transfer adds")
+    assert "time budget while still improving" in scratch_ending(_scratch("budget", 0.01))
+    assert scratch_ending(_scratch("epochs", 0.001)).startswith("; scratch had stopped improving when its epoch cap")
+    assert scratch_ending(_scratch("plateau", 0.0, epochs=12)) == "; scratch stopped on a validation plateau (epoch 12)"

@@ -1,19 +1,22 @@
 """Time to accuracy from a crafted metrics log equals the hand-computed value."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from transferlab.reporting.time_to_accuracy import (model_timelines, time_to_accuracy_line, time_to_reach,
                                                     time_to_scratch_best)
 
 
-def _epochs(*pairs):
-    return [{"seconds": s, "val_acc": a} for s, a in pairs]
+def _phase(cache_seconds, *pairs):
+    """What time to accuracy reads of a phase: its cache seconds and each epoch's seconds and accuracy."""
+    return SimpleNamespace(cache_seconds=cache_seconds, epochs=[{"seconds": s, "val_acc": a} for s, a in pairs])
 
 
-PHASES = {  # as results.json holds them, in the order compare runs them
-    "frozen": {"cache_seconds": 20.0, "epochs": _epochs((2, 0.50), (2, 0.60), (2, 0.62))},
-    "finetuned": {"cache_seconds": 0.0, "epochs": _epochs((10, 0.66), (10, 0.71), (10, 0.74))},
-    "scratch": {"cache_seconds": 0.0, "epochs": _epochs((30, 0.40), (30, 0.55), (30, 0.68), (30, 0.67))},
+PHASES = {  # in the order compare runs them
+    "frozen": _phase(20.0, (2, 0.50), (2, 0.60), (2, 0.62)),
+    "finetuned": _phase(0.0, (10, 0.66), (10, 0.71), (10, 0.74)),
+    "scratch": _phase(0.0, (30, 0.40), (30, 0.55), (30, 0.68), (30, 0.67)),
 }
 
 

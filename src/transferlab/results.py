@@ -61,6 +61,10 @@ class PhaseResult:
     n_train: int | None = field(default=None, metadata=ABSENT_WHEN_NONE)
     test_acc: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)  # set once the test set is read
     balanced_test_acc: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # why it ended: "plateau" or "budget" (training/stopping.py), or "epochs" (its cap); absent in older runs
+    stopped: str | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # how much its smoothed validation accuracy rose over its last epochs (`recent_gain`); None with too few
+    recent_val_gain: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
 
     def accuracy_on(self, subset: str) -> float | None:
         """Its accuracy on "test" or "validation" (a verdict's and a confusion matrix's `subset`)."""

@@ -34,6 +34,7 @@ from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_pha
 from transferlab.training.metrics import balanced_accuracy
 from transferlab.training.precision import MEASURE, measure_cpu_precision, precision_policy
 from transferlab.training.prefix_cache import prefix_outputs
+from transferlab.training.stopping import GAIN_WINDOW, recent_gain
 from transferlab.training.recipes import Recipe, Stopping, Unfreeze
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,9 @@ class CellPhases:
             trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
             total_parameters=sum(p.numel() for p in model.parameters()),
             steps=len(state.history) * -(-len(phase.train_inputs) // spec.batch_size), precision=precision,
-            precision_probe=self.precision_probes.get(spec.name), **(extra or {}))
+            precision_probe=self.precision_probes.get(spec.name),
+            stopped=state.stop_reason or ("epochs" if state.history else None),
+            recent_val_gain=recent_gain([r["val_acc"] for r in state.history], GAIN_WINDOW), **(extra or {}))
         return self.phases[spec.name]
 
 

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from transferlab.atomic import write_atomic  # noqa: E402
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER  # noqa: E402
+from transferlab.reporting.time_to_accuracy import model_timelines  # noqa: E402
 from transferlab.results import RunResult  # noqa: E402
 
 
@@ -32,6 +33,21 @@ def plot_learning_curves(results: RunResult, path: Path) -> None:
     ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
     ax_loss.set(title="loss", xlabel="epoch")
     ax_acc.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_accuracy_over_time(results: RunResult, path: Path) -> None:
+    """Validation accuracy against wall-clock seconds since the run started (log axis), every model on one
+    plot: how long until a model is this good (reporting/time_to_accuracy.py's clocks)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    lines = model_timelines(results.phases, results.decode_seconds)
+    for name, points in lines.items():
+        if name == "finetuned":  # it continues the frozen line: drawn from the frozen phase's last epoch on
+            points = points[max(len(lines.get("frozen", [])) - 1, 0):]
+        if points and name in PHASE_ORDER:
+            ax.plot(*zip(*points), "-o", ms=3, color=f"C{PHASE_ORDER.index(name)}", label=PHASE_LABELS[name])
+    ax.set(xscale="log", xlabel="seconds since the run started (log)", ylabel="validation accuracy", ylim=(0, 1))
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from transferlab.atomic import write_text_atomic
-from transferlab.reporting.plots import confusion_plot_note, plot_confusion_matrix, plot_learning_curves
+from transferlab.reporting.plots import (confusion_plot_note, plot_accuracy_over_time, plot_confusion_matrix,
+                                         plot_learning_curves)
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
 from transferlab.results import RunResult, read_run_results
 
@@ -33,6 +34,9 @@ def render_markdown(results: RunResult) -> str:
         f"the saved model is the {PHASE_LABELS[results.model_phase]} checkpoint.", "",
         "## Verdict", "", *verdict_lines(results), "",
         "## Learning curves", "", "![learning curves](learning_curves.png)", "",
+        "## Time to accuracy", "", "Validation accuracy against the seconds since the run started: decoding the "
+        "images, then the transfer model's feature caches, frozen phase and fine-tuning in turn; scratch on its "
+        "own clock.", "", "![time to accuracy](time_to_accuracy.png)", "",
         f"## Confusion matrix ({PHASE_LABELS[cm.phase]}, {cm.subset})", "",
         "![confusion matrix](confusion_matrix.png)", "",
         *([plot_note, ""] if plot_note else []),
@@ -64,6 +68,7 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     results = read_run_results(run_dir)
     plot_learning_curves(results, run_dir / "learning_curves.png")
+    plot_accuracy_over_time(results, run_dir / "time_to_accuracy.png")
     cm = results.confusion_matrix
     plot_confusion_matrix(cm.matrix, results.data.class_names, f"{PHASE_LABELS[cm.phase]} ({cm.subset})",
                           run_dir / "confusion_matrix.png")

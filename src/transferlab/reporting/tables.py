@@ -1,6 +1,8 @@
 """The before/after table, as Markdown (report, terminal) from results.json."""
 
-from transferlab.results import RunResult
+from transferlab.reporting.time_to_accuracy import time_to_accuracy_line, time_to_scratch_best
+from transferlab.results import PhaseResult, RunResult
+from transferlab.training.stopping import GAIN_WINDOW
 
 PHASE_LABELS = {"scratch": "scratch (before)", "frozen": "pretrained, frozen", "finetuned": "fine-tuned",
                 "final": "final fit (train + val)"}
@@ -11,13 +13,16 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+ENDED_BY = {"plateau": "plateau", "budget": "time budget", "epochs": "epoch cap"}
+
+
 def comparison_table(results: RunResult) -> str:
     """Balanced accuracy gets a column when the classes are imbalanced (where plain accuracy flatters)."""
     balanced = results.data.imbalanced
     has_test = results.data.n_test > 0
     columns = ["model", "train acc", "val acc"] + (["balanced val acc"] if balanced else []) + \
         (["test acc"] if has_test else []) + (["balanced test acc"] if has_test and balanced else []) + \
-        ["gap (train−val)", "kept epoch", "trainable params", "seconds"]
+        ["gap (train−val)", "kept epoch", "ended by", "input px", "trainable params", "seconds"]
     rows = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
     phases = results.phases
     for name in (*PHASE_ORDER, "final"):
@@ -28,7 +33,8 @@ def comparison_table(results: RunResult) -> str:
         cells = [PHASE_LABELS[name], _pct(p.train_acc), _pct(p.val_acc)] + \
             ([_pct(p.balanced_val_acc)] if balanced else []) + ([_pct(p.test_acc)] if has_test else []) + \
             ([_pct(p.balanced_test_acc)] if has_test and balanced else []) + \
-            [gap, f"{p.best_epoch}/{len(p.epochs)}", f"{p.trainable_parameters:,}", f"{p.seconds:.1f}"]
+            [gap, f"{p.best_epoch}/{len(p.epochs)}", ENDED_BY.get(p.stopped, "–"),
+             str(results.preprocessing["image_size_px"]), f"{p.trainable_parameters:,}", f"{p.seconds:.1f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -60,8 +66,29 @@ def verdict_lines(results: RunResult) -> list[str]:
         lines.append(f"- transfer vs scratch, both on the training images: {_pct(best)} vs {_pct(scratch)} "
                      f"{subset} accuracy ({100 * (best - scratch):+.1f} pts), "
                      f"{phases['frozen'].seconds + phases['finetuned'].seconds:.0f} s vs "
-                     f"{phases['scratch'].seconds:.0f} s")
+                     f"{phases['scratch'].seconds:.0f} s{scratch_ending(phases['scratch'])}")
+        to_scratch_best = time_to_scratch_best(phases, results.decode_seconds, chosen)
+        if to_scratch_best is not None:
+            lines.append(time_to_accuracy_line(to_scratch_best))
     return lines
+
+
+STILL_IMPROVING = 0.005  # a smoothed gain of half a point over the last epochs: the baseline was still learning
+
+
+def scratch_ending(scratch: PhaseResult) -> str:
+    """How the baseline ended, in the same line as any gain quoted over it."""
+    gain = scratch.recent_val_gain
+    if scratch.stopped == "plateau":
+        return f"; scratch stopped on a validation plateau (epoch {len(scratch.epochs)})"
+    if scratch.stopped in ("budget", "epochs") and gain is not None and gain >= STILL_IMPROVING:
+        return (f"; scratch was cut by its {ENDED_BY[scratch.stopped]} while still improving ({100 * gain:+.1f} pts "
+                f"of smoothed validation accuracy over its last {GAIN_WINDOW} epochs), so this gap overstates what "
+                "transfer adds")
+    if scratch.stopped in ("budget", "epochs") and gain is not None:
+        return (f"; scratch had stopped improving when its {ENDED_BY[scratch.stopped]} ended it "
+                f"({100 * gain:+.1f} pts over its last {GAIN_WINDOW} epochs)")
+    return ""
 
 
 def recipe_line(results: RunResult) -> str:

@@ -7,6 +7,8 @@ frozen phase, then the fine-tuning that continues from it; scratch's through its
 
 from dataclasses import dataclass
 
+from transferlab.results import PhaseResult
+
 Timeline = list[tuple[float, float]]  # (seconds since the run started, validation accuracy), one per epoch
 
 
@@ -35,22 +37,22 @@ class TimeToAccuracy:
         return None if not self.transfer_seconds else self.scratch_seconds / self.transfer_seconds
 
 
-def model_timelines(phases: dict[str, dict], decode_seconds: float) -> dict[str, Timeline]:
+def model_timelines(phases: dict[str, PhaseResult], decode_seconds: float) -> dict[str, Timeline]:
     """Transfer (frozen, then each fine-tune continuing from it) and scratch, each on its own clock."""
     lines, transfer = {}, []
     clock = decode_seconds
     for name in [n for n in phases if n not in ("scratch", "final")]:  # frozen first, then the fine-tune stages
         phase = phases[name]
-        transfer += timeline(phase["epochs"], clock + phase.get("cache_seconds", 0.0))
-        clock = transfer[-1][0] if transfer else clock + phase.get("cache_seconds", 0.0)
+        transfer += timeline(phase.epochs, clock + phase.cache_seconds)
+        clock = transfer[-1][0] if transfer else clock + phase.cache_seconds
         lines[name] = list(transfer)
     if "scratch" in phases:
-        scratch = phases["scratch"]
-        lines["scratch"] = timeline(scratch["epochs"], decode_seconds + scratch.get("cache_seconds", 0.0))
+        lines["scratch"] = timeline(phases["scratch"].epochs, decode_seconds + phases["scratch"].cache_seconds)
     return lines
 
 
-def time_to_scratch_best(phases: dict[str, dict], decode_seconds: float, transfer: str) -> TimeToAccuracy | None:
+def time_to_scratch_best(phases: dict[str, PhaseResult], decode_seconds: float,
+                         transfer: str) -> TimeToAccuracy | None:
     """When the transfer pipeline through `transfer` first reached scratch's best validation accuracy, and
     when scratch itself did."""
     lines = model_timelines(phases, decode_seconds)

@@ -7,7 +7,8 @@ reads a moving average of the last SMOOTHING epochs, and a gain counts only when
 
 import numpy as np
 
-SMOOTHING = 3  # epochs in the moving average
+SMOOTHING = 3    # epochs in the moving average
+GAIN_WINDOW = 5  # the epochs over which a phase's last gain is reported (the default patience)
 
 
 def smoothed(val_accs: list[float]) -> np.ndarray:
