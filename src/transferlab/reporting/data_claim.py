@@ -44,14 +44,15 @@ class DataClaim:
     tests: tuple[NonInferiority, ...]
     margin: float
 
-    def line(self, pool_per_class: float) -> str:
+    def line(self, pool_per_class: float, subject: str = "transfer") -> str:
         n = max((t.n_seeds for t in self.tests), default=0)
         if self.smallest_k is None:
-            return (f"transfer not worse than scratch on all the data (margin {100 * self.margin:.0f} pts, one-sided "
+            return (f"{subject} not worse than scratch on all the data (margin {100 * self.margin:.0f} pts, one-sided "
                     f"paired t-test, p < {ALPHA}): not supported at n = {n} seeds at any k")
         test = next(t for t in self.tests if t.k == self.smallest_k)
-        times = "" if self.smallest_k == "all" else f" ({pool_per_class / float(self.smallest_k):.0f}× less data)"
-        return (f"transfer with {self.smallest_k} images per class{times} is not worse than scratch on all the data "
+        k = self.smallest_k
+        times = "" if k == "all" else f" ({pool_per_class / float(k):.0f}× less data)"
+        return (f"{subject} with {k if k == 'all' else f'{float(k):g}'} images per class{times} is not worse than scratch on all the data "
                 f"by more than {100 * self.margin:.0f} pts: mean difference {100 * test.mean_difference:+.1f} pts, "
                 f"p = {test.p_value:.3f}, n = {test.n_seeds} seeds (one-sided paired t-test)")
 

@@ -11,6 +11,8 @@ import numpy as np
 from transferlab.atomic import write_text_atomic
 from transferlab.reporting.plots import (plot_confusion_matrix, plot_data_efficiency, plot_heatmap,
                                          plot_time_to_accuracy)
+from transferlab.reporting.data_claim import smallest_k_not_worse
+from transferlab.reporting.learning_curve import BEYOND_FACTOR, check_extrapolation, images_needed
 from transferlab.reporting.report import markdown_to_html
 from transferlab.reporting.statistics import Estimate, mean_interval, paired_test
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
@@ -62,34 +64,47 @@ def data_efficiency_lines(cells: list[CellResult]) -> list[str]:
 
 
 def headline_lines(groups: list) -> list[str]:
-    """The smallest k whose transfer mean reaches scratch on all data, and whether the intervals agree."""
+    """The data claim, decided by a paired non-inferiority test over seeds (reporting/data_claim.py), and how
+    many images each method needs to match scratch on all the data, from its learning curve
+    (reporting/learning_curve.py) with that curve's out-of-sample check."""
     _, all_x, all_methods = groups[-1]
-    scratch_all = _accuracy(all_methods, "scratch")
+    scratch_all = {seed: p.test_acc for seed, p in all_methods["scratch"].items()}
+    target = float(np.mean(list(scratch_all.values())))
     lines = []
     for method in ("finetuned", "frozen"):
-        reached = next(((label, x, m) for label, x, m in groups if _accuracy(m, method).mean >= scratch_all.mean),
-                       None)
-        if reached is None:
-            lines.append(f"- {PHASE_LABELS[method]} does not reach scratch on all data "
-                         f"({_pct(scratch_all)}) at any k tried.")
-            continue
-        label, x, methods = reached
-        transfer = _accuracy(methods, method)
-        # identical values over seeds give a zero-width interval: no evidence of spread, so no claim either
-        no_interval = any(a.interval is None or not a.half_width for a in (transfer, scratch_all))
-        overlap = no_interval or transfer.interval[0] <= scratch_all.interval[1]
-        ratio = f"{all_x / x:.3g}×"
-        if overlap:
-            why = ("With one seed, or no spread over the seeds, there is no interval" if no_interval
-                   else "The 95 % intervals overlap")
-            lines.append(f"- {PHASE_LABELS[method]} reaches the mean of scratch on all {all_x:g} images per class "
-                         f"with {x:g} per class ({ratio} less data): {_pct(transfer)} vs {_pct(scratch_all)} test "
-                         f"accuracy. {why}, so this rests on the means alone; the seeds do not show a difference.")
-        else:
-            lines.append(f"- **{PHASE_LABELS[method]} needs {ratio} less data**: with {x:g} images per class it "
-                         f"reaches {_pct(transfer)} test accuracy vs {_pct(scratch_all)} for scratch on all "
-                         f"{all_x:g} per class, and the 95 % intervals do not overlap.")
+        by_k = {("all" if x == all_x else x): {seed: p.test_acc for seed, p in m[method].items()}
+                for _, x, m in groups if method in m}
+        claim = smallest_k_not_worse(by_k, scratch_all)
+        lines.append(f"- {claim.line(all_x, PHASE_LABELS[method])}.")
+        per_seed: dict[int, dict[float, float]] = {}
+        for _, x, m in groups:
+            for seed, p in m.get(method, {}).items():
+                per_seed.setdefault(seed, {})[x] = p.test_acc
+        lines.append("  " + _images_needed_line(per_seed, target, f"scratch on all {all_x:g} per class"))
     return lines
+
+
+def _images_needed_line(per_seed: dict[int, dict[float, float]], target: float, what: str) -> str:
+    ks = sorted({k for curve in per_seed.values() for k in curve})
+    if len(ks) < 4:
+        return "(no learning curve: it needs at least 4 values of k, one of them held out to check the fit)"
+    means = [float(np.mean([c[k] for c in per_seed.values() if k in c])) for k in ks]
+    check = check_extrapolation(ks, means)
+    needed = images_needed(per_seed, target)
+    verdict = "it extrapolates" if check.holds else "it does NOT extrapolate, so neither does this estimate"
+    held = (f"fitted without k = {check.held_out_k:g}, the curve predicts {_pct1(check.predicted)} there, measured "
+            f"{_pct1(check.measured)}: {verdict}")
+    if needed.estimate is None:
+        estimate = f"beyond {BEYOND_FACTOR}× the {needed.largest_k:g} images per class you have"
+    else:
+        interval = ("" if needed.interval is None else
+                    f" (95 % bootstrap over seeds {needed.interval[0]:.0f}–{needed.interval[1]:.0f})")
+        estimate = f"about {needed.estimate:.0f} images per class{interval}"
+    return f"images needed to match {what} ({100 * target:.1f} %): {estimate}; {held}."
+
+
+def _pct1(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def paired_lines(cells: list[CellResult]) -> list[str]:
