@@ -1,5 +1,6 @@
 """Small real data for every test: a slice of the embedded Fashion-MNIST set, written as PNG folders."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,15 @@ def small_data(embedded_dirs, tmp_path_factory) -> Path:
         for image in sorted(class_dir.iterdir())[:IMAGES_PER_CLASS]:
             shutil.copy(image, root / class_dir.name / image.name)
     return root
+
+
+TIMINGS = {"seconds", "elapsed_seconds"}  # wall-clock: differs between any two runs
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl less its timings: what two runs of the same seed must agree on exactly."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
 
 
 TINY_RECIPE = dict(image_size_px=32, scratch_epochs=1, frozen_epochs=2, finetune_epochs=2, unfreeze="layers:6",

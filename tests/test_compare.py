@@ -3,9 +3,8 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import tiny_config
+from conftest import metrics_rows, tiny_config
 
 from transferlab import compare, evaluate_folder, load_model, predict, resume
 from transferlab.cli import main
@@ -14,10 +13,6 @@ OUTPUTS = ["config.json", "split.json", "metrics.jsonl", "results.json", "report
            "learning_curves.png", "confusion_matrix.png", "model.safetensors", "model.json"]
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    """Per-epoch metrics without wall-clock seconds, which legitimately differ between runs."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 def test_compare_writes_every_output(finished_run):
@@ -32,7 +27,7 @@ def test_compare_writes_every_output(finished_run):
     assert sum(sum(row) for row in results["confusion_matrix"]["matrix"]) == results["data"]["n_val"]
     split = json.loads((finished_run / "split.json").read_text())
     assert list(split["files"].values()).count("val") == results["data"]["n_val"]
-    assert len(_metrics(finished_run)) == 1 + 2 + 2
+    assert len(metrics_rows(finished_run)) == 1 + 2 + 2
     report = (finished_run / "report.md").read_text()
     assert "scratch (before)" in report and "fine-tuned" in report and "Verdict" in report
 
@@ -79,7 +74,7 @@ def test_same_seed_same_split_and_metrics(small_data, finished_run, tmp_path):
     again = compare(tiny_config(small_data, tmp_path))
     assert (again / "split.json").read_text().replace(str(again), "") == \
         (finished_run / "split.json").read_text().replace(str(finished_run), "")
-    assert _metrics(again) == _metrics(finished_run)
+    assert metrics_rows(again) == metrics_rows(finished_run)
 
 
 # `transferlab compare` that, once epoch 5's checkpoint and metrics line are written (inside the fine-tune
@@ -119,7 +114,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(small_data, tmp_p
         text = path.read_text()
         [json.loads(line) for line in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
     resume(run_dir, show_progress=False)
-    assert _metrics(run_dir) == _metrics(reference)
+    assert metrics_rows(run_dir) == metrics_rows(reference)
     done = json.loads((run_dir / "results.json").read_text())
     assert done["phases"]["finetuned"]["val_acc"] == json.loads((reference / "results.json").read_text())[
         "phases"]["finetuned"]["val_acc"]

@@ -7,13 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 
 N_RUNS = 3
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 def _args(data: Path, runs: Path, cache: Path) -> list[str]:
@@ -54,7 +52,7 @@ def test_concurrent_runs_on_one_cache_match_solo_runs(datasets, tmp_path):
         assert "corrupt" not in err and "Traceback" not in err
     for i, reference in enumerate(solo):
         together = next((tmp_path / f"together{i}").iterdir())
-        assert _metrics(together) == _metrics(reference)
+        assert metrics_rows(together) == metrics_rows(reference)
         accuracies = [json.loads((run / "results.json").read_text())["phases"] for run in (together, reference)]
         assert {k: p["val_acc"] for k, p in accuracies[0].items()} == \
             {k: p["val_acc"] for k, p in accuracies[1].items()}

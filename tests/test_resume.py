@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import metrics_rows, tiny_config
 
 from transferlab import compare, resume
 from transferlab.cli import main
@@ -28,9 +28,6 @@ STAGES = ["decode", "cache", "frozen", "finetuned", "scratch"]
 EPOCHS = dict(frozen_epochs=2, finetune_epochs=2, scratch_epochs=2)
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
 def _accuracies(run_dir: Path) -> dict:
@@ -74,7 +71,7 @@ def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data
                 compare(cfg)
         assert not (tmp_path / "runs").exists()
         run_dir = compare(cfg)  # the same command again
-        assert _metrics(run_dir) == _metrics(reference) and _accuracies(run_dir) == _accuracies(reference)
+        assert metrics_rows(run_dir) == metrics_rows(reference) and _accuracies(run_dir) == _accuracies(reference)
         return
     with monkeypatch.context() as patch:
         _signal_at(stage, patch, lambda: os.kill(os.getpid(), signal.SIGINT))
@@ -85,7 +82,7 @@ def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data
     assert (run_dir / "split.json").exists() and (run_dir / "config.json").exists()
     assert f"--resume {run_dir}" in str(stopped.value)
     resume(run_dir, show_progress=False)
-    assert _metrics(run_dir) == _metrics(reference)
+    assert metrics_rows(run_dir) == metrics_rows(reference)
     assert _accuracies(run_dir) == _accuracies(reference)
 
 
@@ -127,7 +124,7 @@ def test_sigkill_at_each_stage_then_resume_equals_uninterrupted(stage, small_dat
         assert not (tmp_path / "runs").exists()
         assert main(_cli_args(cfg, tmp_path / "runs")) == 0
         run_dir, = (tmp_path / "runs").iterdir()
-        assert _metrics(run_dir) == _metrics(reference) and _accuracies(run_dir) == _accuracies(reference)
+        assert metrics_rows(run_dir) == metrics_rows(reference) and _accuracies(run_dir) == _accuracies(reference)
         return
     run_dir, = (tmp_path / "runs").iterdir()
     assert not (run_dir / "results.json").exists()
@@ -135,7 +132,7 @@ def test_sigkill_at_each_stage_then_resume_equals_uninterrupted(stage, small_dat
         [json.loads(line) for line in path.read_text().splitlines()] if path.suffix == ".jsonl" \
             else json.loads(path.read_text())
     assert main(["compare", "--resume", str(run_dir), "--quiet"]) == 0
-    assert _metrics(run_dir) == _metrics(reference)
+    assert metrics_rows(run_dir) == metrics_rows(reference)
     assert _accuracies(run_dir) == _accuracies(reference)
 
 
@@ -227,7 +224,7 @@ def test_resume_with_sub_folders_in_classes_equals_uninterrupted(small_data, tmp
         with pytest.raises(RunInterrupted) as stopped:
             compare(tiny_config(data, tmp_path / "stopped", **EPOCHS))
     resume(stopped.value.run_dir, show_progress=False)
-    assert _metrics(stopped.value.run_dir) == _metrics(reference)
+    assert metrics_rows(stopped.value.run_dir) == metrics_rows(reference)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign"])
@@ -275,7 +272,7 @@ def test_sigint_in_the_final_fit_then_resume_equals_uninterrupted(small_data, tm
     assert (run_dir / "final" / "checkpoints").is_dir() and not (run_dir / "results.json").exists()
     resume(run_dir, show_progress=False)
     for name in ("metrics.jsonl", "final/metrics.jsonl"):
-        assert _metrics(run_dir / Path(name).parent) == _metrics(uninterrupted / Path(name).parent)
+        assert metrics_rows(run_dir / Path(name).parent) == metrics_rows(uninterrupted / Path(name).parent)
     assert _accuracies(run_dir) == _accuracies(uninterrupted)
     finals = [json.loads((d / "results.json").read_text())["phases"]["final"] for d in (run_dir, uninterrupted)]
     assert finals[0]["train_acc"] == finals[1]["train_acc"] and finals[0]["fit_of"] == finals[1]["fit_of"]

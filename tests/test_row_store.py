@@ -132,8 +132,8 @@ def test_each_segment_is_read_once_per_process_to_verify_it(tmp_path, monkeypatc
     store.add(["b"], _rows_for(["b"]))
     monkeypatch.setattr(fingerprints, "_DIGESTS", {})  # as in a new process
     reads = []
-    original = row_store._stream_digest
-    monkeypatch.setattr(row_store, "_stream_digest", lambda f: reads.append(1) or original(f))
+    original = fingerprints._stream_digest
+    monkeypatch.setattr(fingerprints, "_stream_digest", lambda f: reads.append(1) or original(f))
     for _ in range(3):
         assert RowStore(tmp_path / "s", (4,), "uint8").missing(["a", "b"]) == []
     assert len(reads) == 2  # one per segment, not per open
