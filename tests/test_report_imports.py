@@ -14,7 +14,7 @@ CLASSES = ["cat", "dog"]
 
 def _phase(train_acc: float, val_acc: float, epochs: int = 2) -> dict:
     return {"epochs": [{"epoch": e, "train_loss": 1 / e, "train_acc": train_acc, "val_loss": 1.2 / e,
-                        "val_acc": val_acc} for e in range(1, epochs + 1)],
+                        "val_acc": val_acc, "seconds": 1.5 / epochs} for e in range(1, epochs + 1)],
             "best_epoch": epochs, "train_acc": train_acc, "val_acc": val_acc, "balanced_val_acc": val_acc,
             "val_acc_over_last_epoch": 0.0, "gap": train_acc - val_acc, "seconds": 1.5, "cache_seconds": 0.0,
             "train_seconds": 1.5, "learning_rate": 1e-3, "trainable_parameters": 1000, "total_parameters": 5000,
