@@ -11,8 +11,8 @@ import pytest
 from transferlab.cli import main
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION, STUDY_FORMAT_VERSION
-from transferlab.results import (CellResult, PhaseResult, RunResult, StudyResult, read_cell_result, read_run_results,
-                                 read_study_results, write_results)
+from transferlab.results import CellResult, PhaseResult, RunResult, StudyResult
+from transferlab.results_io import read_cell_result, results_json, read_run_results, read_study_results, write_results
 
 STUDIES = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("study_*.json"))  # real studies' files
 DATA_STUDY = Path(__file__).parents[1] / "benchmarks" / "results" / "study_embedded_default.json"
@@ -75,8 +75,8 @@ def test_a_cell_file_keeps_its_shape_without_the_study_row_fields(tmp_path):
     cell = {k: v for k, v in row.items() if k not in ("reused", "rank")}
     (tmp_path / "results.json").write_text(json.dumps(cell))
     result = read_cell_result(tmp_path / "results.json")
-    assert result.reused is None and result.to_json() == cell
-    assert replace(result, reused=True, rank=0).to_json() == cell | {"reused": True, "rank": 0}
+    assert result.reused is None and results_json(result) == cell
+    assert results_json(replace(result, reused=True, rank=0)) == cell | {"reused": True, "rank": 0}
 
 
 def test_a_run_of_an_older_format_is_refused_in_one_line(run_copy):

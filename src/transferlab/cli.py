@@ -21,7 +21,7 @@ from transferlab.reporting.report import write_report
 from transferlab.reporting.runs_index import list_runs
 from transferlab.reporting.study_report import write_study_report
 from transferlab.reporting.tables import comparison_table, verdict_lines
-from transferlab.results import read_run_results
+from transferlab.results_io import read_run_results
 from transferlab.training.ranks import torchrun_ranks
 from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir, parse_duration
 from transferlab.training.recipes import (PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe,

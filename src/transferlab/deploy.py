@@ -48,7 +48,8 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
     run_dir = check_path("export", "run_dir", run_dir)
     check_images = [] if check_images is None else check_paths("export", "check_images (--check-images)", check_images)
     if fmt not in EXPORT_FORMATS:
-        raise UserError(f"unknown export format {quoted(fmt)} (option --format); choose one of: {', '.join(EXPORT_FORMATS)}")
+        raise UserError(f"unknown export format {quoted(fmt)} (option --format); choose one of: "
+                        f"{', '.join(EXPORT_FORMATS)}")
     out_dir = run_dir if out_dir is None else check_path("export", "out_dir (--out)", out_dir)
     check_creatable(out_dir, "--out")  # before the model is even read: a bad --out costs nothing
     model, meta = load_model(run_dir)

@@ -1,5 +1,6 @@
-"""What a run and a study produce, as values: declared once here, written to JSON and read back through the
-same types, so the producers (experiments/) and the readers (reporting/, the CLI, tracking) cannot drift.
+"""What a run and a study produce, as values: declared once here, written to JSON and
+read back through the same types (results_io.py), so the producers (experiments/) and the readers
+(reporting/, the CLI, tracking) cannot drift.
 
 Each dataclass mirrors one object of results.json key for key and in the same order. A field marked
 ABSENT_WHEN_NONE is left out of the JSON when None (a key that only some phases or entries have);
@@ -8,15 +9,7 @@ free-form (per-epoch rows, precision probes, unfreeze plans, the recipe, preproc
 stay dicts. Torch-free: reporting rebuilds a report without importing torch.
 """
 
-import json
-import types
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
-
-from transferlab.atomic import write_json_atomic
-from transferlab.errors import UserError, quoted
-from transferlab.formats import RUN_FORMAT_VERSION, STUDY_FORMAT_VERSION
+from dataclasses import dataclass, field, fields
 
 RESULTS_FILE = "results.json"
 STUDY_KIND = "study"  # a study's results.json says so; a run's has no "kind"
@@ -166,9 +159,6 @@ class RunResult:
     total_seconds: float
     environment: dict                        # run_dir.environment(): weights, versions, threads: free-form
 
-    def to_json(self) -> dict:
-        return {"format_version": RUN_FORMAT_VERSION} | to_json(self)
-
 
 @dataclass(frozen=True)
 class CellPhaseResult:
@@ -203,9 +193,6 @@ class CellResult:
     reused: bool | None = field(default=None, metadata=ABSENT_WHEN_NONE)
     # the study's row only: the torchrun rank that ran it (older: absent)
     rank: int | None = field(default=None, metadata=ABSENT_WHEN_NONE)
-
-    def to_json(self) -> dict:
-        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -294,148 +281,3 @@ class StudyResult:
     unfreeze_schedule: UnfreezeSchedule | None
     environment: dict                        # free-form, as RunResult's
     data: StudyData
-
-    def to_json(self) -> dict:
-        return {"format_version": STUDY_FORMAT_VERSION, "kind": STUDY_KIND} | to_json(self)
-
-
-def to_json(value: Any) -> Any:
-    """A result (or any part of one) as JSON values, fields in declaration order."""
-    if is_dataclass(value):
-        return {f.name: to_json(getattr(value, f.name)) for f in fields(value)
-                if not (f.metadata == ABSENT_WHEN_NONE and getattr(value, f.name) is None)}
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    return value
-
-
-class _Mismatch(ValueError):
-    """A part of a JSON file that does not fit its type; the reader turns it into a UserError."""
-
-
-_PRIMITIVES = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
-
-
-def from_json(hint: Any, value: Any, where: str = "") -> Any:
-    """`value` (parsed JSON) as `hint` (a result type, or a type inside one); _Mismatch names the key at fault."""
-    origin = get_origin(hint)
-    if is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise _Mismatch(f"'{where.removesuffix('.')}' is not an object" if where else "not an object")
-        names, hints = [f.name for f in fields(hint)], get_type_hints(hint)
-        unexpected = [k for k in value if k not in names]
-        if unexpected:
-            raise _Mismatch(f"unexpected key '{where}{unexpected[0]}'")
-        missing = [f.name for f in fields(hint) if f.name not in value and f.default is MISSING]
-        if missing:
-            raise _Mismatch(f"no key '{where}{missing[0]}'")
-        return hint(**{k: from_json(hints[k], v, f"{where}{k}.") for k, v in value.items()})
-    what = where.removesuffix(".")
-    if origin in (Union, types.UnionType):
-        options = [a for a in get_args(hint) if a is not type(None)]
-        if value is None and len(options) < len(get_args(hint)):
-            return None
-        if len(options) == 1:
-            return from_json(options[0], value, where)
-        for option in options:
-            try:
-                return from_json(option, value, where)
-            except _Mismatch:
-                continue
-        raise _Mismatch(f"'{what}' is {json.dumps(value)[:40]}, not {' or '.join(o.__name__ for o in options)}")
-    if origin is list or hint is list:
-        if not isinstance(value, list):
-            raise _Mismatch(f"'{what}' is not a list")
-        item = get_args(hint)[0] if origin is list else Any
-        return [from_json(item, v, f"{what}[{i}].") for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch(f"'{what}' is not an object")
-        item = get_args(hint)[1] if origin is dict else Any
-        return {k: from_json(item, v, f"{where}{k}.") for k, v in value.items()}
-    if hint in _PRIMITIVES and (isinstance(value, bool) != (hint is bool) or not isinstance(value, _PRIMITIVES[hint])):
-        raise _Mismatch(f"'{what}' is {json.dumps(value)[:40]}, not a {hint.__name__}")
-    return value
-
-
-def write_results(path: Path, result: RunResult | StudyResult | CellResult) -> None:
-    """The one writer of results.json files (atomic: a reader sees the old file or the new one)."""
-    write_json_atomic(path, result.to_json())
-
-
-def _typed(hint: type, results: dict, path: Path, fix: str) -> Any:
-    try:
-        return from_json(hint, results)
-    except _Mismatch as e:
-        raise UserError(f"{quoted(path)} does not hold this transferlab's results ({e}): the file was damaged or "
-                        f"edited; {fix}") from None
-
-
-def _parsed(path: Path) -> Any:
-    """The file's JSON; json.JSONDecodeError or UnicodeDecodeError (a ValueError) when it is not JSON."""
-    return json.loads(path.read_bytes())
-
-
-def read_run_results(run_dir: Path) -> RunResult:
-    """results.json is written last, when a run finishes: without it there is nothing to report yet."""
-    run_dir = Path(run_dir)
-    path = run_dir / RESULTS_FILE
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {quoted(run_dir)} does not exist; give the folder `transferlab compare` printed")
-    if not path.is_file() and not (run_dir / "config.json").is_file():  # e.g. RUN/checkpoints: nothing to resume
-        raise UserError(f"{quoted(run_dir)} is not a transferlab run folder (no config.json); give the folder "
-                        "`transferlab compare` printed")
-    resume = f"resume it with `transferlab compare --resume {quoted(run_dir)}`"
-    if not path.is_file():
-        raise UserError(f"{quoted(path)} does not exist: this run has not finished; {resume}")
-    try:
-        results = _parsed(path)
-    except ValueError as e:
-        raise UserError(f"{quoted(path)} is not valid JSON ({e}): the run did not finish or the file was "
-                        f"damaged; {resume}") from None
-    if not isinstance(results, dict):
-        raise UserError(f"{quoted(path)} holds a JSON {type(results).__name__}, not a run's results; {resume}")
-    if results.get("format_version") != RUN_FORMAT_VERSION:
-        raise UserError(f"{quoted(path)} was written by an older transferlab (results format "
-                        f"{results.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); its report.md is "
-                        "still there, or re-run compare to rebuild it")
-    return _typed(RunResult, {k: v for k, v in results.items() if k != "format_version"}, path,
-                  "re-run compare to rebuild it")
-
-
-def read_study_results(study_dir: Path) -> StudyResult:
-    path = Path(study_dir) / RESULTS_FILE
-    if not path.is_file():
-        raise UserError(f"{quoted(path)} does not exist: the study has not finished; re-run the same "
-                        "`transferlab study` command to finish it")
-    try:
-        results = _parsed(path)
-    except ValueError as e:
-        raise UserError(f"{quoted(path)} is not valid JSON ({e}); re-run the study to rebuild it") from None
-    if not isinstance(results, dict) or results.get("format_version") != STUDY_FORMAT_VERSION \
-            or results.get("kind") != STUDY_KIND:
-        raise UserError(f"{quoted(path)} is not a study's results in format {STUDY_FORMAT_VERSION}; re-run the study")
-    return _typed(StudyResult, {k: v for k, v in results.items() if k not in ("format_version", "kind")}, path,
-                  "re-run the study to rebuild it")
-
-
-def read_any_results(folder: Path) -> RunResult | StudyResult:
-    """A run's or a study's results, as the file's `kind` says (`transferlab runs` lists both)."""
-    try:
-        is_study = _parsed(Path(folder) / RESULTS_FILE).get("kind") == STUDY_KIND
-    except (OSError, ValueError, AttributeError):
-        is_study = False  # the run reader says what is wrong with it
-    return read_study_results(folder) if is_study else read_run_results(folder)
-
-
-def read_cell_result(path: Path) -> CellResult:
-    """A finished cell's own results.json, which a study reuses instead of training the cell again."""
-    path = Path(path)
-    fix = f"delete the folder {quoted(path.parent)} to train this cell again"
-    try:
-        results = _parsed(path)
-    except ValueError as e:
-        raise UserError(f"{quoted(path)} is not valid JSON ({e}); {fix}") from None
-    return _typed(CellResult, results, path, fix)

@@ -20,9 +20,9 @@ from transferlab.experiments.datasets import (decode_folders, labels_of, prepare
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.interrupts import interruptible
-from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state,
-                                            predict_test_set, record_test_accuracy, run_cell, run_final_fit,
-                                            unfreeze_for_finetuning)
+from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state, run_cell,
+                                            run_final_fit, unfreeze_for_finetuning)
+from transferlab.experiments.scoring import predict_test_set, record_test_accuracy
 from transferlab.experiments.run_dir import (check_output_folders, default_cache_dir, environment, new_run_dir,
                                              read_run_config)
 from transferlab.experiments.tracking import Tracker, tracking
@@ -30,7 +30,8 @@ from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.results import (Augment, ConfusionMatrix, FinalFit, Leakage, PhaseResult, RunData, RunResult,
-                                 SkippedFile, Verdict, Weights, from_json, write_results)
+                                 SkippedFile, Verdict, Weights)
+from transferlab.results_io import from_json, write_results
 from transferlab.training.distributed import barrier, join_process_group, run_on_main, torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.devices import resolve_device
@@ -79,8 +80,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     tracked = (cfg.tensorboard_dir, cfg.mlflow_uri) if ranks.is_main else (None, None)  # only rank 0 logs
     with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
         setting = CellSetting(cfg, pretrained, device, Path(cfg.cache_dir or default_cache_dir()), stop, ranks)
-        results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker, env)
-        results = replace(results, recipe={"overridden": overridden, **results.recipe})
+        results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker)
+        results = replace(results, recipe={"overridden": overridden, **results.recipe}, environment=env)
         if ranks.is_main:
             write_results(run_dir / "results.json", results)
         if tracker is not None:
@@ -106,7 +107,7 @@ def _check_same_weights(stored: dict, env: dict) -> None:
 
 
 def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run_dir: Path, resuming: bool,
-                        tracker: Tracker | None, env: dict) -> RunResult:
+                        tracker: Tracker | None) -> RunResult:
     started = time.perf_counter()
     cfg, recipe, pretrained, device = setting.cfg, setting.recipe, setting.pretrained, setting.device
     ranks = setting.ranks
@@ -190,7 +191,7 @@ def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run
         engine=resolve_engine(cfg.engine, device),
         training_precision={name: phase.precision for name, phase in phases.items()},
         total_seconds=time.perf_counter() - started,
-        environment=env,
+        environment={},  # run_compare's, which a resume checked against the stored one
     )
 
 

@@ -23,7 +23,8 @@ from transferlab.experiments.datasets import (Folders, PreparedData, Split, deco
                                               scan_folders, screen_test_set)
 from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, FineTuneStage, check_input_size,
-                                            predict_test_set, record_test_accuracy, run_cell, unfreeze_for_finetuning)
+                                            run_cell, unfreeze_for_finetuning)
+from transferlab.experiments.scoring import predict_test_set, record_test_accuracy
 from transferlab.experiments.run_dir import (check_output_folders, checkpoint_path, default_cache_dir, environment,
                                              safe_name)
 from transferlab.experiments.study_config import STUDY_IMAGE_SIZE_PX, StudyConfig
@@ -36,8 +37,8 @@ from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.inference_cost import measure_inference
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.results import (BackboneResult, Budget, CellPhaseResult, CellResult, EpochBudget, Leakage,
-                                 ScheduleStage, StudyData, StudyResult, UnfreezePoint, UnfreezeSchedule, Weights,
-                                 from_json, read_cell_result, to_json, write_results)
+                                 ScheduleStage, StudyData, StudyResult, UnfreezePoint, UnfreezeSchedule, Weights)
+from transferlab.results_io import from_json, read_cell_result, to_json, write_results
 from transferlab.training.devices import resolve_device
 from transferlab.training.distributed import Ranks, barrier, gather_objects, join_process_group, run_on_main, \
     torchrun_ranks

@@ -52,7 +52,8 @@ class DataClaim:
         test = next(t for t in self.tests if t.k == self.smallest_k)
         k = self.smallest_k
         times = "" if k == "all" else f" ({pool_per_class / float(k):.0f}× less data)"
-        return (f"{subject} with {k if k == 'all' else f'{float(k):g}'} images per class{times} is not worse than scratch on all the data "
+        amount = k if k == "all" else f"{float(k):g}"
+        return (f"{subject} with {amount} images per class{times} is not worse than scratch on all the data "
                 f"by more than {100 * self.margin:.0f} pts: mean difference {100 * test.mean_difference:+.1f} pts, "
                 f"p = {test.p_value:.3f}, n = {test.n_seeds} seeds (one-sided paired t-test)")
 

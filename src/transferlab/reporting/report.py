@@ -9,7 +9,8 @@ from transferlab.atomic import write_text_atomic
 from transferlab.reporting.plots import (confusion_plot_note, plot_accuracy_over_time, plot_confusion_matrix,
                                          plot_learning_curves)
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
-from transferlab.results import RunResult, read_run_results
+from transferlab.results import RunResult
+from transferlab.results_io import read_run_results
 
 
 def render_markdown(results: RunResult) -> str:

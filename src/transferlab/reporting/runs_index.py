@@ -4,7 +4,8 @@ from pathlib import Path
 
 from transferlab.errors import UserError
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
-from transferlab.results import RunResult, StudyResult, read_any_results
+from transferlab.results import RunResult, StudyResult
+from transferlab.results_io import read_any_results
 
 
 def _headline(results: RunResult | StudyResult) -> str:

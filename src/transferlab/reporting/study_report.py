@@ -16,7 +16,8 @@ from transferlab.reporting.learning_curve import BEYOND_FACTOR, check_extrapolat
 from transferlab.reporting.report import markdown_to_html
 from transferlab.reporting.statistics import Estimate, mean_interval, paired_test
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
-from transferlab.results import CellPhaseResult, CellResult, StudyResult, read_study_results
+from transferlab.results import CellPhaseResult, CellResult, StudyResult
+from transferlab.results_io import read_study_results
 from transferlab.training.metrics import confusion_matrix
 
 COMPARISONS = (("finetuned", "scratch"), ("frozen", "scratch"), ("finetuned", "frozen"))
