@@ -116,7 +116,8 @@ class CompareConfig:
         own = {k: Path(v) if k in paths and v is not None else v for k, v in d.items()
                if k in {f.name for f in fields(cls)} - {"recipe"}}
         return cls(**own, recipe=resolve_recipe(d.get("recipe", "default"),
-                                                {f.name: d.get(f.name) for f in recipe_fields()}))
+                                                {f.name: d[f.name] for f in recipe_fields() if f.name in d},
+                                                exact=True))
 
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":

@@ -244,8 +244,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
     # where fine-tuning will cut decides which activations to cache alongside the pooled features; each
     # stage's prefix stays frozen through the stages before it (they unfreeze later blocks only, or the same)
     end = len(model.units)
-    cuts = {s.name: unfreeze(model, *astuple(s.recipe.unfreeze), recipe.train_batchnorm).first_trainable_unit
-            for s in stages}
+    cuts = {s.name: unfreeze_for_finetuning(model, s.recipe).first_trainable_unit for s in stages}
     frozen_plan = freeze_backbone(model)
     units = list(dict.fromkeys([end, *cuts.values()]))
     train_at, t_train = cache_prefix_inputs(setting, model, units, data.train, views)
@@ -261,7 +260,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
 
     # fine-tune: continue from the previous phase's kept state; only the tail after the cut runs
     for stage in stages:
-        plan = unfreeze(model, *astuple(stage.recipe.unfreeze), recipe.train_batchnorm)
+        plan = unfreeze_for_finetuning(model, stage.recipe)
         log.info("%s: %s", stage.name, plan)
         cut = cuts[stage.name]
         summary = cell.train_and_summarise(

@@ -44,6 +44,7 @@ from transferlab.training.distributed import Ranks, barrier, gather_objects, joi
     torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.precision import precision_policy
+from transferlab.training.recipes import Stopping
 
 
 STUDY_DATA_CHANGED = "give another --study-dir for the changed data (the finished cells trained on the old images)"
@@ -116,7 +117,9 @@ def run_study(cfg: StudyConfig) -> Path:
     pretrained, n_blocks = setup_backbone(base.backbone, base, len(folders.train.class_names))
     base = replace(base.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
-    base = replace(base, recipe=replace(base.recipe, final_fit=False))  # a cell learns from its k images only
+    # a cell learns from its k images only, and every cell runs the same steps (README, "Study"): no final fit,
+    # and no early stop, which would also make a cached cell depend on the machine's speed
+    base = replace(base, recipe=replace(base.recipe, final_fit=False, scratch_stopping=Stopping()))
     check_output_folders(base)  # and every image decoded: a bad input fails before the study folder exists
     folders = decode_folders(base, folders, pretrained.preprocessing, base.cache_dir, ranks)
     name = base.name or Path(base.data_dir or base.train_dir).name

@@ -34,7 +34,10 @@ def check_same_split(study_dir: Path, base: CompareConfig) -> None:
     config_path = study_dir / "config.json"
     if not (study_dir / "split.json").exists() or not config_path.exists():
         return
-    stored = json.loads(config_path.read_text()).get("study", {}).get("compare", {})
+    try:
+        stored = json.loads(config_path.read_bytes()).get("study", {}).get("compare", {})  # UTF-8 in any locale
+    except (ValueError, AttributeError) as e:
+        raise UserError(f"{quoted(config_path)} is damaged ({e}); restore it or give another --study-dir") from None
     now = base.to_dict()
     changed = [f for f in SPLIT_FIELDS if f in stored and stored[f] != now.get(f)]
     if changed:

@@ -90,6 +90,9 @@ def _images_needed_line(per_seed: dict[int, dict[float, float]], target: float, 
     if len(ks) < 4:
         return "(no learning curve: it needs at least 4 values of k, one of them held out to check the fit)"
     means = [float(np.mean([c[k] for c in per_seed.values() if k in c])) for k in ks]
+    if means[0] >= target:  # the curve would only extrapolate below what was measured
+        return (f"images needed to match {what} ({100 * target:.1f} %): at most {ks[0]:g} per class, reached "
+                "already at the smallest k measured.")
     check = check_extrapolation(ks, means)
     needed = images_needed(per_seed, target)
     verdict = "it extrapolates" if check.holds else "it does NOT extrapolate, so neither does this estimate"

@@ -66,7 +66,7 @@ def verdict_lines(results: RunResult) -> list[str]:
         lines.append(f"- transfer vs scratch, both on the training images: {_pct(best)} vs {_pct(scratch)} "
                      f"{subset} accuracy ({100 * (best - scratch):+.1f} pts), "
                      f"{phases['frozen'].seconds + phases['finetuned'].seconds:.0f} s vs "
-                     f"{phases['scratch'].seconds:.0f} s{scratch_ending(phases['scratch'])}")
+                     f"{phases['scratch'].seconds:.0f} s{scratch_ending(phases['scratch'], best > scratch)}")
         to_scratch_best = time_to_scratch_best(phases, results.decode_seconds, chosen)
         if to_scratch_best is not None:
             lines.append(time_to_accuracy_line(to_scratch_best))
@@ -76,15 +76,15 @@ def verdict_lines(results: RunResult) -> list[str]:
 STILL_IMPROVING = 0.005  # a smoothed gain of half a point over the last epochs: the baseline was still learning
 
 
-def scratch_ending(scratch: PhaseResult) -> str:
+def scratch_ending(scratch: PhaseResult, transfer_ahead: bool = True) -> str:
     """How the baseline ended, in the same line as any gain quoted over it."""
     gain = scratch.recent_val_gain
     if scratch.stopped == "plateau":
         return f"; scratch stopped on a validation plateau (epoch {len(scratch.epochs)})"
     if scratch.stopped in ("budget", "epochs") and gain is not None and gain >= STILL_IMPROVING:
         return (f"; scratch was cut by its {ENDED_BY[scratch.stopped]} while still improving ({100 * gain:+.1f} pts "
-                f"of smoothed validation accuracy over its last {GAIN_WINDOW} epochs), so this gap overstates what "
-                "transfer adds")
+                f"of smoothed validation accuracy over its last {GAIN_WINDOW} epochs)"
+                + (", so this gap overstates what transfer adds" if transfer_ahead else ""))
     if scratch.stopped in ("budget", "epochs") and gain is not None:
         return (f"; scratch had stopped improving when its {ENDED_BY[scratch.stopped]} ended it "
                 f"({100 * gain:+.1f} pts over its last {GAIN_WINDOW} epochs)")

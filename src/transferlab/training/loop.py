@@ -194,7 +194,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                "seconds": time.perf_counter() - started, "precision": spec.precision, "learning_rate": last_lr}
         row["elapsed_seconds"] = sum(r["seconds"] for r in state.history) + row["seconds"]  # this phase's clock
         state.history.append(row)
-        stopped = stop_reason(state.history, spec.stopping)
+        stopped = stop_reason(state.history, spec.stopping) if epoch + 1 < spec.epochs else None  # the cap ends it
         if ranks.is_distributed:  # a budget is read on each rank's clock: rank 0's decides for all
             stopped = gather_objects(stopped, ranks)[0]
         if stopped:

@@ -88,9 +88,14 @@ class Stopping:
                                    high=MAX_EPOCHS, default=0)
     plateau_min_gain: float = option("the smallest gain in smoothed validation accuracy that counts as improving",
                                      flag="--scratch-min-gain", low=0, high=1, bounds="[)", default=0.0)
-    budget_seconds: float | None = option("wall-clock budget of the scratch phase, e.g. 15m",
+    budget_seconds: float | None = option("wall-clock budget of the scratch phase, e.g. 15m, or none",
                                           flag="--scratch-budget", low=0, high=math.inf, bounds="()",
-                                          parse=parse_duration, default=None)
+                                          parse=lambda text: math.inf if text == "none" else parse_duration(text),
+                                          default=None)
+
+    def __post_init__(self) -> None:
+        if self.budget_seconds == math.inf:  # no budget is None, as config.json stores it
+            object.__setattr__(self, "budget_seconds", None)
 
 
 PARTS = (Optimization, Stopping)  # a recipe's parts: their fields are overridden and stored flat, like its own
@@ -126,10 +131,6 @@ class Recipe:
     def to_dict(self) -> dict:
         """Flat, as config.json and results.json store it: {'name': ..., 'unfreeze': 'blocks:5', 'optimizer': ...}."""
         return {"name": self.name} | {f.name: str(v) if isinstance(v, Unfreeze) else v for f, v in leaf_values(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Recipe":
-        return resolve_recipe(values["name"], values)
 
 
 def leaf_values(recipe: Recipe) -> Iterator[tuple[Field, Any]]:
@@ -227,13 +228,15 @@ PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3
                             final_fit=True)
 
 
-def resolve_recipe(name: str, overrides: dict) -> Recipe:
-    """The preset with the non-None overrides (flat field names, e.g. from the CLI) applied; an unknown name
-    lists the presets. An unfreeze may be given as text ('blocks:5')."""
+def resolve_recipe(name: str, overrides: dict, exact: bool = False) -> Recipe:
+    """The preset with the overrides (flat field names, e.g. from the CLI) applied; an unknown name lists the
+    presets. An unfreeze may be given as text ('blocks:5'). None means "the preset's" unless `exact` (a stored
+    config.json, where None is a value: no budget, the weights' own size)."""
     if name not in PRESETS:
         raise UserError(f"--recipe '{name}' is unknown; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
-    given = {f.name: overrides[f.name] for f in recipe_fields() if overrides.get(f.name) is not None}
+    given = {f.name: overrides[f.name] for f in recipe_fields()
+             if f.name in overrides and (exact or overrides[f.name] is not None)}
     if isinstance(given.get("unfreeze"), str):
         given["unfreeze"] = Unfreeze.parse(given["unfreeze"])
     for f in fields(Recipe):
