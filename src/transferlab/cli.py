@@ -47,9 +47,18 @@ def add_recipe_options(group) -> None:
         elif kind is bool:
             group.add_argument(flag_of(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help)
         else:
-            group.add_argument(flag_of(f), dest=f.name, type=f.metadata["parse"] or kind, choices=f.metadata["choices"],
+            parse = functools.partial(_named, flag_of(f), f.metadata["parse"]) if f.metadata["parse"] else kind
+            group.add_argument(flag_of(f), dest=f.name, type=parse, choices=f.metadata["choices"],
                                help=help,
                                metavar=None if f.metadata["choices"] else flag_of(f)[2:].upper().replace("-", "_"))
+
+
+def _named(flag: str, parse, text: str):
+    """A flag's parser whose one-line error names the flag."""
+    try:
+        return parse(text)
+    except UserError as e:
+        raise UserError(f"{flag}: {e}") from None
 
 
 def _unfreeze_count(kind: str, flag: str, text: str) -> Unfreeze:
@@ -76,7 +85,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="drop validation/test images that (nearly) duplicate training images")
     p.add_argument("--target-acc", type=float, default=d["target_acc"].default,
                    help="accuracy target of the verdict (on test when there is one)")
-    p.add_argument("--time-budget", type=parse_duration, default=d["time_budget_seconds"].default,
+    p.add_argument("--time-budget", type=functools.partial(_named, "--time-budget", parse_duration), default=d["time_budget_seconds"].default,
                    dest="time_budget_seconds", help="e.g. 30m (default)")
     p.add_argument("--skip-scratch", action="store_true", help="train only the transfer model")
     p.add_argument("--strict", action="store_true", help="an undecodable image is an error, not a skip")
