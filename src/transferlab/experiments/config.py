@@ -112,7 +112,7 @@ class CompareConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
-        paths = {f.name for f in fields(cls) if "Path" in str(f.type)}
+        paths = _path_fields(cls)
         own = {k: Path(v) if k in paths and v is not None else v for k, v in d.items()
                if k in {f.name for f in fields(cls)} - {"recipe"}}
         return cls(**own, recipe=resolve_recipe(d.get("recipe", "default"),
@@ -126,7 +126,7 @@ class CompareConfig:
             if "study" in stored and "config" not in stored:
                 raise UserError(f"{quoted(Path(path).parent)} is a study folder, not a compare run; to continue it, "
                                 "run the same `transferlab study` command again (with --study-dir for this folder)")
-            paths = {f.name for f in fields(cls) if "Path" in str(f.type)}  # as this locale spells file names
+            paths = _path_fields(cls)  # as this locale spells file names
             stored["config"] = {k: local_path_text(v) if k in paths and isinstance(v, str) else v
                                 for k, v in stored["config"].items()}
             if stored.get("format_version") != RUN_FORMAT_VERSION:
@@ -141,9 +141,13 @@ class CompareConfig:
 
     def with_absolute_paths(self) -> "CompareConfig":
         """What config.json stores: a resume from another working directory finds the same folders."""
-        changes = {f.name: _absolute(getattr(self, f.name)) for f in fields(self)
-                   if "Path" in str(f.type) and getattr(self, f.name) is not None}
+        changes = {name: _absolute(getattr(self, name)) for name in _path_fields(type(self))
+                   if getattr(self, name) is not None}
         return replace(self, **changes)
+
+
+def _path_fields(cls: type) -> set[str]:
+    return {f.name for f in fields(cls) if "Path" in str(f.type)}
 
 
 def _absolute(path: Path) -> Path:

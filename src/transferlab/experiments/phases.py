@@ -30,7 +30,7 @@ from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.results import PhaseResult
 from transferlab.training.distributed import SINGLE, Ranks, any_rank, fill_shard_wise, gather_objects
 from transferlab.training.inputs import CachedInputs, ImageInputs, Inputs
-from transferlab.training.loop import PhaseSpec, PhaseState, evaluate, train_phase
+from transferlab.training.loop import PhaseSpec, PhaseState, batches_per_epoch, evaluate, train_phase
 from transferlab.training.metrics import balanced_accuracy
 from transferlab.training.precision import MEASURE, measure_cpu_precision, precision_policy
 from transferlab.training.prefix_cache import prefix_outputs
@@ -167,7 +167,7 @@ class CellPhases:
             learning_rate=spec.learning_rate,
             trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
             total_parameters=sum(p.numel() for p in model.parameters()),
-            steps=len(state.history) * -(-len(phase.train_inputs) // spec.batch_size), precision=precision,
+            steps=len(state.history) * batches_per_epoch(len(phase.train_inputs), spec.batch_size), precision=precision,
             precision_probe=self.precision_probes.get(spec.name),
             stopped=state.stop_reason or ("epochs" if state.history else None),
             recent_val_gain=recent_gain([r["val_acc"] for r in state.history], GAIN_WINDOW), **(extra or {}))

@@ -2,7 +2,7 @@
 
 from transferlab.reporting.time_to_accuracy import time_to_accuracy_line, time_to_scratch_best
 from transferlab.results import PhaseResult, RunResult
-from transferlab.training.stopping import GAIN_WINDOW
+from transferlab.training.stopping import GAIN_WINDOW, MIN_GAIN
 
 PHASE_LABELS = {"scratch": "scratch (before)", "frozen": "pretrained, frozen", "finetuned": "fine-tuned",
                 "final": "final fit (train + val)"}
@@ -73,15 +73,12 @@ def verdict_lines(results: RunResult) -> list[str]:
     return lines
 
 
-STILL_IMPROVING = 0.005  # a smoothed gain of half a point over the last epochs: the baseline was still learning
-
-
 def scratch_ending(scratch: PhaseResult, transfer_ahead: bool = True) -> str:
     """How the baseline ended, in the same line as any gain quoted over it."""
     gain = scratch.recent_val_gain
     if scratch.stopped == "plateau":
         return f"; scratch stopped on a validation plateau (epoch {len(scratch.epochs)})"
-    if scratch.stopped in ("budget", "epochs") and gain is not None and gain >= STILL_IMPROVING:
+    if scratch.stopped in ("budget", "epochs") and gain is not None and gain >= MIN_GAIN:
         return (f"; scratch was cut by its {ENDED_BY[scratch.stopped]} while still improving ({100 * gain:+.1f} pts "
                 f"of smoothed validation accuracy over its last {GAIN_WINDOW} epochs)"
                 + (", so this gap overstates what transfer adds" if transfer_ahead else ""))

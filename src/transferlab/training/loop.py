@@ -104,6 +104,10 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, la
 WARMUP_FRACTION = 0.1  # of all steps; BiT and timm warm up for a few percent of training
 
 
+def batches_per_epoch(n_images: int, batch_size: int) -> int:
+    return -(-n_images // batch_size)  # the last batch may be short
+
+
 def make_optimizer(params: list[nn.Parameter], spec: PhaseSpec) -> torch.optim.Optimizer:
     o = spec.optimization
     if o.optimizer == "sgd":
@@ -140,7 +144,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     state = state or PhaseState()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, spec)
-    steps_per_epoch = -(-len(train_inputs) // spec.batch_size)
+    steps_per_epoch = batches_per_epoch(len(train_inputs), spec.batch_size)
     schedule = make_schedule(optimizer, spec, spec.epochs * steps_per_epoch)
     with warnings.catch_warnings():  # a resumed phase: its schedule moved on to where it stopped, before any step
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 from transferlab.data.images import MAX_IMAGE_SIZE_PX, MIN_IMAGE_SIZE_PX
 from transferlab.errors import UserError
 from transferlab.options import parse_duration
+from transferlab.training.stopping import GAIN_WINDOW, MIN_GAIN
 
 MAX_EPOCHS = 10_000
 MAX_CACHED_VIEWS = 32
@@ -31,6 +32,7 @@ def option(help: str, *, flag: str | None = None, low: float | None = None, high
                                             "bounds": bounds, "choices": choices, "parse": parse})
 
 
+UNFREEZE_FORMS = "keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)"
 UNFREEZE_KINDS = {  # kind: (CLI flag, what it counts)
     "layers": ("--unfreeze-last", "fine-tune the last N layers with parameters"),
     "blocks": ("--unfreeze-blocks", "fine-tune the last K timm blocks"),
@@ -48,7 +50,7 @@ class Unfreeze:
     def __post_init__(self) -> None:
         if self.kind not in UNFREEZE_KINDS or isinstance(self.count, bool) or not isinstance(self.count, int) \
                 or self.count < 0:
-            raise UserError(f"unfreeze '{self}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)")
+            raise UserError(f"unfreeze '{self}' is not one of {UNFREEZE_FORMS}")
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.count}"
@@ -58,7 +60,7 @@ class Unfreeze:
         """'blocks:5' -> Unfreeze('blocks', 5): how config.json and reports write it."""
         kind, _, count = str(text).partition(":")
         if not count.isdigit():
-            raise UserError(f"unfreeze '{text}' is not one of keras:N, layers:N, blocks:K (N, K whole numbers ≥ 0)")
+            raise UserError(f"unfreeze '{text}' is not one of {UNFREEZE_FORMS}")
         return cls(kind, int(count))
 
 
@@ -166,7 +168,7 @@ def check_value(f: Field, value: Any) -> None:
     kind = value_type(f)
     if kind is Unfreeze:
         if not isinstance(value, Unfreeze):
-            raise UserError(f"unfreeze '{value}' is not one of keras:N, layers:N, blocks:K")
+            raise UserError(f"unfreeze '{value}' is not one of {UNFREEZE_FORMS}")
         return
     if kind is bool:
         if not isinstance(value, bool):
@@ -223,7 +225,7 @@ PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3
                             augment=True, cached_views=4, train_batchnorm=False, scratch_epochs=20, scratch_lr=1e-3,
                             # scratch stops once 5 epochs gain under half a point of smoothed validation
                             # accuracy, or after the seeds' 30 minutes; the report says which ended it
-                            scratch_stopping=Stopping(plateau_patience=5, plateau_min_gain=0.005,
+                            scratch_stopping=Stopping(plateau_patience=GAIN_WINDOW, plateau_min_gain=MIN_GAIN,
                                                       budget_seconds=1800.0),
                             final_fit=True)
 

@@ -8,7 +8,8 @@ reads a moving average of the last SMOOTHING epochs, and a gain counts only when
 import numpy as np
 
 SMOOTHING = 3    # epochs in the moving average
-GAIN_WINDOW = 5  # the epochs over which a phase's last gain is reported (the default patience)
+GAIN_WINDOW = 5    # the epochs over which a phase's last gain is reported; the default recipe's patience
+MIN_GAIN = 0.005   # half a point of smoothed accuracy: less is no longer learning (the default's min gain)
 
 
 def smoothed(val_accs: list[float]) -> np.ndarray:
