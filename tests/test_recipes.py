@@ -52,8 +52,9 @@ def test_seeds_recipe_trains_the_seeds_layers_and_rates(seeds_run):
     stored = json.loads((seeds_run / "config.json").read_text())
     assert stored["recipe"]["name"] == "seeds" and stored["recipe"]["overridden"] == ["image_size_px", "scratch_epochs"]
     assert stored["config"]["finetune_lr"] == 1e-5 and stored["config"]["unfreeze"] == "keras:20"
+    # the input sizes are stored resolved: the seeds' scratch sees what the transfer models see
     assert CompareConfig.from_dict(stored["config"]).recipe == replace(PRESETS["seeds"], image_size_px=32,
-                                                                       scratch_epochs=1)
+                                                                       scratch_image_size_px=32, scratch_epochs=1)
     results = json.loads((seeds_run / "results.json").read_text())
     frozen, finetuned = results["phases"]["frozen"], results["phases"]["finetuned"]
     assert (frozen["learning_rate"], finetuned["learning_rate"]) == (1e-3, 1e-5)
@@ -121,7 +122,7 @@ def test_every_recipe_field_reaches_the_cli_and_the_stored_config(field, small_d
     elif kind is Unfreeze:
         value, argv = OTHER_VALUES[Unfreeze], ["--unfreeze-blocks", "2"]
     else:
-        value = OTHER_VALUES[kind] if field.name != "image_size_px" else 48
+        value = OTHER_VALUES[kind] if field.name not in ("image_size_px", "scratch_image_size_px") else 48
         argv = [flag_of(field), str(value)]
     args = build_parser().parse_args(["compare", str(small_data), *argv])
     cfg = _config(args, data_dir=args.data)

@@ -104,16 +104,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     track.add_argument("--mlflow-uri", metavar="URI", help="log params, per-epoch metrics and the report to MLflow")
 
 
-STUDY_OPTIONS = ("--studies", "--seeds", "--ks", "--backbones", "--study-dir")
+STUDY_OPTIONS = ("--studies", "--seeds", "--ks", "--scratch-ks", "--backbones", "--study-dir")
 
 
 def _add_study_options(p: argparse.ArgumentParser) -> None:
     d = StudyConfig.__dataclass_fields__
     p.add_argument("--studies", default=",".join(d["studies"].default),
                    help=f"comma-separated, from {', '.join(STUDIES)} (default: data)")
-    p.add_argument("--seeds", type=int, default=d["seeds"].default, help="seeds 0..N-1 per cell (default 3)")
+    p.add_argument("--seeds", type=int, default=d["seeds"].default,
+                   help=f"seeds 0..N-1 per cell (default {d['seeds'].default})")
     p.add_argument("--ks", default=",".join("all" if k is None else str(k) for k in DEFAULT_KS),
                    help="images per class for the data study, e.g. 5,10,25,all")
+    p.add_argument("--scratch-ks", help="the ks scratch trains at, some of --ks (default: the smallest, the middle "
+                   "one and all; all is always added)")
     p.add_argument("--backbones", default=",".join(DEFAULT_BACKBONES),
                    help="timm names for the backbones study (weights that cannot be had are listed as skipped)")
     p.add_argument("--study-dir", type=Path, help="where cells and the report go (default RUNS_DIR/study-NAME); "
@@ -190,7 +193,8 @@ def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
     if args.final_fit:  # the default recipe has one: only the flag says it was asked for
         raise UserError(FINAL_FIT_REFUSAL)
     return StudyConfig(compare=cfg, studies=tuple(s.strip() for s in args.studies.split(",")), seeds=args.seeds,
-                       ks=parse_ks(args.ks), backbones=tuple(b.strip() for b in args.backbones.split(",")),
+                       ks=parse_ks(args.ks), scratch_ks=None if args.scratch_ks is None else parse_ks(args.scratch_ks),
+                       backbones=tuple(b.strip() for b in args.backbones.split(",")),
                        study_dir=args.study_dir)
 
 

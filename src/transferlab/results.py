@@ -172,6 +172,9 @@ class CellPhaseResult:
     best_epoch: int
     trainable_parameters: int
     total_parameters: int
+    # as in PhaseResult: why it ended, and its smoothed validation gain over its last epochs (older: absent)
+    stopped: str | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    recent_val_gain: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
 
     @classmethod
     def of(cls, phase: PhaseResult) -> "CellPhaseResult":

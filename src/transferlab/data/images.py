@@ -112,5 +112,30 @@ def resize_and_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def resized_rows(rows: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+    """Decoded square uint8 NHWC rows at another square size (Pillow antialiases when it shrinks)."""
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    for i, row in enumerate(rows):
+        out[i] = np.asarray(Image.fromarray(row).resize((size, size), INTERPOLATIONS[interpolation]))
+    return out
+
+
+SIDE_SAMPLE = 64  # files whose headers are read to tell a small source from a large one
+
+
+def median_side_px(paths: list[Path]) -> int | None:
+    """The median shorter side of up to SIDE_SAMPLE of `paths`, evenly spaced, from their headers alone (no
+    decode); None when none can be read."""
+    step = max(1, len(paths) // SIDE_SAMPLE)
+    sides = []
+    for path in sorted(paths)[::step][:SIDE_SAMPLE]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue  # the decode step names the bad file
+    return int(np.median(sides)) if sides else None
+
+
 def load_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
     return resize_and_crop(decode_rgb(path), prep)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from transferlab.atomic import write_json_atomic
+from transferlab.data.images import median_side_px
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
                                               subset_of)
@@ -21,7 +22,7 @@ from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.interrupts import interruptible
 from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state, run_cell,
-                                            run_final_fit, unfreeze_for_finetuning)
+                                            run_final_fit, unfreeze_for_finetuning, with_input_sizes)
 from transferlab.experiments.scoring import predict_test_set, record_test_accuracy
 from transferlab.experiments.run_dir import (check_output_folders, default_cache_dir, environment, new_run_dir,
                                              read_run_config)
@@ -71,7 +72,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     else:
         overridden = cfg.overridden_recipe_fields()
         check_output_folders(cfg)
-        cfg = replace(cfg.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
+        source_side_px = median_side_px([im.path for im in folders.train.images])
+        cfg = replace(with_input_sizes(cfg, model, pretrained, source_side_px), backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
         folders = decode_folders(cfg, folders, pretrained.preprocessing, cfg.cache_dir, ranks)
         run_dir = run_on_main(lambda: _new_run(cfg, overridden, env), ranks)

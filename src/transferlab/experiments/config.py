@@ -16,7 +16,8 @@ from transferlab.errors import UserError, quoted
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.tracking import check_tracking_options
 from transferlab.options import ENGINES, PRECISIONS
-from transferlab.training.recipes import Recipe, Stopping, overridden_fields, recipe_fields, resolve_recipe
+from transferlab.training.recipes import (Recipe, Stopping, overridden_fields, recipe_fields, resolve_recipe,
+                                         scratch_size_for)
 
 MAX_NAME_CHARS = 80         # a run folder name is <timestamp>-<name>; file systems allow 255 bytes
 MAX_BATCH_SIZE = 4096
@@ -100,9 +101,11 @@ class CompareConfig:
     def overridden_recipe_fields(self) -> list[str]:
         return overridden_fields(self.recipe)
 
-    def with_image_size(self, image_size_px: int) -> "CompareConfig":
-        """The input size the weights resolved to, written into the recipe as config.json stores it."""
-        return replace(self, recipe=replace(self.recipe, image_size_px=image_size_px))
+    def with_image_size(self, image_size_px: int, source_side_px: int | None = None) -> "CompareConfig":
+        """The input sizes resolved (the weights' own, scratch's for this source), written into the recipe as
+        config.json stores it."""
+        recipe = replace(self.recipe, image_size_px=image_size_px)
+        return replace(self, recipe=replace(recipe, scratch_image_size_px=scratch_size_for(recipe, source_side_px)))
 
     def to_dict(self) -> dict:
         """Flat, as config.json stores it: the recipe's name under `recipe`, each of its fields beside the rest."""
@@ -133,8 +136,9 @@ class CompareConfig:
                 raise UserError(f"run '{Path(path).parent}' was made by an older transferlab (config format "
                                 f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
                                 "new run instead of resuming")
-            # runs from before the final fit and the scratch stopping rule had neither
-            before = {"final_fit": False} | {f.name: f.default for f in fields(Stopping)}
+            # runs from before the final fit, the scratch stopping rule and the scratch input size had none
+            before = ({"final_fit": False, "scratch_image_size_px": None, "scratch_shrinks_small_sources": False}
+                      | {f.name: f.default for f in fields(Stopping)})
             return cls.from_dict(before | stored["config"])
         except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None

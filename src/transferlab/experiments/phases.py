@@ -18,6 +18,7 @@ import torch
 
 from transferlab.atomic import write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages
+from transferlab.data.images import resized_rows
 from transferlab.data.row_store import RowView
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
@@ -270,18 +271,41 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
         kept[stage.name], first_units[stage.name] = (summary.val_acc, copy_state(model)), cut
 
     # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
-    scratch = None
-    if not skip_scratch:
-        prep, seed = setting.pretrained.preprocessing, cell.cfg.seed
-        torch.manual_seed(seed)
-        scratch = TransferModel(create_backbone(setting.pretrained.name), data.n_classes,
-                                HeadConfig(dropout=recipe.head_dropout)).to(device, memory_format=torch.channels_last)
-        spec = cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr, recipe.scratch_stopping)
-        cell.train_and_summarise(Phase(spec, scratch, scratch,
-                                       ImageInputs(data.train.pixels, prep, device, seed if recipe.augment else None),
-                                       ImageInputs(data.val.pixels, prep, device), [scratch]))
+    scratch = None if skip_scratch else train_scratch(cell)
     return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,
                       precisions={name: summary.precision for name, summary in cell.phases.items()})
+
+
+def train_scratch(cell: CellPhases) -> TransferModel:
+    """The "before": the backbone's architecture, randomly initialised, everything trains on decoded images
+    with the same augmentation, at the recipe's scratch input size; its summary lands in `cell.phases`."""
+    setting, data, recipe, device, seed = cell.setting, cell.data, cell.recipe, cell.device, cell.cfg.seed
+    torch.manual_seed(seed)
+    scratch = TransferModel(create_backbone(setting.pretrained.name), data.n_classes,
+                            HeadConfig(dropout=recipe.head_dropout)).to(device, memory_format=torch.channels_last)
+    spec = cell.spec("scratch", recipe.scratch_epochs, recipe.scratch_lr, recipe.scratch_stopping)
+    cell.train_and_summarise(Phase(spec, scratch, scratch, scratch_inputs(setting, data.train, augment=recipe.augment),
+                                   scratch_inputs(setting, data.val), [scratch]))
+    return scratch
+
+
+RESIZE_CHUNK = 256  # rows resized at a time: memory holds one chunk at the decoded size, not the dataset
+
+
+def scratch_inputs(setting: CellSetting, decoded: DecodedImages, augment: bool = False) -> ImageInputs:
+    """The scratch baseline's input: the decoded pixels, resized once to the recipe's scratch_image_size_px when
+    that differs from the transfer models' size (no second decode of the files; a small source gives scratch
+    fewer pixels to learn from for the same information)."""
+    prep, size = setting.pretrained.preprocessing, setting.recipe.scratch_image_size_px
+    pixels = decoded.pixels
+    if size is not None and size != prep.image_size_px:
+        n = len(pixels)
+        rows = np.empty((n, size, size, 3), np.uint8)
+        for start in range(0, n, RESIZE_CHUNK):
+            positions = np.arange(start, min(start + RESIZE_CHUNK, n))
+            rows[positions] = resized_rows(pixels[positions], size, prep.interpolation)
+        pixels, prep = RowView(rows, np.arange(n)), replace(prep, image_size_px=size)
+    return ImageInputs(pixels, prep, setting.device, setting.cfg.seed if augment else None)
 
 
 FINAL_FIT_DIR = "final"  # the final fit's checkpoints and metrics, beside the selection's
@@ -320,10 +344,32 @@ def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def check_input_size(model: TransferModel, pretrained: PretrainedBackbone) -> None:
     """ViTs and Swins are built for one input size: another --image-size fails here, before any folder."""
     size = pretrained.preprocessing.image_size_px
+    if (error := input_size_error(model, size)) is not None:
+        raise UserError(f"backbone '{pretrained.name}' cannot take {size} px inputs ({error}); drop --image-size "
+                        "(or the recipe's size) to use the weights' own")
+
+
+def with_input_sizes(cfg: CompareConfig, model: TransferModel, pretrained: PretrainedBackbone,
+                     source_side_px: int | None) -> CompareConfig:
+    """The recipe's input sizes resolved for this backbone and source (training/recipes.py `scratch_size_for`);
+    a scratch size the backbone cannot take fails here when it was asked for, and falls back to the transfer
+    models' size when the recipe chose it for a small source."""
+    size = pretrained.preprocessing.image_size_px
+    resolved = cfg.with_image_size(size, source_side_px)
+    scratch = resolved.recipe.scratch_image_size_px
+    if cfg.skip_scratch or scratch == size or (error := input_size_error(model, scratch)) is None:
+        return resolved
+    if cfg.recipe.scratch_image_size_px is None:
+        return cfg.with_image_size(size)  # the small-source rule does not apply to this backbone
+    raise UserError(f"backbone '{pretrained.name}' cannot take {scratch} px inputs ({error}); drop --scratch-image-size")
+
+
+def input_size_error(model: TransferModel, size: int) -> str | None:
+    """Why the backbone cannot take `size` px inputs (ViTs and Swins are built for one size), or None."""
     try:
         with torch.no_grad():
             model.backbone.eval().forward_features(torch.zeros(1, 3, size, size))
     except (AssertionError, RuntimeError) as e:
-        raise UserError(f"backbone '{pretrained.name}' cannot take {size} px inputs ({str(e).splitlines()[0][:120]}); "
-                        "drop --image-size (or the recipe's size) to use the weights' own") from None
+        return str(e).splitlines()[0][:120]
+    return None
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from transferlab.data.decoded import DecodedImages
 from transferlab.experiments.datasets import labels_of
-from transferlab.experiments.phases import CellModels, CellSetting, prefix_rows
+from transferlab.experiments.phases import CellModels, CellSetting, prefix_rows, scratch_inputs
 from transferlab.results import PhaseResult
-from transferlab.training.inputs import CachedInputs, ImageInputs
+from transferlab.training.inputs import CachedInputs
 from transferlab.training.loop import evaluate
 from transferlab.training.metrics import balanced_accuracy
 
@@ -32,9 +32,8 @@ def predict_test_set(setting: CellSetting, test: DecodedImages, models: CellMode
                                      models.precisions[name], ranks).predictions
     if models.scratch is not None:
         models.scratch.eval()
-        predictions["scratch"] = evaluate(models.scratch,
-                                          ImageInputs(test.pixels, setting.pretrained.preprocessing, device),
-                                          labels, batch_size, device, models.precisions["scratch"], ranks).predictions
+        predictions["scratch"] = evaluate(models.scratch, scratch_inputs(setting, test), labels, batch_size, device,
+                                          models.precisions["scratch"], ranks).predictions
     return predictions
 
 

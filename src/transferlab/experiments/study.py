@@ -17,17 +17,18 @@ from filelock import FileLock
 
 from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import DecodedImages
+from transferlab.data.images import median_side_px
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (Folders, PreparedData, Split, decode_folders, labels_of, prepare_data,
                                               scan_folders, screen_test_set)
 from transferlab.experiments.interrupts import StopRequests, interruptible
 from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, FineTuneStage, check_input_size,
-                                            run_cell, unfreeze_for_finetuning)
+                                            run_cell, unfreeze_for_finetuning, with_input_sizes)
 from transferlab.experiments.scoring import predict_test_set, record_test_accuracy
 from transferlab.experiments.run_dir import (check_output_folders, checkpoint_path, default_cache_dir, environment,
                                              safe_name)
-from transferlab.experiments.study_config import STUDY_IMAGE_SIZE_PX, StudyConfig
+from transferlab.experiments.study_config import StudyConfig
 from transferlab.experiments.study_plan import (CellPlan, Variant, images_digest,
                                                 plan_cells, plan_schedule, unfreeze_grid)
 from transferlab.experiments.study_store import lock_study_dir, start_study
@@ -44,7 +45,6 @@ from transferlab.training.distributed import Ranks, barrier, gather_objects, joi
     torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.precision import precision_policy
-from transferlab.training.recipes import Stopping
 
 
 STUDY_DATA_CHANGED = "give another --study-dir for the changed data (the finished cells trained on the old images)"
@@ -91,35 +91,38 @@ class StudyRun:
         return key | ({"stages": [s.to_dict() for s in variant.stages]} if variant.skip_scratch else {})
 
 
-def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> tuple[PretrainedBackbone, int]:
-    """Weights, input size and the fine-tune cut checked before anything trains (UserError otherwise);
-    returns the backbone and its number of timm blocks."""
+def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int, source_side_px: int | None = None
+                   ) -> tuple[PretrainedBackbone, int, CompareConfig]:
+    """Weights, input sizes and the fine-tune cut checked before anything trains (UserError otherwise);
+    returns the backbone, its number of timm blocks and `cfg` with the input sizes resolved."""
     recipe = cfg.recipe
     pretrained = load_backbone(name, cfg.weights if name == cfg.backbone else None, recipe.image_size_px)
     probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     check_input_size(probe, pretrained)
     unfreeze_for_finetuning(probe, recipe)
-    return pretrained, len(probe.backbone_units.block_starts)
+    return pretrained, len(probe.backbone_units.block_starts), with_input_sizes(cfg, probe, pretrained, source_side_px)
 
 
 def run_study(cfg: StudyConfig) -> Path:
     """Train what is missing, write results.json; returns the study folder. Checked before anything is written."""
     ranks = torchrun_ranks()
     base = cfg.compare.with_absolute_paths()
-    if base.recipe.image_size_px is None:
-        base = base.with_image_size(STUDY_IMAGE_SIZE_PX)
     base = replace(base, show_progress=base.show_progress and ranks.is_main)
     folders = scan_folders(base)
     device = resolve_device(base.device, ranks)
     join_process_group(ranks, device)
     resolve_engine(base.engine, device)
     precision_policy(base.precision, device)
-    pretrained, n_blocks = setup_backbone(base.backbone, base, len(folders.train.class_names))
-    base = replace(base.with_image_size(pretrained.preprocessing.image_size_px), backbone=pretrained.name,
+    source_side_px = median_side_px([im.path for im in folders.train.images])
+    pretrained, n_blocks, base = setup_backbone(base.backbone, base, len(folders.train.class_names), source_side_px)
+    base = replace(base, backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
-    # a cell learns from its k images only, and every cell runs the same steps (README, "Study"): no final fit,
-    # and no early stop, which would also make a cached cell depend on the machine's speed
-    base = replace(base, recipe=replace(base.recipe, final_fit=False, scratch_stopping=Stopping()))
+    # a cell learns from its k images only (README, "Study"): no final fit. Every cell is allowed the same
+    # steps; scratch stops on the recipe's plateau rule, but on no wall-clock budget, which would make a cached
+    # cell depend on the machine's speed
+    recipe = base.recipe
+    base = replace(base, recipe=replace(recipe, final_fit=False,
+                                        scratch_stopping=replace(recipe.scratch_stopping, budget_seconds=None)))
     check_output_folders(base)  # and every image decoded: a bad input fails before the study folder exists
     folders = decode_folders(base, folders, pretrained.preprocessing, base.cache_dir, ranks)
     name = base.name or Path(base.data_dir or base.train_dir).name
@@ -150,7 +153,8 @@ def run_studies(cfg: StudyConfig, base: CompareConfig, run: StudyRun, n_blocks: 
     if "data" in cfg.studies or "time" in cfg.studies:  # `time` alone needs only all of the data
         ks = tuple(dict.fromkeys((*cfg.ks, None))) if "data" in cfg.studies else (None,)  # all: the reference
         variant = Variant("data", base, base.backbone)
-        rows = run_cells(plan_cells(variant, cfg.seeds, ks, run.split, run.common_key(variant)), run)
+        scratch_ks = cfg.scratch_ks_run() if "data" in cfg.studies else (None,)
+        rows = run_cells(plan_cells(variant, cfg.seeds, ks, run.split, run.common_key(variant), scratch_ks), run)
     if "unfreeze" in cfg.studies:
         for point, variant in unfreeze_grid(base, n_blocks):
             plans = plan_cells(variant, cfg.seeds, (None,), run.split, run.common_key(variant))
@@ -206,7 +210,7 @@ def backbone_entry(name: str, cfg: StudyConfig, base: CompareConfig, run: StudyR
     cut for fine-tuning) is listed as skipped with the reason, never dropped silently."""
     n_classes = len(run.split.class_names)
     try:
-        b, _ = setup_backbone(name, base, n_classes)
+        b, _, _ = setup_backbone(name, base, n_classes)
     except UserError as e:
         return BackboneResult(name=name, skipped=str(e))
     prepared = prepare_data(base, run.folders, b.preprocessing, run.study_dir, run.ranks, STUDY_DATA_CHANGED)
@@ -233,7 +237,7 @@ def run_cell_plan(plan: CellPlan, run: StudyRun) -> CellResult:
     data = CellData(plan.train, run.split.val, n_classes)
     setting = CellSetting(cfg, run.pretrained, run.device, cfg.cache_dir, run.stop)  # one process per cell
     phases = CellPhases(setting, data, cell_dir, resuming)
-    models = run_cell(phases, model, plan.variant.skip_scratch, list(plan.variant.stages) or None)
+    models = run_cell(phases, model, plan.skip_scratch, list(plan.variant.stages) or None)
     test = run.test_set()  # every choice of this cell is made: its one read of the test set
     predictions = predict_test_set(setting, test, models)
     record_test_accuracy(phases.phases, predictions, labels_of(test), n_classes)

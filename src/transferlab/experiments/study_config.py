@@ -16,9 +16,7 @@ DEFAULT_BACKBONES = ("mobilenetv2_100", "resnet50", "tf_efficientnet_lite0", "tf
                      "tf_efficientnet_lite2")
 DEFAULT_KS: tuple[int | None, ...] = (5, 10, 25, 50, 100, None)  # images per class; None: all of the pool
 MAX_SEEDS = 100
-# Scratch cells dominate a study's cost (a full backward pass per step); at 64 px one costs ~1/12 of 224 px,
-# which is what lets the default study (3 seeds x 5 subsets) fit 30 minutes on a 2-core CPU.
-STUDY_IMAGE_SIZE_PX = 64
+DEFAULT_SEEDS = 5  # a paired one-sided test over seeds decides the data claim; at n = 3 it can rarely decide
 FINAL_FIT_REFUSAL = "--final-fit: a study's cells learn from their k images only, never from validation; drop it"
 
 
@@ -26,8 +24,10 @@ FINAL_FIT_REFUSAL = "--final-fit: a study's cells learn from their k images only
 class StudyConfig:
     compare: CompareConfig                     # data, backbone, recipe, device, caches; its seed fixes the split
     studies: tuple[str, ...] = ("data",)
-    seeds: int = 3                             # seeds 0 .. seeds-1: init, subsets, data order, augmentation
+    seeds: int = DEFAULT_SEEDS                 # seeds 0 .. seeds-1: init, subsets, data order, augmentation
     ks: tuple[int | None, ...] = DEFAULT_KS
+    # the ks scratch trains at (scratch cells cost the most); None: the smallest k, the middle one and all
+    scratch_ks: tuple[int | None, ...] | None = None
     backbones: tuple[str, ...] = DEFAULT_BACKBONES  # for the backbones study: any timm names
     study_dir: Path | None = None              # None: <runs_dir>/study-<name>, so a re-run finds its cells
 
@@ -43,6 +43,12 @@ class StudyConfig:
         for k in self.ks:
             if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
                 raise UserError(f"--ks: {k} is not a number of images per class; give whole numbers ≥ 1 or 'all'")
+        for k in self.scratch_ks or ():
+            if k is not None and k not in self.ks:
+                raise UserError(f"--scratch-ks: {k} is not one of --ks ({', '.join(map(str, self.ks))}); scratch "
+                                "trains at some of the ks the transfer models train at")
+        if self.scratch_ks is not None and not self.scratch_ks:
+            raise UserError("--scratch-ks is empty; give some of --ks, e.g. 5,25,all (all is always added)")
         if not self.backbones or not all(b.strip() for b in self.backbones):
             raise UserError("--backbones has an empty name; give timm names such as resnet50,tf_efficientnet_lite0")
         c = self.compare
@@ -58,8 +64,23 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         return {"compare": self.compare.to_dict(), "studies": list(self.studies), "seeds": self.seeds,
-                "ks": ["all" if k is None else k for k in self.ks], "backbones": list(self.backbones),
+                "ks": _ks_text(self.ks), "scratch_ks": _ks_text(self.scratch_ks_run()),
+                "backbones": list(self.backbones),
                 "study_dir": None if self.study_dir is None else str(self.study_dir)}
+
+
+    def scratch_ks_run(self) -> tuple[int | None, ...]:
+        """The ks scratch trains at: --scratch-ks, or the smallest k, the middle one of the rest, and all (the
+        data claim's reference); with three ks or fewer, every one."""
+        if self.scratch_ks is not None:
+            return tuple(dict.fromkeys((*self.scratch_ks, None)))
+        numbers = sorted(k for k in set(self.ks) if k is not None)
+        chosen = numbers if len(numbers) <= 2 else [numbers[0], numbers[len(numbers) // 2]]
+        return (*chosen, None)
+
+
+def _ks_text(ks) -> list:
+    return ["all" if k is None else k for k in ks]
 
 
 def parse_ks(text: str) -> tuple[int | None, ...]:

@@ -38,6 +38,7 @@ class CellPlan:
     seed: int
     k: int | None                 # as asked; None = all
     images_per_class: float       # what it trained on, on average over classes
+    skip_scratch: bool            # the variant's, or scratch does not train at this k
     train: DecodedImages          # the subset, repeated `repeats` times
     repeats: int
     key: dict                     # the resolved config the hash is taken of
@@ -62,10 +63,11 @@ def nested_subset(pool: DecodedImages, k: int | None, seed: int) -> list:
     return chosen
 
 
-def plan_cells(variant: Variant, seeds: int, ks: tuple[int | None, ...], split: Split, common_key: dict
-               ) -> list[CellPlan]:
-    """Seeds x ks of one variant. A k at or above every class's pool is the same subset as 'all', and so the
-    same cell (its hash says so): it is listed once."""
+def plan_cells(variant: Variant, seeds: int, ks: tuple[int | None, ...], split: Split, common_key: dict,
+               scratch_ks: tuple[int | None, ...] = (None,)) -> list[CellPlan]:
+    """Seeds x ks of one variant; scratch trains only at `scratch_ks` (all of the data: always). A k at or
+    above every class's pool is the same subset as 'all', and so the same cell (its hash says so): it is
+    listed once."""
     pool_size = len(split.train.images)
     n_classes = len(split.class_names)
     cells, seen = [], set()
@@ -73,10 +75,11 @@ def plan_cells(variant: Variant, seeds: int, ks: tuple[int | None, ...], split: 
         for k in ks:
             chosen = nested_subset(split.train, k, seed)
             repeats = max(1, round(pool_size / max(len(chosen), 1)))
+            skip_scratch = variant.skip_scratch or (k not in scratch_ks and len(chosen) < pool_size)
             key = common_key | {"seed": seed, "images": images_digest(subset_of(split.train, chosen)),
-                                         "repeats": repeats}
-            cell = CellPlan(variant, seed, k, len(chosen) / n_classes, subset_of(split.train, chosen * repeats),
-                            repeats, key)
+                                "repeats": repeats, "skip_scratch": skip_scratch}
+            cell = CellPlan(variant, seed, k, len(chosen) / n_classes, skip_scratch,
+                            subset_of(split.train, chosen * repeats), repeats, key)
             if cell.hash not in seen:
                 seen.add(cell.hash)
                 cells.append(cell)

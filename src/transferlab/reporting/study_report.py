@@ -15,7 +15,7 @@ from transferlab.reporting.data_claim import smallest_k_not_worse
 from transferlab.reporting.learning_curve import BEYOND_FACTOR, check_extrapolation, images_needed
 from transferlab.reporting.report import markdown_to_html
 from transferlab.reporting.statistics import Estimate, mean_interval, paired_test
-from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
+from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER, input_size_px
 from transferlab.results import CellPhaseResult, CellResult, StudyResult
 from transferlab.results_io import read_study_results
 from transferlab.training.metrics import confusion_matrix
@@ -105,6 +105,17 @@ def _images_needed_line(per_seed: dict[int, dict[float, float]], target: float, 
                     f" (95 % bootstrap over seeds {needed.interval[0]:.0f}–{needed.interval[1]:.0f})")
         estimate = f"about {needed.estimate:.0f} images per class{interval}"
     return f"images needed to match {what} ({100 * target:.1f} %): {estimate}; {held}."
+
+
+def _scratch_endings(cells: list[CellResult]) -> str:
+    ended = [c.phases["scratch"] for c in cells if "scratch" in c.phases]
+    plateau = sum(p.stopped == "plateau" for p in ended)
+    return f"{plateau} of {len(ended)} scratch cells ended on a plateau, the rest at the cap"
+
+
+def _scratch_ks(cells: list[CellResult]) -> list[str]:
+    return [str(k) for k in dict.fromkeys(c.k for c in sorted(cells, key=lambda c: c.images_per_class)
+                                          if "scratch" in c.phases)]
 
 
 def _pct1(value: float | None) -> str:
@@ -226,15 +237,19 @@ def render_markdown(results: StudyResult) -> str:
     lines = [
         f"# transferlab study: {Path(results.study_dir).name}", "",
         f"Backbone `{results.backbone}` (weights: {results.weights.kind} `{results.weights.location}`) "
-        f"at {results.image_size_px} px on {results.device}; {len(data.class_names)} classes, training pool "
+        f"at {results.image_size_px} px (scratch at "
+        f"{input_size_px(results.recipe, results.image_size_px, 'scratch')} px) on {results.device}; "
+        f"{len(data.class_names)} classes, training pool "
         f"{data.pool_per_class} per class, {data.n_val} validation and {data.n_test} test images (the same "
         f"for every cell). Seeds {seeds} (n = {len(seeds)}). {n_cells} cells: {trained} trained by this "
         f"invocation, {n_cells - trained} reused from `cells/`.",
         *([f"> {results.notice}"] if results.notice else []), "",
         f"Budget: **fixed optimisation steps** — every cell trains frozen {budget.epochs.frozen}, fine-tune "
-        f"{budget.epochs.finetuned} and scratch {budget.epochs.scratch} epochs of ~{budget.pool_images} "
+        f"{budget.epochs.finetuned} and scratch up to {budget.epochs.scratch} epochs of ~{budget.pool_images} "
         f"images (a k-subset is repeated to the size of the pool), batch {budget.batch_size}; not a fixed number "
-        "of epochs, which would give a model trained on a subset fewer steps in proportion to its size.", "",
+        "of epochs, which would give a model trained on a subset fewer steps in proportion to its size. Scratch "
+        f"stops earlier on a plateau of its validation accuracy ({_scratch_endings(results.cells)}); it trains at "
+        f"k = {', '.join(_scratch_ks(results.cells))} only (the data claim needs it on all of the data).", "",
         "Intervals are 95 % Student-t intervals over seeds; differences are paired by seed (same subset, same "
         "initialisation) and called supported only when their interval excludes zero.", "",
     ]

@@ -34,7 +34,8 @@ def comparison_table(results: RunResult) -> str:
             ([_pct(p.balanced_val_acc)] if balanced else []) + ([_pct(p.test_acc)] if has_test else []) + \
             ([_pct(p.balanced_test_acc)] if has_test and balanced else []) + \
             [gap, f"{p.best_epoch}/{len(p.epochs)}", ENDED_BY.get(p.stopped, "–"),
-             str(results.preprocessing["image_size_px"]), f"{p.trainable_parameters:,}", f"{p.seconds:.1f}"]
+             str(input_size_px(results.recipe, results.preprocessing["image_size_px"], name)),
+             f"{p.trainable_parameters:,}", f"{p.seconds:.1f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -86,6 +87,12 @@ def scratch_ending(scratch: PhaseResult, transfer_ahead: bool = True) -> str:
         return (f"; scratch had stopped improving when its {ENDED_BY[scratch.stopped]} ended it "
                 f"({100 * gain:+.1f} pts over its last {GAIN_WINDOW} epochs)")
     return ""
+
+
+def input_size_px(recipe: dict, size_px: int, phase: str) -> int:
+    """The input size a phase saw: the transfer models' size, or the recipe's scratch size for scratch (older
+    results have no such field)."""
+    return (recipe.get("scratch_image_size_px") or size_px) if phase == "scratch" else size_px
 
 
 def recipe_line(results: RunResult) -> str:
