@@ -43,3 +43,19 @@ def test_the_headline_claims_nothing_when_every_seed_gives_the_same_accuracy():
     assert not any("**" in line for line in lines)
     # identical differences over the seeds leave nothing to test: the 40-point gaps are not claimed
     assert "not supported at n = 3 seeds at any k" in lines[0] and "not supported" in lines[2]
+
+
+def test_the_report_says_how_many_images_each_method_needs_for_the_target():
+    """acc(k) = 0.9 − 0.5·k^−0.5 reaches 80 % at k = 25; a method trained at 3 ks has no curve to say it."""
+    from transferlab.reporting.study_report import target_lines
+    ks = (4.0, 9.0, 16.0, 36.0, 64.0, 100.0)
+    curve = lambda k, s: SimpleNamespace(test_acc=0.9 - 0.5 * k ** -0.5 + 0.002 * (s - 1))  # noqa: E731
+    groups = [(str(int(k)), k, {"finetuned": {s: curve(k, s) for s in range(3)}} |
+               ({"scratch": {s: SimpleNamespace(test_acc=0.3) for s in range(3)}} if k in (4.0, 36.0, 100.0) else {}))
+              for k in ks]
+    lines = target_lines(groups, 0.8)
+    finetuned = next(line for line in lines if line.startswith("- fine-tuned"))
+    assert "images needed to match the target (80.0 %): about 25 images per class" in finetuned
+    scratch = next(line for line in lines if line.startswith("- scratch"))
+    assert "no learning curve" in scratch
+    assert target_lines(groups, None) == []

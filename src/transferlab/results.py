@@ -284,3 +284,5 @@ class StudyResult:
     unfreeze_schedule: UnfreezeSchedule | None
     environment: dict                        # free-form, as RunResult's
     data: StudyData
+    # the accuracy a user aims at (--target-acc): the report says how many images each method needs for it
+    target_acc: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)

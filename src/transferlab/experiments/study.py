@@ -177,7 +177,7 @@ def run_studies(cfg: StudyConfig, base: CompareConfig, run: StudyRun, n_blocks: 
                       epochs=EpochBudget(frozen=recipe.frozen_epochs, finetuned=recipe.finetune_epochs,
                                          scratch=recipe.scratch_epochs), batch_size=base.batch_size),
         cells=rows, backbones=backbones, unfreeze=unfreeze, unfreeze_schedule=schedule,
-        environment=run.env, data=_data_summary(run.test_set.prepared, run.test_set()))
+        environment=run.env, data=_data_summary(run.test_set.prepared, run.test_set()), target_acc=base.target_acc)
 
 
 def _data_summary(prepared: PreparedData, test: DecodedImages) -> StudyData:

@@ -54,14 +54,14 @@ def _test_acc(cells: list[CellResult], phase: str) -> Estimate:
     return mean_interval([c.phases[phase].test_acc for c in cells])
 
 
-def data_efficiency_lines(cells: list[CellResult]) -> list[str]:
+def data_efficiency_lines(cells: list[CellResult], target_acc: float | None = None) -> list[str]:
     groups = _groups(cells)
     rows = ["| images per class | k asked | " + " | ".join(PHASE_LABELS[p] for p in PHASE_ORDER) + " |",
             "|---:|---|" + "---:|" * len(PHASE_ORDER)]
     for label, x, methods in groups:
         rows.append(f"| {x:g} | {label} | " + " | ".join(_pct(_accuracy(methods, p)) if p in methods else "–"
                                                          for p in PHASE_ORDER) + " |")
-    return rows + ["", *headline_lines(groups)]
+    return rows + ["", *headline_lines(groups), *target_lines(groups, target_acc)]
 
 
 def headline_lines(groups: list) -> list[str]:
@@ -82,6 +82,22 @@ def headline_lines(groups: list) -> list[str]:
             for seed, p in m.get(method, {}).items():
                 per_seed.setdefault(seed, {})[x] = p.test_acc
         lines.append("  " + _images_needed_line(per_seed, target, f"scratch on all {all_x:g} per class"))
+    return lines
+
+
+def target_lines(groups: list, target_acc: float | None) -> list[str]:
+    """How many images per class each method needs to reach the user's target accuracy, from its learning
+    curve (a method trained at fewer than 4 ks has none)."""
+    if target_acc is None:
+        return []
+    lines = []
+    for method in ("finetuned", "frozen", "scratch"):
+        per_seed: dict[int, dict[float, float]] = {}
+        for _, x, m in groups:
+            for seed, p in m.get(method, {}).items():
+                per_seed.setdefault(seed, {})[x] = p.test_acc
+        if per_seed:
+            lines.append(f"- {PHASE_LABELS[method]}: {_images_needed_line(per_seed, target_acc, 'the target')}")
     return lines
 
 
@@ -255,7 +271,7 @@ def render_markdown(results: StudyResult) -> str:
     ]
     if "data" in results.studies:
         lines += ["## Data efficiency: test accuracy vs images per class", "",
-                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results.cells), "",
+                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results.cells, results.target_acc), "",
                   "### Differences between methods", "", *paired_lines(results.cells), ""]
     if "time" in results.studies:
         lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
