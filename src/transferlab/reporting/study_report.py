@@ -271,7 +271,8 @@ def render_markdown(results: StudyResult) -> str:
     ]
     if "data" in results.studies:
         lines += ["## Data efficiency: test accuracy vs images per class", "",
-                  "![data efficiency](data_efficiency.png)", "", *data_efficiency_lines(results.cells, results.target_acc), "",
+                  "![data efficiency](data_efficiency.png)", "",
+                  *data_efficiency_lines(results.cells, results.target_acc), "",
                   "### Differences between methods", "", *paired_lines(results.cells), ""]
     if "time" in results.studies:
         lines += ["## Time to accuracy", "", "![time to accuracy](time_to_accuracy.png)", "",
