@@ -120,22 +120,5 @@ def resized_rows(rows: np.ndarray, size: int, interpolation: str) -> np.ndarray:
     return out
 
 
-SIDE_SAMPLE = 64  # files whose headers are read to tell a small source from a large one
-
-
-def median_side_px(paths: list[Path]) -> int | None:
-    """The median shorter side of up to SIDE_SAMPLE of `paths`, evenly spaced, from their headers alone (no
-    decode); None when none can be read."""
-    step = max(1, len(paths) // SIDE_SAMPLE)
-    sides = []
-    for path in sorted(paths)[::step][:SIDE_SAMPLE]:
-        try:
-            with Image.open(path) as img:
-                sides.append(min(img.size))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            continue  # the decode step names the bad file
-    return int(np.median(sides)) if sides else None
-
-
 def load_for_model(path: Path, prep: Preprocessing) -> np.ndarray:
     return resize_and_crop(decode_rgb(path), prep)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from transferlab.atomic import write_json_atomic
-from transferlab.data.images import median_side_px
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
                                               subset_of)
@@ -72,8 +71,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     else:
         overridden = cfg.overridden_recipe_fields()
         check_output_folders(cfg)
-        source_side_px = median_side_px([im.path for im in folders.train.images])
-        cfg = replace(with_input_sizes(cfg, model, pretrained, source_side_px), backbone=pretrained.name,
+        cfg = replace(with_input_sizes(cfg, model, pretrained), backbone=pretrained.name,
                       cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
         folders = decode_folders(cfg, folders, pretrained.preprocessing, cfg.cache_dir, ranks)
         run_dir = run_on_main(lambda: _new_run(cfg, overridden, env), ranks)

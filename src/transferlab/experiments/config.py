@@ -101,11 +101,11 @@ class CompareConfig:
     def overridden_recipe_fields(self) -> list[str]:
         return overridden_fields(self.recipe)
 
-    def with_image_size(self, image_size_px: int, source_side_px: int | None = None) -> "CompareConfig":
-        """The input sizes resolved (the weights' own, scratch's for this source), written into the recipe as
-        config.json stores it."""
+    def with_image_size(self, image_size_px: int) -> "CompareConfig":
+        """The input sizes resolved (the weights' own, and scratch's), written into the recipe as config.json
+        stores it."""
         recipe = replace(self.recipe, image_size_px=image_size_px)
-        return replace(self, recipe=replace(recipe, scratch_image_size_px=scratch_size_for(recipe, source_side_px)))
+        return replace(self, recipe=replace(recipe, scratch_image_size_px=scratch_size_for(recipe)))
 
     def to_dict(self) -> dict:
         """Flat, as config.json stores it: the recipe's name under `recipe`, each of its fields beside the rest."""
@@ -137,8 +137,7 @@ class CompareConfig:
                                 f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
                                 "new run instead of resuming")
             # runs from before the final fit, the scratch stopping rule and the scratch input size had none
-            before = ({"final_fit": False, "scratch_image_size_px": None, "scratch_shrinks_small_sources": False}
-                      | {f.name: f.default for f in fields(Stopping)})
+            before = {"final_fit": False, "scratch_image_size_px": None} | {f.name: f.default for f in fields(Stopping)}
             return cls.from_dict(before | stored["config"])
         except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
             raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None

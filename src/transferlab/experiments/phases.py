@@ -349,19 +349,15 @@ def check_input_size(model: TransferModel, pretrained: PretrainedBackbone) -> No
                         "(or the recipe's size) to use the weights' own")
 
 
-def with_input_sizes(cfg: CompareConfig, model: TransferModel, pretrained: PretrainedBackbone,
-                     source_side_px: int | None) -> CompareConfig:
-    """The recipe's input sizes resolved for this backbone and source (training/recipes.py `scratch_size_for`);
-    a scratch size the backbone cannot take fails here when it was asked for, and falls back to the transfer
-    models' size when the recipe chose it for a small source."""
+def with_input_sizes(cfg: CompareConfig, model: TransferModel, pretrained: PretrainedBackbone) -> CompareConfig:
+    """The recipe's input sizes resolved for this backbone; a --scratch-image-size it cannot take fails here."""
     size = pretrained.preprocessing.image_size_px
-    resolved = cfg.with_image_size(size, source_side_px)
+    resolved = cfg.with_image_size(size)
     scratch = resolved.recipe.scratch_image_size_px
     if cfg.skip_scratch or scratch == size or (error := input_size_error(model, scratch)) is None:
         return resolved
-    if cfg.recipe.scratch_image_size_px is None:
-        return cfg.with_image_size(size)  # the small-source rule does not apply to this backbone
-    raise UserError(f"backbone '{pretrained.name}' cannot take {scratch} px inputs ({error}); drop --scratch-image-size")
+    raise UserError(f"backbone '{pretrained.name}' cannot take {scratch} px inputs ({error}); "
+                    f"drop --scratch-image-size")
 
 
 def input_size_error(model: TransferModel, size: int) -> str | None:

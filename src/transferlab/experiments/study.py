@@ -17,7 +17,6 @@ from filelock import FileLock
 
 from transferlab.atomic import write_json_atomic
 from transferlab.data.decoded import DecodedImages
-from transferlab.data.images import median_side_px
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (Folders, PreparedData, Split, decode_folders, labels_of, prepare_data,
@@ -91,8 +90,7 @@ class StudyRun:
         return key | ({"stages": [s.to_dict() for s in variant.stages]} if variant.skip_scratch else {})
 
 
-def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int, source_side_px: int | None = None
-                   ) -> tuple[PretrainedBackbone, int, CompareConfig]:
+def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> tuple[PretrainedBackbone, int, CompareConfig]:
     """Weights, input sizes and the fine-tune cut checked before anything trains (UserError otherwise);
     returns the backbone, its number of timm blocks and `cfg` with the input sizes resolved."""
     recipe = cfg.recipe
@@ -100,7 +98,7 @@ def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int, source_
     probe = TransferModel(copy.deepcopy(pretrained.module), n_classes, HeadConfig(dropout=recipe.head_dropout))
     check_input_size(probe, pretrained)
     unfreeze_for_finetuning(probe, recipe)
-    return pretrained, len(probe.backbone_units.block_starts), with_input_sizes(cfg, probe, pretrained, source_side_px)
+    return pretrained, len(probe.backbone_units.block_starts), with_input_sizes(cfg, probe, pretrained)
 
 
 def run_study(cfg: StudyConfig) -> Path:
@@ -113,8 +111,7 @@ def run_study(cfg: StudyConfig) -> Path:
     join_process_group(ranks, device)
     resolve_engine(base.engine, device)
     precision_policy(base.precision, device)
-    source_side_px = median_side_px([im.path for im in folders.train.images])
-    pretrained, n_blocks, base = setup_backbone(base.backbone, base, len(folders.train.class_names), source_side_px)
+    pretrained, n_blocks, base = setup_backbone(base.backbone, base, len(folders.train.class_names))
     base = replace(base, backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())
     # a cell learns from its k images only (README, "Study"): no final fit. Every cell is allowed the same
