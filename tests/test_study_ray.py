@@ -22,7 +22,7 @@ EXIT_ONCE_ENV = "TRANSFERLAB_TEST_EXIT_ONCE"  # study_ray's test hook, named her
 def _config(data: Path, tmp: Path, **options) -> StudyConfig:
     """The tiny study: one seed, k = 2 and all (2 cells, both with scratch), one torch thread per cell."""
     return StudyConfig(tiny_config(data, tmp, test_fraction=0.25, **EPOCHS), seeds=1, ks=(2, None),
-                       study_dir=tmp / "study", cell_threads=1, **options)
+                       study_dir=tmp / "study", **({"cell_threads": 1} | options))
 
 
 def _results(study_dir: Path) -> dict:
@@ -90,6 +90,12 @@ def test_a_cell_that_always_fails_is_reported_and_the_others_finish(local_ray, o
     assert failed["error"].startswith("IsADirectoryError") and "cell.json" in failed["error"]
     assert [_numbers(c) for c in on_ray["cells"]] == [_numbers(every)]
     assert f"`{small_k['hash']}`" in (study_dir / "report.md").read_text()
+
+
+def test_a_cell_no_ray_node_can_hold_is_refused_before_the_study_folder_is_made(local_ray, small_data, tmp_path):
+    with pytest.raises(UserError, match=r"--cell-threads 3: no Ray node has that many CPUs \(the largest has 2\)"):
+        study(_config(small_data, tmp_path, ray="local", cell_threads=3))
+    assert not (tmp_path / "study").exists()
 
 
 def test_a_worker_that_cannot_see_the_study_folder_refuses_in_one_line(local_ray, tmp_path):

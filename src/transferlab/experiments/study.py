@@ -121,8 +121,7 @@ def run_study(cfg: StudyConfig) -> Path:
     if torchrun_ranks().is_distributed:
         raise UserError(TORCHRUN_REFUSAL)
     if cfg.ray is not None:
-        from transferlab.experiments import study_ray  # the optional extra, whose module imports this one
-        study_ray.import_ray()  # a missing extra is one line before anything is done
+        _study_ray().import_ray()  # a missing extra is one line before anything is done
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.cell_threads or threads)
     try:
@@ -152,28 +151,32 @@ def _run_study(cfg: StudyConfig, started: float) -> Path:
     name = base.name or Path(base.data_dir or base.train_dir).name
     study_dir = Path(cfg.study_dir or base.runs_dir / f"study-{safe_name(name)}").expanduser().resolve()
     env = environment(device, pretrained.weights)
-    lock = lock_study_dir(study_dir)
-    try:
-        start_study(study_dir, cfg, base, env)
-        hint = "the same `transferlab study` command (finished cells are kept, the stopped one resumes)"
-        with interruptible(study_dir, hint) as stop, _cells_on(cfg, study_dir, base, device) as remote:
-            prepared = prepare_data(base, folders, pretrained.preprocessing, study_dir,
-                                    data_changed_fix=STUDY_DATA_CHANGED)
-            run = StudyRun(study_dir, folders, pretrained, prepared.split, ScreenedTestSet(prepared, base), device,
-                           stop, env, remote)
-            results = run_studies(cfg, base, run, n_blocks)
-            write_results(study_dir / "results.json", replace(results, wall_seconds=time.perf_counter() - started))
-    finally:
-        lock.release()
+    study_ray = _study_ray() if cfg.ray is not None else None
+    # Ray is connected to, and checked to fit a cell, before the study folder is made
+    with study_ray.connected(cfg, device) if study_ray else nullcontext():
+        lock = lock_study_dir(study_dir)
+        try:
+            start_study(study_dir, cfg, base, env)
+            hint = "the same `transferlab study` command (finished cells are kept, the stopped one resumes)"
+            with interruptible(study_dir, hint) as stop, \
+                    study_ray.driving(cfg, study_dir, base, device) if study_ray else nullcontext() as remote:
+                prepared = prepare_data(base, folders, pretrained.preprocessing, study_dir,
+                                        data_changed_fix=STUDY_DATA_CHANGED)
+                run = StudyRun(study_dir, folders, pretrained, prepared.split, ScreenedTestSet(prepared, base),
+                               device, stop, env, remote)
+                results = run_studies(cfg, base, run, n_blocks)
+                write_results(study_dir / "results.json",
+                              replace(results, wall_seconds=time.perf_counter() - started))
+        finally:
+            lock.release()
     return study_dir
 
 
-def _cells_on(cfg: StudyConfig, study_dir: Path, base: CompareConfig, device: torch.device):
-    """Where the cells run: on Ray (a context that yields a RayStudy), or here (None)."""
-    if cfg.ray is None:
-        return nullcontext()
+def _study_ray():
+    """experiments/study_ray.py, imported only when --ray asks for it: Ray is an optional extra, and that module
+    imports this one."""
     from transferlab.experiments import study_ray
-    return study_ray.connected(cfg, study_dir, base, device)
+    return study_ray
 
 
 def run_studies(cfg: StudyConfig, base: CompareConfig, run: StudyRun, n_blocks: int) -> StudyResult:
@@ -244,8 +247,7 @@ def _finished_cells(plans: list[CellPlan], order: list[int], run: StudyRun
     if run.ray is None:
         yield from ((i, run_cell_plan(plans[i], run)) for i in order)
     else:
-        from transferlab.experiments import study_ray
-        yield from study_ray.run_on_ray(plans, order, run)
+        yield from _study_ray().run_on_ray(plans, order, run)
 
 
 def backbone_entry(name: str, cfg: StudyConfig, base: CompareConfig, run: StudyRun) -> BackboneResult:

@@ -69,38 +69,52 @@ def import_ray():
 
 
 @contextmanager
-def connected(cfg: StudyConfig, study_dir: Path, base: CompareConfig, device: torch.device) -> Iterator[RayStudy]:
-    """Ray as --ray says ('local' starts it on this machine; a caller that already ran ray.init keeps its
-    connection), checked to have a node that fits a cell, and the token the tasks look for."""
+def connected(cfg: StudyConfig, device: torch.device) -> Iterator[None]:
+    """Ray as --ray says ('local' starts it on this machine and stops it after; a caller that already ran
+    ray.init keeps its connection), with a node that can hold a cell."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
         try:
             ray.init(address=None if cfg.ray == "local" else cfg.ray, logging_level=logging.WARNING)
         except ConnectionError as e:
-            raise UserError(f"--ray {cfg.ray}: no Ray cluster there ({one_line(str(e))[:120]}); start one with "
-                            "`ray start --head`, or give --ray local") from None
-    token_file = study_dir / DRIVER_TOKEN_FILE
+            why = one_line(str(e)).split(". ")[0]  # Ray's first sentence says it; the rest is its own advice
+            raise UserError(f"--ray {cfg.ray}: no Ray cluster there ({why}); start one with `ray start --head`, or "
+                            "give --ray local") from None
     try:
-        remote = RayStudy(study_dir, base, device.type, torch.get_num_threads(),
-                          1 / cfg.cells_per_gpu if device.type == "cuda" else 0.0, uuid.uuid4().hex)
-        _check_a_node_fits(ray, remote)
-        write_text_atomic(token_file, remote.token)
-        yield remote
+        _check_a_node_fits(ray, torch.get_num_threads(), _gpus_per_cell(cfg, device))
+        yield
     finally:
-        token_file.unlink(missing_ok=True)
         if started_here:
             ray.shutdown()
 
 
-def _check_a_node_fits(ray, remote: RayStudy) -> None:
+@contextmanager
+def driving(cfg: StudyConfig, study_dir: Path, base: CompareConfig, device: torch.device) -> Iterator[RayStudy]:
+    """The study's RayStudy, with the token its tasks look for in the study folder (written once the driver
+    holds the folder's lock, removed when it is done)."""
+    remote = RayStudy(study_dir, base, device.type, torch.get_num_threads(), _gpus_per_cell(cfg, device),
+                      uuid.uuid4().hex)
+    token_file = study_dir / DRIVER_TOKEN_FILE
+    write_text_atomic(token_file, remote.token)
+    try:
+        yield remote
+    finally:
+        token_file.unlink(missing_ok=True)
+
+
+def _gpus_per_cell(cfg: StudyConfig, device: torch.device) -> float:
+    return 1 / cfg.cells_per_gpu if device.type == "cuda" else 0.0
+
+
+def _check_a_node_fits(ray, threads: int, gpus: float) -> None:
     """A task no node can hold would wait forever: refuse it in one line instead."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    if remote.threads > cpus:
-        raise UserError(f"--cell-threads {remote.threads}: no Ray node has that many CPUs (the largest has "
-                        f"{cpus:g}); give --cell-threads {max(int(cpus), 1)} or fewer")
-    if remote.gpus and not any(n.get("GPU", 0) >= remote.gpus for n in nodes):
+    if threads > cpus:
+        raise UserError(f"--cell-threads {threads}: no Ray node has that many CPUs (the largest has {cpus:g}); "
+                        f"give --cell-threads {max(int(cpus), 1)} or fewer")
+    if gpus and not any(n.get("GPU", 0) >= gpus for n in nodes):
         raise UserError("--device cuda: no Ray node has a GPU; add GPU nodes to the cluster or give --device cpu")
 
 
