@@ -98,12 +98,26 @@ def test_a_cell_no_ray_node_can_hold_is_refused_before_the_study_folder_is_made(
     assert not (tmp_path / "study").exists()
 
 
-def test_a_worker_that_cannot_see_the_study_folder_refuses_in_one_line(local_ray, tmp_path):
-    from transferlab.experiments.study_ray import RayStudy, check_sees_study
-    remote = RayStudy(tmp_path / "elsewhere", None, "cpu", 1, 0.0, token="abc")
-    with pytest.raises(UserError, match=r"cannot see the study folder .*elsewhere.* every Ray node mounts") as e:
-        check_sees_study(remote)
+def test_a_worker_that_cannot_see_the_study_folder_stops_the_study_in_one_line(local_ray, small_data, tmp_path,
+                                                                              monkeypatch):
+    from transferlab.experiments import study_ray
+    monkeypatch.setattr(study_ray, "write_text_atomic", lambda path, text: None)  # the token never reaches the folder
+    with pytest.raises(UserError, match=r"the Ray worker on .* cannot see the study folder .* every Ray node mounts at "
+                                        "the same path") as e:
+        study(_config(small_data, tmp_path, ray="local"))
     assert "\n" not in str(e.value)
+    assert not list((tmp_path / "study" / "cells").iterdir()) and not (tmp_path / "study" / "results.json").exists()
+
+
+def test_a_worker_that_would_train_another_cell_stops_the_study_in_one_line(local_ray, small_data, tmp_path,
+                                                                            monkeypatch):
+    from transferlab.experiments import study as study_module
+    environment = study_module.environment  # the driver's versions differ from what the workers have installed
+    monkeypatch.setattr(study_module, "environment", lambda *a: environment(*a) | {"versions": {"torch": "0.0"}})
+    with pytest.raises(UserError, match=r"the Ray worker on .* would train cell \w+ on another 'versions' than the "
+                                        "driver planned; install the same packages"):
+        study(_config(small_data, tmp_path, ray="local"))
+    assert not list((tmp_path / "study" / "cells").iterdir())
 
 
 def test_ray_without_the_extra_is_one_line_naming_it(small_data, tmp_path, capsys, monkeypatch):
