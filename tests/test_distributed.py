@@ -20,7 +20,7 @@ import torch
 from conftest import tiny_config
 from torch import nn
 
-from transferlab import StudyConfig, compare, study
+from transferlab import compare
 from transferlab.errors import UserError
 from transferlab.training.devices import resolve_device
 from transferlab.training.distributed import Ranks
@@ -94,36 +94,6 @@ def test_two_gloo_ranks_train_like_one_process_and_only_rank_0_writes(small_data
     index = json.loads(next((tmp_path / "two" / "cache" / "prefix").glob("*/index.json")).read_text())
     keys = [k for segment in index["segments"] for k in segment["keys"]]
     assert len(index["segments"]) >= 2 and len(keys) == len(set(keys))
-
-
-def test_two_gloo_ranks_share_a_studys_cells_and_write_the_same_report(small_data, tmp_path):
-    one_epoch = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
-    cfg = StudyConfig(tiny_config(small_data, tmp_path / "one", test_fraction=0.25, **one_epoch), studies=("data",),
-                      seeds=1, ks=(2, 5), study_dir=tmp_path / "one" / "s")
-    reference = _one_thread(lambda: study(cfg))
-    study_dir = tmp_path / "two" / "s"
-    _torchrun(["study", str(small_data), *TINY_OPTIONS, "--scratch-epochs", "1", "--frozen-epochs", "1",
-               "--finetune-epochs", "1", "--test-fraction", "0.25", "--studies", "data", "--seeds", "1",
-               "--ks", "2,5", "--study-dir", str(study_dir), "--cache-dir", str(tmp_path / "two" / "cache")],
-              tmp_path / "logs")
-
-    one = json.loads((reference / "results.json").read_text())["cells"]
-    two = json.loads((study_dir / "results.json").read_text())["cells"]
-    assert [c["rank"] for c in two] == [0, 1, 0] and not any(c["reused"] for c in two)  # cell i on rank i % 2
-    assert sorted(p.parent.name for p in (study_dir / "cells").glob("*/results.json")) == sorted(c["hash"] for c in two)
-    for a, b in zip(one, two):  # each cell trained as one process on both sides: the very same numbers
-        assert a["hash"] == b["hash"] and a["test_predictions"] == b["test_predictions"]
-        assert {p: v["val_acc"] for p, v in a["phases"].items()} == {p: v["val_acc"] for p, v in b["phases"].items()}
-    name_line = lambda text: text.split("\n", 1)[1]  # noqa: E731  (the title names the folder)
-    assert name_line((study_dir / "report.md").read_text()) == name_line((reference / "report.md").read_text())
-
-    # a second job on the same folder reuses every cell, whichever rank trained it
-    _torchrun(["study", str(small_data), *TINY_OPTIONS, "--scratch-epochs", "1", "--frozen-epochs", "1",
-               "--finetune-epochs", "1", "--test-fraction", "0.25", "--studies", "data", "--seeds", "1",
-               "--ks", "2,5", "--study-dir", str(study_dir), "--cache-dir", str(tmp_path / "two" / "cache")],
-              tmp_path / "logs-again")
-    assert all(c["reused"] for c in json.loads((study_dir / "results.json").read_text())["cells"])
-
 
 
 def test_a_rank_without_images_in_a_batch_or_a_pinned_gpu_is_a_one_line_error():

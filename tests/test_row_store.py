@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -57,6 +58,14 @@ def test_an_empty_append_and_a_complete_store_write_nothing(tmp_path):
     RowStore(tmp_path / "s", (4,), "uint8").add(["k0001"], _rows_for(["k0001"]))
     assert _snapshot(tmp_path / "s") == before
     assert np.array_equal(store.rows(["k0002"])[np.array([0])], _rows_for(["k0002"]))
+
+
+def test_a_view_of_mapped_rows_refuses_to_be_pickled(tmp_path):
+    """Its segments are this process's file descriptors: another process would read another file."""
+    RowStore(tmp_path / "s", (4,), "uint8").add(["k0001"], _rows_for(["k0001"]))
+    view = RowStore(tmp_path / "s", (4,), "uint8").rows(["k0001"])
+    with pytest.raises(TypeError, match="cannot be sent to another process"):
+        pickle.dumps(view)
 
 
 def test_concurrent_processes_merge_their_rows(tmp_path):

@@ -86,9 +86,7 @@ def study(cfg: StudyConfig) -> Path:
     from transferlab.experiments.study import run_study
     from transferlab.experiments.study_config import StudyConfig
     from transferlab.reporting.study_report import write_study_report
-    from transferlab.training.ranks import torchrun_ranks
     check_instance("study", "cfg", cfg, StudyConfig, "study(StudyConfig(CompareConfig(data_dir='data')))")
     study_dir = run_study(cfg)
-    if torchrun_ranks().is_main:
-        write_study_report(study_dir)
+    write_study_report(study_dir)
     return study_dir

@@ -104,7 +104,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     track.add_argument("--mlflow-uri", metavar="URI", help="log params, per-epoch metrics and the report to MLflow")
 
 
-STUDY_OPTIONS = ("--studies", "--seeds", "--ks", "--scratch-ks", "--backbones", "--study-dir")
+STUDY_OPTIONS = ("--studies", "--seeds", "--ks", "--scratch-ks", "--backbones", "--study-dir", "--ray",
+                 "--cell-threads", "--cells-per-gpu")
 
 
 def _add_study_options(p: argparse.ArgumentParser) -> None:
@@ -121,6 +122,14 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
                    help="timm names for the backbones study (weights that cannot be had are listed as skipped)")
     p.add_argument("--study-dir", type=Path, help="where cells and the report go (default RUNS_DIR/study-NAME); "
                    "re-running into the same folder trains only what is missing")
+    ray = p.add_argument_group("Ray", "each cell a Ray task: optional extra, pip install 'transferlab[ray]'")
+    ray.add_argument("--ray", metavar="local|auto|ADDRESS", help="local: Ray on this machine; auto: the cluster "
+                     "this node joined (`ray start`); or its address. The study folder and --cache-dir must be on "
+                     "a filesystem every node mounts at the same path")
+    ray.add_argument("--cell-threads", type=int, help="torch threads per cell, with or without --ray (equal counts "
+                     "give equal numbers; a Ray task asks for as many CPUs); default: torch's default here")
+    ray.add_argument("--cells-per-gpu", type=int, default=d["cells_per_gpu"].default,
+                     help="with --ray and --device cuda: cells that share one GPU")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +204,8 @@ def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
     return StudyConfig(compare=cfg, studies=tuple(s.strip() for s in args.studies.split(",")), seeds=args.seeds,
                        ks=parse_ks(args.ks), scratch_ks=None if args.scratch_ks is None else parse_ks(args.scratch_ks),
                        backbones=tuple(b.strip() for b in args.backbones.split(",")),
-                       study_dir=args.study_dir)
+                       study_dir=args.study_dir, ray=args.ray, cell_threads=args.cell_threads,
+                       cells_per_gpu=args.cells_per_gpu)
 
 
 def _print_study_summary(study_dir: Path) -> None:

@@ -192,10 +192,26 @@ class CellResult:
     repeats: int
     phases: dict[str, CellPhaseResult]
     test_predictions: dict[str, list[int]]
+    # wall seconds of the attempt that finished it (a resumed cell: since it resumed), and where that ran,
+    # "host:pid" (older: absent)
+    seconds: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    ran_on: str | None = field(default=None, metadata=ABSENT_WHEN_NONE)
     # the study's row only: found finished instead of trained
     reused: bool | None = field(default=None, metadata=ABSENT_WHEN_NONE)
-    # the study's row only: the torchrun rank that ran it (older: absent)
+    # the study's row only, in studies sharded over torchrun ranks before --ray: read, no longer written
     rank: int | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+
+
+@dataclass(frozen=True)
+class FailedCell:
+    """A cell that failed on both of its attempts on Ray (its worker died, or it raised): it has no row in the
+    tables, and is listed with the error instead."""
+
+    part: str                                # the row of cells it belongs to: data, a grid point, a backbone
+    hash: str
+    seed: int
+    k: int | str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -286,3 +302,7 @@ class StudyResult:
     data: StudyData
     # the accuracy a user aims at (--target-acc): the report says how many images each method needs for it
     target_acc: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # the cells that failed on Ray (none: absent)
+    failed: list[FailedCell] | None = field(default=None, metadata=ABSENT_WHEN_NONE)
+    # wall seconds of the `transferlab study` that wrote this file, to set against its cells' (older: absent)
+    wall_seconds: float | None = field(default=None, metadata=ABSENT_WHEN_NONE)

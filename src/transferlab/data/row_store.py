@@ -298,6 +298,12 @@ class MappedSegment:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __reduce__(self):
+        """Pickling would send the descriptor's number, which names another file (or none) in another process:
+        wrong rows, silently. Refused; send the content keys and read them from the shared store there."""
+        raise TypeError("a memory-mapped cache segment cannot be sent to another process; send the content keys and "
+                        "read the rows from the shared store there (RowStore.rows)")
+
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         with mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ) as mapped:
             table = np.frombuffer(mapped, self.dtype, count=int(np.prod(self.shape))).reshape(self.shape)

@@ -151,10 +151,12 @@ def _leakage(train: DecodedImages, val: DecodedImages, dedupe: bool, subset: str
 
 
 def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, run_dir: Path, ranks: Ranks = SINGLE,
-                 data_changed_fix: str = RESUME_FIX) -> PreparedData:
+                 data_changed_fix: str = RESUME_FIX, read_only: bool = False) -> PreparedData:
     """The split saved in run_dir/split.json (a resumed run, a study's re-run), or a new one drawn and saved.
-    Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json.
+    Every rank of a torchrun job draws the same split (it is seeded); only rank 0 writes split.json, and a
+    `read_only` caller (a study's Ray worker: the driver writes) never does.
     `data_changed_fix`: what to do when the data differs from a saved split.json (a study: another --study-dir)."""
+    writes_split = ranks.is_main and not read_only
     cache_dir = Path(cfg.cache_dir or default_cache_dir())
     roots = [_absolute(folder.root) for folder in folders.all]
     root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
@@ -171,7 +173,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, run_
             subsets[name] += subsets.pop(f"dropped_{name}")
     else:
         subsets = check_enough_per_class(cfg, folders)  # of the usable images; the others are listed as skipped
-        if ranks.is_main:
+        if writes_split:
             save_split(split_path, root, subsets, seed=seed, val_fraction=fraction,
                        skipped={s.path: s.reason for s in decoded.skipped})
 
@@ -190,7 +192,7 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, run_
     split.val = subset_of(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
     prepared = PreparedData(split=split, skipped=decoded.skipped, leakage=leakage, split_path=split_path, root=root,
                             subsets=subsets, content=content, dropped=dropped, decoded=decoded,
-                            writes_split=ranks.is_main)
+                            writes_split=writes_split)
     _save(prepared, cfg)
     return prepared
 

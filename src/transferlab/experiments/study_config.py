@@ -1,10 +1,11 @@
 """A study's options, checked when they are built; nothing heavy is imported, so the CLI parses without torch."""
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from transferlab.api_checks import check_field_types
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 from transferlab.experiments.config import CompareConfig
 
 STUDIES = ("data", "time", "backbones", "unfreeze")
@@ -17,6 +18,7 @@ DEFAULT_BACKBONES = ("mobilenetv2_100", "resnet50", "tf_efficientnet_lite0", "tf
 DEFAULT_KS: tuple[int | None, ...] = (5, 10, 25, 50, 100, None)  # images per class; None: all of the pool
 MAX_SEEDS = 100
 DEFAULT_SEEDS = 5  # a paired one-sided test over seeds decides the data claim; at n = 3 it can rarely decide
+RAY_ADDRESS = re.compile(r"(ray://)?[\w.-]+:\d+")  # what `ray start --head` prints, or a Ray Client address
 FINAL_FIT_REFUSAL = "--final-fit: a study's cells learn from their k images only, never from validation; drop it"
 
 
@@ -30,6 +32,12 @@ class StudyConfig:
     scratch_ks: tuple[int | None, ...] | None = None
     backbones: tuple[str, ...] = DEFAULT_BACKBONES  # for the backbones study: any timm names
     study_dir: Path | None = None              # None: <runs_dir>/study-<name>, so a re-run finds its cells
+    # each cell a Ray task: "local" (Ray on this machine), "auto" (the cluster this node joined) or its address
+    ray: str | None = None
+    # torch threads a cell trains with, in one process and on Ray alike (CPU sums depend on the thread count, so
+    # equal counts give equal numbers); a Ray task asks for as many CPUs. None: torch's default where it starts
+    cell_threads: int | None = None
+    cells_per_gpu: int = 1                     # on Ray with --device cuda: each cell asks for 1/N of a GPU
 
     def __post_init__(self) -> None:
         check_field_types(self)  # studies='data' is named, not split into letters
@@ -51,6 +59,14 @@ class StudyConfig:
             raise UserError("--scratch-ks is empty; give some of --ks, e.g. 5,25,all (all is always added)")
         if not self.backbones or not all(b.strip() for b in self.backbones):
             raise UserError("--backbones has an empty name; give timm names such as resnet50,tf_efficientnet_lite0")
+        if self.ray is not None and self.ray not in ("local", "auto") and not RAY_ADDRESS.fullmatch(self.ray):
+            raise UserError(f"--ray {quoted(self.ray)} is not local, auto or a cluster address such as 10.0.0.5:6379 "
+                            "or ray://head:10001")
+        for option, value in (("--cell-threads", self.cell_threads), ("--cells-per-gpu", self.cells_per_gpu)):
+            if value is not None and value < 1:
+                raise UserError(f"{option} must be a whole number ≥ 1 (got {value})")
+        if self.cells_per_gpu != 1 and self.ray is None:
+            raise UserError("--cells-per-gpu shares a GPU between Ray tasks; add --ray or drop it")
         c = self.compare
         if c.test_dir is None and c.test_fraction == 0:
             raise UserError("a study reports test accuracy: give --test-fraction (e.g. 0.2) or --test DIR")
@@ -66,7 +82,8 @@ class StudyConfig:
         return {"compare": self.compare.to_dict(), "studies": list(self.studies), "seeds": self.seeds,
                 "ks": _ks_text(self.ks), "scratch_ks": _ks_text(self.scratch_ks_run()),
                 "backbones": list(self.backbones),
-                "study_dir": None if self.study_dir is None else str(self.study_dir)}
+                "study_dir": None if self.study_dir is None else str(self.study_dir),
+                "ray": self.ray, "cell_threads": self.cell_threads, "cells_per_gpu": self.cells_per_gpu}
 
 
     def scratch_ks_run(self) -> tuple[int | None, ...]:

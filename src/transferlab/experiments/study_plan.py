@@ -15,6 +15,7 @@ import numpy as np
 
 from transferlab.data.decoded import DecodedImages
 from transferlab.data.fingerprints import config_hash, keys_digest
+from transferlab.data.scan import LabelledImage
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import Split, labels_of, subset_of
 from transferlab.experiments.phases import FineTuneStage
@@ -34,18 +35,32 @@ class Variant:
 
 @dataclass(frozen=True)
 class CellPlan:
+    """One cell, named by paths rather than pixels: cheap to send to a Ray worker, which reads the pixels from the
+    shared cache."""
+
     variant: Variant
     seed: int
     k: int | None                 # as asked; None = all
     images_per_class: float       # what it trained on, on average over classes
     skip_scratch: bool            # the variant's, or scratch does not train at this k
-    train: DecodedImages          # the subset, repeated `repeats` times
+    chosen: tuple[LabelledImage, ...]  # its subset of the training pool, which trains repeated `repeats` times
     repeats: int
     key: dict                     # the resolved config the hash is taken of
 
     @property
     def hash(self) -> str:
         return config_hash(self.key)
+
+    @property
+    def k_label(self) -> int | str:
+        """k as results.json writes it."""
+        return "all" if self.k is None else self.k
+
+
+def cell_key(common_key: dict, seed: int, subset: DecodedImages, repeats: int, skip_scratch: bool) -> dict:
+    """A cell's resolved config: what its variant shares (`StudyRun.common_key`), its seed and its images."""
+    return common_key | {"seed": seed, "images": images_digest(subset), "repeats": repeats,
+                         "skip_scratch": skip_scratch}
 
 
 def images_digest(decoded: DecodedImages | None) -> str | None:
@@ -76,10 +91,8 @@ def plan_cells(variant: Variant, seeds: int, ks: tuple[int | None, ...], split: 
             chosen = nested_subset(split.train, k, seed)
             repeats = max(1, round(pool_size / max(len(chosen), 1)))
             skip_scratch = variant.skip_scratch or (k not in scratch_ks and len(chosen) < pool_size)
-            key = common_key | {"seed": seed, "images": images_digest(subset_of(split.train, chosen)),
-                                "repeats": repeats, "skip_scratch": skip_scratch}
-            cell = CellPlan(variant, seed, k, len(chosen) / n_classes, skip_scratch,
-                            subset_of(split.train, chosen * repeats), repeats, key)
+            key = cell_key(common_key, seed, subset_of(split.train, chosen), repeats, skip_scratch)
+            cell = CellPlan(variant, seed, k, len(chosen) / n_classes, skip_scratch, tuple(chosen), repeats, key)
             if cell.hash not in seen:
                 seen.add(cell.hash)
                 cells.append(cell)

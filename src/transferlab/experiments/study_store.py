@@ -1,4 +1,5 @@
-"""A study's folder: one process (or one torchrun job) works in it at a time, on one split."""
+"""A study's folder: one driver (a `transferlab study` process, whose cells may run on Ray) works in it at a time,
+on one split."""
 
 import json
 from dataclasses import replace

@@ -246,6 +246,28 @@ def schedule_lines(results: StudyResult) -> list[str]:
             f"accuracy {_pct(last)}."]
 
 
+def how_it_ran_lines(results: StudyResult) -> list[str]:
+    """The study's wall time against the sum of its trained cells' own (the parallel speed-up: about 1 in one
+    process, up to the number of cells at a time on Ray), and the cells that failed; older studies: nothing."""
+    if results.wall_seconds is None:
+        return []
+    rows = [*results.cells, *(c for b in results.backbones for c in b.cells or ()),
+            *(c for p in results.unfreeze for c in p.cells),
+            *(results.unfreeze_schedule.cells if results.unfreeze_schedule else ())]
+    trained = [c for c in rows if not c.reused and c.seconds is not None]
+    cell_seconds = sum(c.seconds for c in trained)
+    hosts = sorted({c.ran_on.rsplit(":", 1)[0] for c in trained if c.ran_on})
+    lines = ["## How it ran", "",
+             f"This invocation took {results.wall_seconds:.0f} s of wall time; the cells it trained ({len(trained)}) "
+             f"took {cell_seconds:.0f} s between them, on {', '.join(hosts) or 'no host'}: a parallel speed-up of "
+             f"{cell_seconds / results.wall_seconds:.2f}× (the rest of the wall time is decoding, caching and "
+             "setting up).", ""]
+    if results.failed:
+        lines += ["Failed twice, and so left out of every table above:", "",
+                  *(f"- {f.part}, seed {f.seed}, k = {f.k} (`{f.hash}`): {f.error}" for f in results.failed), ""]
+    return lines
+
+
 def render_markdown(results: StudyResult) -> str:
     budget, data = results.budget, results.data
     seeds, n_cells = results.seeds, len(results.cells)
@@ -288,6 +310,7 @@ def render_markdown(results: StudyResult) -> str:
         table, best, _ = per_class_lines(results)
         lines += [f"## Per class ({PHASE_LABELS[best]}, all data, summed over {len(seeds)} seeds)", "",
                   "![confusion matrix](confusion_matrix.png)", "", *table, ""]
+    lines += how_it_ran_lines(results)
     return "\n".join(lines) + "\n"
 
 

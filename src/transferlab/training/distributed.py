@@ -2,8 +2,7 @@
 
 torchrun (`--nproc_per_node`, `--nnodes`, `--rdzv-endpoint`) is the launcher; this module only reads what
 it puts in the environment. The rank is passed explicitly rather than read from the process group deep
-inside, because a study shards its cells over ranks and each cell then trains as a single process: its
-phases get `SINGLE` even though a process group exists.
+inside, so that what trains as a single process (a study's cell, which scales over Ray instead) gets `SINGLE`.
 """
 
 import atexit
