@@ -101,7 +101,8 @@ class StudyRun:
         return key | ({"stages": [s.to_dict() for s in variant.stages]} if variant.skip_scratch else {})
 
 
-def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int) -> tuple[PretrainedBackbone, int, CompareConfig]:
+def setup_backbone(name: str | None, cfg: CompareConfig, n_classes: int
+                   ) -> tuple[PretrainedBackbone, int, CompareConfig]:
     """Weights, input sizes and the fine-tune cut checked before anything trains (UserError otherwise);
     returns the backbone, its number of timm blocks and `cfg` with the input sizes resolved."""
     recipe = cfg.recipe
