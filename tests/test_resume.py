@@ -65,10 +65,15 @@ def test_sigint_at_each_stage_then_resume_equals_uninterrupted(stage, small_data
                                                                monkeypatch):
     cfg = tiny_config(small_data, tmp_path, **EPOCHS)
     if stage == "decode":  # decoding checks the data before a run folder exists: a stop leaves nothing to resume
-        with monkeypatch.context() as patch:
-            _signal_at(stage, patch, lambda: os.kill(os.getpid(), signal.SIGINT))
-            with pytest.raises(KeyboardInterrupt):
-                compare(cfg)
+        # Python's own Ctrl-C handler, also where pytest runs as a background job (which inherits SIGINT ignored)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            with monkeypatch.context() as patch:
+                _signal_at(stage, patch, lambda: os.kill(os.getpid(), signal.SIGINT))
+                with pytest.raises(KeyboardInterrupt):
+                    compare(cfg)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         assert not (tmp_path / "runs").exists()
         run_dir = compare(cfg)  # the same command again
         assert metrics_rows(run_dir) == metrics_rows(reference) and _accuracies(run_dir) == _accuracies(reference)
