@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_recipes import mean_sd  # noqa: E402
 from real_datasets import BUILDERS  # noqa: E402
 
 from transferlab.experiments.config import CompareConfig  # noqa: E402
@@ -55,12 +56,6 @@ def scratch_cell(dataset: dict, size: int, cap: int, seed: int, root: Path) -> d
             "recent_val_gain": p.recent_val_gain, "train_seconds": p.train_seconds,
             "seconds_per_epoch": p.train_seconds / max(1, len(p.epochs)),
             "val_curve": [r["val_acc"] for r in p.epochs], "wall_seconds": time.perf_counter() - started}
-
-
-def mean_sd(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{100 * values[0]:.1f}"
-    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def main() -> None:

@@ -202,7 +202,8 @@ def _study_config(args: argparse.Namespace, cfg: CompareConfig) -> StudyConfig:
     if args.final_fit:  # the default recipe has one: only the flag says it was asked for
         raise UserError(FINAL_FIT_REFUSAL)
     return StudyConfig(compare=cfg, studies=tuple(s.strip() for s in args.studies.split(",")), seeds=args.seeds,
-                       ks=parse_ks(args.ks), scratch_ks=None if args.scratch_ks is None else parse_ks(args.scratch_ks),
+                       ks=parse_ks(args.ks),
+                       scratch_ks=None if args.scratch_ks is None else parse_ks(args.scratch_ks, "--scratch-ks"),
                        backbones=tuple(b.strip() for b in args.backbones.split(",")),
                        study_dir=args.study_dir, ray=args.ray, cell_threads=args.cell_threads,
                        cells_per_gpu=args.cells_per_gpu)

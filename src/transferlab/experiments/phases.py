@@ -294,17 +294,17 @@ RESIZE_CHUNK = 256  # rows resized at a time: memory holds one chunk at the deco
 
 def scratch_inputs(setting: CellSetting, decoded: DecodedImages, augment: bool = False) -> ImageInputs:
     """The scratch baseline's input: the decoded pixels, resized once to the recipe's scratch_image_size_px when
-    that differs from the transfer models' size (no second decode of the files; a small source gives scratch
-    fewer pixels to learn from for the same information)."""
+    that differs from the transfer models' size (no second decode of the files). Each distinct row is resized
+    once: a study cell's k-subset is its rows repeated to the pool's size."""
     prep, size = setting.pretrained.preprocessing, setting.recipe.scratch_image_size_px
     pixels = decoded.pixels
     if size is not None and size != prep.image_size_px:
-        n = len(pixels)
-        rows = np.empty((n, size, size, 3), np.uint8)
-        for start in range(0, n, RESIZE_CHUNK):
-            positions = np.arange(start, min(start + RESIZE_CHUNK, n))
-            rows[positions] = resized_rows(pixels[positions], size, prep.interpolation)
-        pixels, prep = RowView(rows, np.arange(n)), replace(prep, image_size_px=size)
+        _, first, inverse = np.unique(pixels.row_indices, return_index=True, return_inverse=True)
+        rows = np.empty((len(first), size, size, 3), np.uint8)
+        for start in range(0, len(first), RESIZE_CHUNK):
+            chunk = slice(start, start + RESIZE_CHUNK)
+            rows[chunk] = resized_rows(pixels[first[chunk]], size, prep.interpolation)
+        pixels, prep = RowView(rows, inverse.reshape(-1)), replace(prep, image_size_px=size)
     return ImageInputs(pixels, prep, setting.device, setting.cfg.seed if augment else None)
 
 

@@ -53,7 +53,8 @@ class StudyConfig:
                 raise UserError(f"--ks: {k} is not a number of images per class; give whole numbers ≥ 1 or 'all'")
         for k in self.scratch_ks or ():
             if k is not None and k not in self.ks:
-                raise UserError(f"--scratch-ks: {k} is not one of --ks ({', '.join(map(str, self.ks))}); scratch "
+                asked = ", ".join(map(str, _ks_text(self.ks)))
+                raise UserError(f"--scratch-ks: {k} is not one of --ks ({asked}); scratch "
                                 "trains at some of the ks the transfer models train at")
         if self.scratch_ks is not None and not self.scratch_ks:
             raise UserError("--scratch-ks is empty; give some of --ks, e.g. 5,25,all (all is always added)")
@@ -100,7 +101,7 @@ def _ks_text(ks) -> list:
     return ["all" if k is None else k for k in ks]
 
 
-def parse_ks(text: str) -> tuple[int | None, ...]:
+def parse_ks(text: str, flag: str = "--ks") -> tuple[int | None, ...]:
     """'5,10,25,all' -> (5, 10, 25, None); a bad item is a one-line error."""
     ks = []
     for item in (t.strip() for t in text.split(",")):
@@ -109,5 +110,5 @@ def parse_ks(text: str) -> tuple[int | None, ...]:
         elif item.isdigit():
             ks.append(int(item))
         else:
-            raise UserError(f"--ks: '{item}' is not a number of images per class; give e.g. 5,10,25,all")
+            raise UserError(f"{flag}: '{item}' is not a number of images per class; give e.g. 5,10,25,all")
     return tuple(ks)
