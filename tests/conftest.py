@@ -4,7 +4,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from transferlab.data.embedded import export_embedded
 from transferlab.experiments.config import CompareConfig
@@ -27,6 +29,35 @@ def small_data(embedded_dirs, tmp_path_factory) -> Path:
         for image in sorted(class_dir.iterdir())[:IMAGES_PER_CLASS]:
             shutil.copy(image, root / class_dir.name / image.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def planted_labels(embedded_dirs, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Two classes a probe tells apart at once (Fashion-MNIST coats; crops of scikit-image's colour photos),
+    30 each, plus two images of each class planted in the other's folder: (DATA, the planted files)."""
+    from skimage import data as photos
+    root = tmp_path_factory.mktemp("planted") / "data"
+    (root / "garment").mkdir(parents=True)
+    (root / "photo").mkdir()
+    coats = sorted((embedded_dirs[0] / "Coat").iterdir())[:32]
+    rng = np.random.default_rng(0)
+    sources = [photos.astronaut(), photos.chelsea(), photos.coffee(), photos.rocket()]
+    crops = []
+    for i in range(32):
+        p = sources[i % 4]
+        y, x = rng.integers(0, p.shape[0] - 128), rng.integers(0, p.shape[1] - 128)
+        crops.append(Image.fromarray(p[y:y + 128, x:x + 128]))
+    for coat in coats[:30]:
+        shutil.copy(coat, root / "garment" / coat.name)
+    for i, crop in enumerate(crops[:30]):
+        crop.save(root / "photo" / f"photo_{i:02d}.png")
+    wrong = [root / "photo" / coats[30].name, root / "photo" / coats[31].name,
+             root / "garment" / "photo_30.png", root / "garment" / "photo_31.png"]
+    shutil.copy(coats[30], wrong[0])
+    shutil.copy(coats[31], wrong[1])
+    crops[30].save(wrong[2])
+    crops[31].save(wrong[3])
+    return root, wrong
 
 
 TIMINGS = {"seconds", "elapsed_seconds"}  # wall-clock: differs between any two runs

@@ -47,3 +47,16 @@ def test_compare_report_renders_offline_with_its_plots_embedded(finished_run, tm
     assert "<table" in dom and "fine-tuned" in dom
     rows_with_ink = np.nonzero((shot < 200).any(axis=(1, 2)))[0]
     assert shot.shape[0] == 3000 and rows_with_ink.max() - rows_with_ink.min() > 1000  # text and plots drawn
+
+
+def test_audit_report_shows_the_top_issues_as_thumbnails(planted_labels, tmp_path):
+    from conftest import tiny_config
+    from transferlab.experiments.audit import run_audit
+    folder = run_audit(tiny_config(planted_labels[0], tmp_path, image_size_px=64))
+    dom, _ = render(folder / "report.html", tmp_path)
+    assert any(h.startswith("Audit") for h in re.findall(r"<h2[^>]*>([^<]+)", dom))
+    tags = [tag for tag in re.findall(r"<img[^>]*>", dom) if 'alt="the top issues"' in tag]
+    assert len(tags) == 1
+    src = re.search(r'src="([^"]+)"', tags[0]).group(1)
+    assert src.startswith("data:image/png;base64,")
+    assert min(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size) > 100

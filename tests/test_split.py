@@ -38,7 +38,7 @@ def test_saved_split_round_trips(tmp_path, small_data):
     assert Counter(saved["files"].values()) == {"train": len(train), "val": len(val)}
     assert apply_saved_split(tmp_path / "split.json", small_data, images) == {"train": train, "val": val,
                                                                               "test": [], "dropped_val": [],
-                                                                              "dropped_test": []}
+                                                                              "dropped_test": [], "excluded": []}
 
 
 def test_a_test_split_is_stratified_disjoint_and_leaves_validation_as_it_was(small_data):

@@ -12,6 +12,7 @@ from pathlib import Path
 # What the parser and main() need. The API that trains or loads models (torch, timm) is imported in the
 # command that runs it, so that `report` and `runs` stay light.
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
+from transferlab.data.exclude import read_exclude_list
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
@@ -83,6 +84,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="auto: weight the loss by inverse class frequency (imbalanced data)")
     p.add_argument("--dedupe", action="store_true",
                    help="drop validation/test images that (nearly) duplicate training images")
+    p.add_argument("--exclude", type=functools.partial(_named, "--exclude", read_exclude_list), default=(),
+                   metavar="FILE", help="leave these images out of train/validation: the audit's CSV (or a copy "
+                   "you edited) or a list of paths, one per line; recorded in split.json and the report")
     p.add_argument("--target-acc", type=float, default=d["target_acc"].default,
                    help="accuracy target of the verdict (on test when there is one)")
     p.add_argument("--time-budget", type=functools.partial(_named, "--time-budget", parse_duration), default=d["time_budget_seconds"].default,
@@ -160,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--test", type=Path, dest="test_dir", help="a test folder: reported, never used for a choice")
     cmp.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     _add_training_options(cmp)
+    for p in (cmp, demo):
+        p.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
+                       help="the report's Audit section: doubtful labels, outliers, copies (default: on)")
+
+    aud = sub.add_parser("audit", help="find wrong labels, outliers and copies among the training images")
+    aud.add_argument("data", nargs="?", type=Path, help="DATA/<class_name>/<images>")
+    aud.add_argument("--train", type=Path, dest="train_dir", help="explicit training folder (with --val)")
+    aud.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
+    aud.add_argument("--test", type=Path, dest="test_dir", help="a test folder: never read by the audit")
+    aud.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold probe (default 5)")
+    for dest in ("backbone", "weights", "image_size_px", "val_fraction", "test_fraction", "seed", "device", "engine",
+                 "runs_dir", "name", "cache_dir", "quiet", "strict"):  # compare's own options, shared
+        aud._add_action(next(a for a in cmp._actions if a.dest == dest))
 
     pred = sub.add_parser("predict", help="classify new images with a run's model")
     pred.add_argument("run_dir", type=Path)
@@ -299,6 +316,15 @@ def run(argv: list[str]) -> int:
             _print_summary(resume(args.resume, show_progress=not args.quiet))
         else:
             _print_summary(compare(_config(args, data_dir=args.data)))
+    elif args.command == "audit":
+        from transferlab.experiments.audit import run_audit
+        from transferlab.training.recipes import resolve_recipe as recipe_with
+        fields = CompareConfig.__dataclass_fields__
+        cfg = CompareConfig(**{k: v for k, v in vars(args).items() if k in fields}, data_dir=args.data,
+                            recipe=recipe_with("default", {"image_size_px": args.image_size_px}),
+                            show_progress=not args.quiet)
+        folder = run_audit(cfg, args.folds)
+        print(f"issues: {folder / 'audit.csv'}\nreport: {folder / 'report.md'}\n        {folder / 'report.html'}")
     elif args.command == "predict":
         from transferlab.predict import predict_batches
         _print_predictions(predict_batches(args.run_dir, args.images, top_k=args.top_k, onnx=args.onnx,

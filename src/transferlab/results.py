@@ -106,6 +106,33 @@ class RunData:
     ignored_files: list[str]
     leakage: Leakage
     imbalanced: bool
+    excluded: list[str] = field(default_factory=list)  # dropped from train/validation by --exclude (older runs: none)
+
+
+@dataclass(frozen=True)
+class AuditIssue:
+    """One image the audit doubts, in the order of its score (lowest first)."""
+
+    file: str
+    subset: str                 # "train" or "val": the audit never reads test
+    given: str                  # the class folder it is in
+    suggested: str              # the class the out-of-fold probe gives it
+    score: float                # 0..1; low = likely wrong (label: cleanlab's label quality; outlier: LOF)
+    reason: str                 # "label", "outlier" or "duplicate"
+    detail: str = ""            # for a duplicate: the file it copies
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """`transferlab audit` (and compare's Audit section): doubtful images of train + validation."""
+
+    n_images: int
+    folds: int
+    probe_accuracy: float        # out-of-fold accuracy against the given labels
+    counts: dict[str, int]       # per reason
+    issues: list[AuditIssue]
+    seconds: float
+    features: str                # which features the probe read (backbone, input size)
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,7 @@ class RunResult:
     training_precision: dict[str, str]
     total_seconds: float
     environment: dict                        # run_dir.environment(): weights, versions, threads: free-form
+    audit: AuditResult | None = field(default=None, metadata=ABSENT_WHEN_NONE)  # off: --no-audit, older runs
 
 
 @dataclass(frozen=True)

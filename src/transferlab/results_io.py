@@ -42,7 +42,8 @@ def from_json(hint: Any, value: Any, where: str = "") -> Any:
         unexpected = [k for k in value if k not in names]
         if unexpected:
             raise _Mismatch(f"unexpected key '{where}{unexpected[0]}'")
-        missing = [f.name for f in fields(hint) if f.name not in value and f.default is MISSING]
+        missing = [f.name for f in fields(hint)
+                   if f.name not in value and f.default is MISSING and f.default_factory is MISSING]
         if missing:
             raise _Mismatch(f"no key '{where}{missing[0]}'")
         return hint(**{k: from_json(hints[k], v, f"{where}{k}.") for k, v in value.items()})

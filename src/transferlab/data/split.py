@@ -14,8 +14,8 @@ from transferlab.atomic import local_path_text, write_json_atomic
 from transferlab.data.scan import LabelledImage
 from transferlab.errors import UserError, quoted
 
-# dropped_*: validation or test images that duplicate training ones (--dedupe)
-SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test")
+# dropped_*: validation or test images that duplicate training ones (--dedupe); excluded: named by --exclude
+SUBSETS = ("train", "val", "test", "dropped_val", "dropped_test", "excluded")
 # what a refused re-use of split.json tells the user to do; a study passes its own (another --study-dir)
 RESUME_FIX = "start a new run instead of resuming"
 

@@ -52,11 +52,14 @@ class CompareConfig:
     show_progress: bool = True
     tensorboard_dir: Path | None = None  # event files per epoch and phase, in DIR/<run folder name>/
     mlflow_uri: str | None = None        # an MLflow tracking URI: params, per-epoch metrics, the report
+    exclude: tuple[str, ...] = ()        # images left out of train/validation (--exclude FILE: data/exclude.py)
+    audit: bool = True                   # compare's Audit section (experiments/audit.py): off with --no-audit
 
     def __post_init__(self) -> None:
         if isinstance(self.recipe, str):  # a preset's name: the preset itself
             object.__setattr__(self, "recipe", resolve_recipe(self.recipe, {}))
         check_field_types(self)  # the API's types first: CompareConfig(data_dir=5) is named, not a TypeError later
+        object.__setattr__(self, "exclude", tuple(dict.fromkeys(str(_absolute(p)) for p in self.exclude)))
         if self.data_dir is None and self.train_dir is None:
             raise UserError("give a data folder (compare DATA; data_dir=) or --train DIR with --val DIR (train_dir=, "
                             "val_dir=)")
@@ -116,8 +119,8 @@ class CompareConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "CompareConfig":
         paths = _path_fields(cls)
-        own = {k: Path(v) if k in paths and v is not None else v for k, v in d.items()
-               if k in {f.name for f in fields(cls)} - {"recipe"}}
+        own = {k: Path(v) if k in paths and v is not None else tuple(v) if k == "exclude" else v
+               for k, v in d.items() if k in {f.name for f in fields(cls)} - {"recipe"}}
         return cls(**own, recipe=resolve_recipe(d.get("recipe", "default"),
                                                 {f.name: d[f.name] for f in recipe_fields() if f.name in d},
                                                 exact=True))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.decoded import DecodedImages, decode_images
+from transferlab.data.exclude import check_excluded_known
 from transferlab.data.images import Preprocessing
 from transferlab.data.leakage import find_leakage
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
@@ -94,7 +95,7 @@ def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, li
     """The split of the usable images (those that decoded); a class left without a training, validation or
     test image is a UserError naming it, never a model that silently never saw it (or a report row '– – 0')."""
     usable = folders.decoded.images
-    subsets = _initial_split(cfg, folders, usable)
+    subsets = _without_excluded(cfg, folders, _initial_split(cfg, folders, usable))
     names = folders.train.class_names
     has_test = folders.test is not None or cfg.test_fraction > 0
     wanted = ["train"] + (["val"] if folders.val is None else []) + (["test"] if cfg.test_fraction > 0 else [])
@@ -119,6 +120,24 @@ def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, li
             raise UserError(f"no image of class {quoted(names[missing[0]])} in {quoted(folder.root)} could be decoded "
                             "(each is named in a warning above); replace them or remove the class folder there")
     return subsets
+
+
+def _without_excluded(cfg: CompareConfig, folders: Folders, subsets: dict[str, list[LabelledImage]]
+                      ) -> dict[str, list[LabelledImage]]:
+    """--exclude after the split, so the same seed keeps the same validation and test images with or without
+    it (a paired comparison); an excluded test image is refused: the test set is never edited by a choice."""
+    if not cfg.exclude:
+        return subsets | {"excluded": []}
+    excluded = tuple(Path(p) for p in cfg.exclude)
+    check_excluded_known(excluded, {im.path for im in _all_images(folders)}, str(folders.train.root))
+    gone = set(excluded)
+    in_test = [im for im in subsets["test"] if im.path in gone]
+    if in_test:
+        raise UserError(f"--exclude names {quoted(in_test[0].path)}, a test image ({len(in_test)} in all): the test "
+                        "set is read once and never edited; remove test images from the list (an audit never names "
+                        "them: audit with the same --seed and fractions)")
+    kept = {name: [im for im in members if im.path not in gone] for name, members in subsets.items()}
+    return kept | {"excluded": [im for name in ("train", "val") for im in subsets[name] if im.path in gone]}
 
 
 def subset_of(decoded: DecodedImages, keep: list[LabelledImage]) -> DecodedImages:

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from transferlab.atomic import write_atomic  # noqa: E402
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER  # noqa: E402
 from transferlab.reporting.time_to_accuracy import model_timelines  # noqa: E402
-from transferlab.results import RunResult  # noqa: E402
+from transferlab.results import AuditIssue, RunResult  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -145,3 +145,39 @@ def plot_heatmap(values: list[list[float]], labels: list[list[str]], row_names: 
                     color="black" if values[i][j] > 0.6 else "white")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     _save(fig, path)
+
+
+AUDIT_THUMBNAILS = 12  # the top issues drawn in the report
+THUMBNAIL_PX = 96
+
+
+def plot_audit_thumbnails(issues: list[AuditIssue], path: Path) -> bool:
+    """The first AUDIT_THUMBNAILS issues, each with its given and suggested class, read from the image files;
+    False (nothing written) when none of them can be read any more."""
+    from PIL import Image, UnidentifiedImageError
+
+    from transferlab.atomic import local_path_text
+
+    shown = []
+    for issue in issues:
+        if len(shown) == AUDIT_THUMBNAILS:
+            break
+        try:
+            with Image.open(local_path_text(issue.file)) as image:
+                image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+                shown.append((issue, image.convert("RGB")))
+        except (OSError, UnidentifiedImageError):
+            continue
+    if not shown:
+        return False
+    columns = min(len(shown), 6)
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (issue, image) in zip(axes.flat, shown):
+        ax.imshow(image)
+        ax.set_title(f"{issue.reason} {issue.score:.2f}\n{_short_label(issue.given)} → {_short_label(issue.suggested)}"
+                     f"\n{Path(issue.file).name[-18:]}", fontsize=7)
+    _save(fig, path)
+    return True

@@ -6,14 +6,15 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from transferlab.atomic import write_text_atomic
-from transferlab.reporting.plots import (confusion_plot_note, plot_accuracy_over_time, plot_confusion_matrix,
-                                         plot_learning_curves)
+from transferlab.reporting.audit_report import THUMBNAILS_PNG, audit_lines
+from transferlab.reporting.plots import (confusion_plot_note, plot_accuracy_over_time, plot_audit_thumbnails,
+                                         plot_confusion_matrix, plot_learning_curves)
 from transferlab.reporting.tables import PHASE_LABELS, comparison_table, recipe_line, verdict_lines
 from transferlab.results import RunResult
 from transferlab.results_io import read_run_results
 
 
-def render_markdown(results: RunResult) -> str:
+def render_markdown(results: RunResult, audit_thumbnails: bool = False) -> str:
     data, cm = results.data, results.confusion_matrix
     finetune = results.phases["finetuned"].unfreeze  # the freezing plan, a dict (models/freezing.py)
     plot_note = confusion_plot_note(len(data.class_names))
@@ -57,11 +58,17 @@ def render_markdown(results: RunResult) -> str:
                      f"{test_leak.exact_duplicates} exact and {test_leak.near_duplicates} near duplicates"
                      + (" (dropped: --dedupe)" if test_leak.dropped and test_leak.examples else ""))
     lines.append(f"- class counts (train): {dict(zip(data.class_names, data.train_per_class))}")
+    if data.excluded:
+        lines.append(f"- excluded by --exclude (after the split; test untouched): {len(data.excluded)} images")
+        lines += [f"  - `{path}`" for path in data.excluded[:10]]
+        lines += [f"  - … {len(data.excluded) - 10} more in results.json"] if len(data.excluded) > 10 else []
     lines += ["", "### Skipped files", ""]
     lines += [f"- `{s.path}`: {s.reason}" for s in data.skipped] or ["None: every image decoded."]
     if data.ignored_files:
         lines += ["", f"{len(data.ignored_files)} files without an image suffix were ignored "
                   f"(first: `{data.ignored_files[0]}`)."]
+    if results.audit is not None:
+        lines += ["", "## Audit", "", *audit_lines(results.audit, audit_thumbnails)]
     return "\n".join(lines) + "\n"
 
 
@@ -73,7 +80,8 @@ def write_report(run_dir: Path) -> Path:
     cm = results.confusion_matrix
     plot_confusion_matrix(cm.matrix, results.data.class_names, f"{PHASE_LABELS[cm.phase]} ({cm.subset})",
                           run_dir / "confusion_matrix.png")
-    markdown = render_markdown(results)
+    thumbnails = results.audit is not None and plot_audit_thumbnails(results.audit.issues, run_dir / THUMBNAILS_PNG)
+    markdown = render_markdown(results, thumbnails)
     write_text_atomic(run_dir / "report.md", markdown)
     write_text_atomic(run_dir / "report.html", markdown_to_html(markdown, run_dir))
     return run_dir / "report.md"

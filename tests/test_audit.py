@@ -1,0 +1,114 @@
+"""The audit (experiments/audit.py) and --exclude (data/exclude.py): real images, planted mistakes."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from transferlab.cli import main
+from transferlab.data.exclude import read_exclude_list
+from transferlab.errors import UserError
+from transferlab.experiments.audit import run_audit
+from transferlab.results_io import read_run_results
+
+from conftest import tiny_config
+
+
+def _rows(folder: Path) -> list[dict]:
+    with open(folder / "audit.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_planted_wrong_labels_are_doubted_and_the_test_split_is_never_read(planted_labels, tmp_path):
+    data, wrong = planted_labels
+    folder = run_audit(tiny_config(data, tmp_path, image_size_px=64, test_fraction=0.2))
+    rows = _rows(folder)
+    doubted = {r["file"] for r in rows if r["reason"] == "label"}
+    split = json.loads((folder / "split.json").read_text())
+    test_files = {str(data / f) for f, subset in split["files"].items() if subset == "test"}
+    pool = [f for f, subset in split["files"].items() if subset in ("train", "val")]
+    planted_in_pool = {str(w) for w in wrong} - test_files
+    assert planted_in_pool and planted_in_pool <= doubted  # every planted image the audit could see
+    assert test_files and not test_files & {r["file"] for r in rows}
+    audit = json.loads((folder / "audit.json").read_text())
+    assert audit["n_images"] == len(pool)
+    by_file = {r["file"]: r for r in rows if r["reason"] == "label"}
+    for w in planted_in_pool:  # the suggestion is the class the image shows
+        assert by_file[w]["suggested"] == ("garment" if w.split("/")[-2] == "photo" else "photo")
+    assert "![the top issues](audit_issues.png)" in (folder / "report.md").read_text()
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err.strip()
+
+
+def test_exclude_with_an_unknown_path_or_a_damaged_csv_is_one_line_and_writes_nothing(planted_labels, tmp_path, capsys):
+    data, _ = planted_labels
+    runs = tmp_path / "runs"
+    unknown = tmp_path / "list.txt"
+    unknown.write_text(f"{data / 'garment' / 'no_such.png'}\n")
+    damaged = tmp_path / "audit.csv"
+    damaged.write_text("file,subset,given\n" f"{data / 'garment' / 'x.png'},train\n")
+    binary = tmp_path / "bytes.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    for bad, says in ((unknown, "no_such.png"), (damaged, "line 2"), (binary, "bytes.csv")):
+        code, err = _cli(["compare", str(data), "--exclude", str(bad), "--runs-dir", str(runs),
+                          "--cache-dir", str(tmp_path / "cache"), "--image-size", "32"], capsys)
+        assert code == 2 and err.count("\n") == 0 and err.startswith("error: --exclude") and says in err, err
+    assert not runs.exists()
+
+
+def test_exclude_leaves_the_images_out_of_training_records_them_and_keeps_the_test_set(small_data, tmp_path):
+    from transferlab import compare
+    classes = sorted(p for p in small_data.iterdir())
+    listing = tmp_path / "exclude.txt"
+    chosen = [sorted(classes[0].iterdir())[0], sorted(classes[1].iterdir())[0]]
+    listing.write_text("# two images\n" + "".join(f"{p}\n" for p in chosen))
+    base = tiny_config(small_data, tmp_path, test_fraction=0.2, skip_scratch=True, audit=False)
+    plain = compare(base)
+    cfg = tiny_config(small_data, tmp_path, test_fraction=0.2, skip_scratch=True, audit=False,
+                      exclude=read_exclude_list(listing))
+    run = compare(cfg)
+    split, split_plain = (json.loads((r / "split.json").read_text())["files"] for r in (run, plain))
+    in_test = [p for p in chosen if split_plain[str(p.relative_to(small_data))] == "test"]
+    assert not in_test, "pick images outside the seed's test part"
+    assert sorted(f for f, s in split.items() if s == "excluded") == sorted(str(p.relative_to(small_data))
+                                                                            for p in chosen)
+    assert {f for f, s in split.items() if s == "test"} == {f for f, s in split_plain.items() if s == "test"}
+    results = read_run_results(run)
+    assert sorted(results.data.excluded) == sorted(map(str, chosen))
+    assert results.data.n_train + results.data.n_val == (read_run_results(plain).data.n_train
+                                                         + read_run_results(plain).data.n_val - 2)
+    assert "excluded by --exclude" in (run / "report.md").read_text()
+
+
+def test_exclude_refuses_a_test_image(small_data, tmp_path):
+    from transferlab import compare
+    probe = compare(tiny_config(small_data, tmp_path, test_fraction=0.2, skip_scratch=True, audit=False))
+    test_file = next(f for f, s in json.loads((probe / "split.json").read_text())["files"].items() if s == "test")
+    runs = tmp_path / "refused"
+    with pytest.raises(UserError, match="a test image"):
+        compare(tiny_config(small_data, tmp_path, test_fraction=0.2, runs_dir=runs,
+                            exclude=(str(small_data / test_file),)))
+    assert not runs.exists()
+
+
+def test_exclude_list_reads_the_audit_csv_and_plain_lists_relative_to_their_folder(tmp_path):
+    (tmp_path / "lists").mkdir()
+    plain = tmp_path / "lists" / "list.txt"
+    plain.write_text("# comment\n\n../data/a.png\n../data/a.png\n/abs/b.png\n")
+    assert read_exclude_list(plain) == (str(tmp_path / "data" / "a.png"), "/abs/b.png")
+    audit_csv = tmp_path / "audit.csv"
+    audit_csv.write_text('file,subset,given,suggested,score,reason,detail\n"/d/x, y.png",train,a,b,0.1,label,\n')
+    assert read_exclude_list(audit_csv) == ("/d/x, y.png",)
+    with pytest.raises(UserError, match="cannot be read"):
+        read_exclude_list(tmp_path / "missing.csv")
+
+
+def test_compare_report_has_the_audit_section(finished_run):
+    results = read_run_results(finished_run)
+    assert results.audit is not None and results.audit.n_images == results.data.n_train + results.data.n_val
+    report = (finished_run / "report.md").read_text()
+    assert "## Audit" in report and f"{results.audit.n_images} train + validation images" in report
