@@ -145,3 +145,11 @@ def test_a_study_under_torchrun_is_refused_naming_ray(small_data, tmp_path, monk
     with pytest.raises(UserError, match=r"does not run under torchrun .* --ray local\|auto\|ADDRESS"):
         study(_config(small_data, tmp_path))
     assert not (tmp_path / "study").exists()
+
+
+def test_a_ray_address_nobody_answers_is_one_line_before_anything_is_written(small_data, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'transferlab[ray]'")
+    for address, says in (("127.0.0.1:1", "nothing answers there"), ("no-port", "a cluster address")):
+        with pytest.raises(UserError, match=says) as refused:
+            study(_config(small_data, tmp_path, ray=address))
+        assert "\n" not in str(refused.value) and not (tmp_path / "study").exists()

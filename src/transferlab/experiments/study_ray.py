@@ -74,6 +74,8 @@ def connected(cfg: StudyConfig, device: torch.device) -> Iterator[None]:
     ray.init keeps its connection), with a node that can hold a cell."""
     ray = import_ray()
     started_here = not ray.is_initialized()
+    if cfg.ray not in ("local", "auto"):
+        _check_reachable(cfg.ray)
     if started_here:
         try:
             ray.init(address=None if cfg.ray == "local" else cfg.ray, logging_level=logging.WARNING)
@@ -87,6 +89,21 @@ def connected(cfg: StudyConfig, device: torch.device) -> Iterator[None]:
     finally:
         if started_here:
             ray.shutdown()
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """A TCP connection to the head first: Ray itself waits minutes on an address nobody answers. (StudyConfig
+    checked that the address is HOST:PORT.)"""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError(f"--ray {address}: nothing answers there within {CONNECT_TIMEOUT_S:g} s "
+                        f"({e.strerror or type(e).__name__}); start the head with `ray start --head`, check the "
+                        "address and firewall, or give --ray local") from None
 
 
 @contextmanager
