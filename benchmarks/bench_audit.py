@@ -99,8 +99,6 @@ def cell(name: str, parts: dict, test: Path, rate: float, seed: int, root: Path,
            "probe_accuracy": audit["probe_accuracy"], "audit_seconds": audit_seconds}
     if train:
         row["test_acc_noisy"] = test_acc(run_compare(config(noisy, test, seed, out, audit=False)))
-        listing = out / "exclude.txt"
-        listing.write_text("".join(f"{f}\n" for f in sorted(doubted)))
         row["test_acc_excluded"] = test_acc(run_compare(config(noisy, test, seed, out, audit=False,
                                                                exclude=tuple(sorted(doubted)))))
     print(json.dumps(row), flush=True)

@@ -29,13 +29,14 @@ def test_planted_wrong_labels_are_doubted_and_the_test_split_is_never_read(plant
     test_files = {str(data / f) for f, subset in split["files"].items() if subset == "test"}
     pool = [f for f, subset in split["files"].items() if subset in ("train", "val")]
     planted_in_pool = {str(w) for w in wrong} - test_files
-    assert planted_in_pool and planted_in_pool <= doubted  # every planted image the audit could see
+    assert planted_in_pool and doubted == planted_in_pool  # the classes are easy: exactly the planted ones
     assert test_files and not test_files & {r["file"] for r in rows}
+    assert {r["subset"] for r in rows} <= {"train", "val"}
     audit = json.loads((folder / "audit.json").read_text())
     assert audit["n_images"] == len(pool)
     by_file = {r["file"]: r for r in rows if r["reason"] == "label"}
     for w in planted_in_pool:  # the suggestion is the class the image shows
-        assert by_file[w]["suggested"] == ("garment" if w.split("/")[-2] == "photo" else "photo")
+        assert by_file[w]["suggested"] == ("garment" if Path(w).parent.name == "photo" else "photo")
     assert "![the top issues](audit_issues.png)" in (folder / "report.md").read_text()
 
 
@@ -112,3 +113,27 @@ def test_compare_report_has_the_audit_section(finished_run):
     assert results.audit is not None and results.audit.n_images == results.data.n_train + results.data.n_val
     report = (finished_run / "report.md").read_text()
     assert "## Audit" in report and f"{results.audit.n_images} train + validation images" in report
+
+
+def test_the_audit_command_finds_an_exact_copy_and_runs_lists_it(planted_labels, tmp_path, capsys):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(planted_labels[0], data)
+    original = sorted((data / "garment").iterdir())[0]
+    shutil.copy(original, data / "garment" / "zz_copy.png")
+    code = main(["audit", str(data), "--image-size", "64", "--engine", "torch", "--runs-dir", str(tmp_path / "runs"),
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "audit.csv" in out
+    folder = next((tmp_path / "runs").iterdir())
+    copies = [r for r in _rows(folder) if r["reason"] == "duplicate"]
+    assert [(Path(r["file"]).name, r["detail"]) for r in copies] == [("zz_copy.png", str(original))]
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert f"{folder.name}: audit of" in capsys.readouterr().out
+
+
+def test_a_study_refuses_exclude_in_one_line(small_data, tmp_path):
+    from transferlab import StudyConfig
+    listed = str(next(next(small_data.iterdir()).iterdir()))
+    with pytest.raises(UserError, match="does not take --exclude"):
+        StudyConfig(tiny_config(small_data, tmp_path, exclude=(listed,)))

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
     _add_training_options(cmp)
     for p in (cmp, demo):
-        p.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
+        p.add_argument("--audit", action=argparse.BooleanOptionalAction,
+                       default=CompareConfig.__dataclass_fields__["audit"].default,
                        help="the report's Audit section: doubtful labels, outliers, copies (default: on)")
 
     aud = sub.add_parser("audit", help="find wrong labels, outliers and copies among the training images")
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--train", type=Path, dest="train_dir", help="explicit training folder (with --val)")
     aud.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
     aud.add_argument("--test", type=Path, dest="test_dir", help="a test folder: never read by the audit")
-    aud.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold probe (default 5)")
+    aud.add_argument("--folds", type=int, help="folds of the out-of-fold probe (default 5)")
     for dest in ("backbone", "weights", "image_size_px", "val_fraction", "test_fraction", "seed", "device", "engine",
                  "runs_dir", "name", "cache_dir", "quiet", "strict"):  # compare's own options, shared
         aud._add_action(next(a for a in cmp._actions if a.dest == dest))

@@ -36,7 +36,7 @@ def read_exclude_list(path: Path | str) -> tuple[str, ...]:
         names = _csv_column(text, path, len(header))
     else:
         names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    base = path.resolve().parent
+    base = Path(os.path.abspath(path)).parent  # not resolved: a linked folder keeps the names its images have
     # a name as the file spells it (UTF-8), then as this process's file functions do (LC_ALL=C: surrogates)
     return tuple(dict.fromkeys(os.path.abspath(base / Path(local_path_text(name)).expanduser()) for name in names))
 

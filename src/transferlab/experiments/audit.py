@@ -10,7 +10,7 @@ and validation images that re-encode a training one (data/leakage.py, the check 
 import csv
 import io
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from transferlab.data.decoded import DecodedImages
 from transferlab.data.leakage import find_leakage
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
-from transferlab.experiments.datasets import decode_folders, labels_of, prepare_data, scan_folders
+from transferlab.experiments.datasets import (check_enough_per_class, decode_folders, labels_of, prepare_data,
+                                              scan_folders)
 from transferlab.experiments.phases import check_input_size, with_input_sizes
 from transferlab.experiments.run_dir import check_output_folders, default_cache_dir, new_run_dir
 from transferlab.models.backbones import load_backbone
@@ -32,13 +33,15 @@ from transferlab.results_io import to_json
 from transferlab.training.devices import resolve_device
 from transferlab.training.prefix_cache import prefix_outputs
 
-FOLDS = 5
+FOLDS = 5  # cleanlab's own default for out-of-sample probabilities (cv_n_folds)
 # the probe's inverse L2 strength on standardised features: measured on the embedded set's 1,000 train + val
 # images (Lite0, 224 px), out-of-fold accuracy 78.1 % at 0.01 vs 75.3 % at 0.1 (5 % labels flipped)
 PROBE_C = 0.01
-OUTLIER_NEIGHBOURS = 20
+OUTLIER_NEIGHBOURS = 20  # scikit-learn's default for LocalOutlierFactor
 REASONS = ("label", "outlier", "duplicate")
-CSV_COLUMNS = ("file", "subset", "given", "suggested", "score", "reason", "detail")
+CSV_COLUMNS = tuple(f.name for f in fields(AuditIssue))
+SINGLE_IMAGE_CLASS = ("a class has a single image in train + validation: an out-of-fold probe needs at least two per "
+                      "class; add images to it or remove the class folder")
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: int, seed: int
@@ -53,8 +56,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds: i
     smallest = int(np.bincount(labels).min())
     used = min(folds, smallest)
     if used < 2:
-        raise UserError("a class has a single image in train + validation: an out-of-fold probe needs at least two "
-                        "per class; add images to it or remove the class folder")
+        raise UserError(SINGLE_IMAGE_CLASS)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=1000))
     probabilities = cross_val_predict(probe, features, labels, method="predict_proba",
                                       cv=StratifiedKFold(used, shuffle=True, random_state=seed))
@@ -89,7 +91,7 @@ def duplicates(train: DecodedImages, val: DecodedImages) -> dict[int, str]:
         if key in first:
             copies[i] = str(pool[first[key]].path)
         else:
-            first.setdefault(key, i)
+            first[key] = i
     near = find_leakage(train.content_keys, train.pixels, val.content_keys, val.pixels).near
     return copies | {len(train.images) + i: "a training image (near copy)" for i in near}
 
@@ -132,13 +134,14 @@ def issues_csv(result: AuditResult) -> str:
     return out.getvalue()
 
 
-def run_audit(cfg: CompareConfig, folds: int = FOLDS) -> Path:
+def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
     """`transferlab audit`: the split compare would draw (same --seed and fractions), the frozen features of
     train + validation (the shared cache: warm after a compare run), the audit; writes an audit folder with
     audit.csv, audit.json, split.json and report.md/html. Returns the folder."""
-    if not 2 <= folds <= 20:
+    folds = FOLDS if folds is None else folds
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= 20:
         raise UserError(f"--folds must be a whole number from 2 to 20 (got {folds})")
-    cfg = cfg.with_absolute_paths()
+    cfg = replace(cfg.with_absolute_paths(), test_dir=None)  # a test folder is not even decoded
     folders = scan_folders(cfg)
     device = resolve_device(cfg.device)
     pretrained = load_backbone(cfg.backbone, cfg.weights, cfg.recipe.image_size_px)
@@ -148,8 +151,12 @@ def run_audit(cfg: CompareConfig, folds: int = FOLDS) -> Path:
     cfg = replace(with_input_sizes(cfg, model, pretrained), backbone=pretrained.name,
                   cache_dir=(cfg.cache_dir or default_cache_dir()).expanduser().resolve())
     prep = pretrained.preprocessing
-    started = time.perf_counter()
     folders = decode_folders(cfg, folders, prep, cfg.cache_dir)
+    subsets = check_enough_per_class(cfg, folders)
+    pool_labels = np.array([im.label for name in ("train", "val") for im in subsets[name]])
+    fewest = np.bincount(pool_labels, minlength=len(folders.train.class_names)).min()
+    if fewest < 2:  # before the audit folder exists
+        raise UserError(SINGLE_IMAGE_CLASS)
     audit_dir = new_run_dir(cfg.runs_dir, "audit-" + (cfg.name or Path(cfg.data_dir or cfg.train_dir).name))
     split = prepare_data(cfg, folders, prep, audit_dir).split
     model = model.to(device, memory_format=torch.channels_last)
@@ -159,8 +166,7 @@ def run_audit(cfg: CompareConfig, folds: int = FOLDS) -> Path:
     features = np.concatenate([r[np.arange(len(r))] for r in rows])
     result = audit_pool(features, split.train, split.val, split.class_names, folds, cfg.seed,
                         f"{pretrained.name}, {prep.image_size_px} px, pooled, frozen")
-    result = replace(result, seconds=time.perf_counter() - started)
     write_text_atomic(audit_dir / "audit.csv", issues_csv(result))
-    write_json_atomic(audit_dir / "audit.json", {"data": str(cfg.data_dir or cfg.train_dir), **to_json(result)})
+    write_json_atomic(audit_dir / "audit.json", to_json(result))
     write_audit_report(audit_dir, result, str(cfg.data_dir or cfg.train_dir))
     return audit_dir

@@ -107,6 +107,8 @@ def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, li
             n_failed = sum(s.path in in_pool for s in folders.decoded.skipped)
             needs = [{"train": "training", "val": "validation", "test": "test"}[s] for s in wanted]
             failed = f" ({n_failed} could not be decoded, each named in a warning above)" if n_failed else ""
+            n_excluded = sum(im.label == label for im in subsets["excluded"])
+            failed += f" after --exclude left out {n_excluded}" if n_excluded else ""
             fractions = "" if folders.val is not None else f" at --val-fraction {cfg.val_fraction:g}" + (
                 f" --test-fraction {cfg.test_fraction:g}" if cfg.test_fraction else "")
             raise UserError(f"class {quoted(name)} has {n_usable} usable images{failed}, too few for a "
@@ -124,8 +126,9 @@ def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, li
 
 def _without_excluded(cfg: CompareConfig, folders: Folders, subsets: dict[str, list[LabelledImage]]
                       ) -> dict[str, list[LabelledImage]]:
-    """--exclude after the split, so the same seed keeps the same validation and test images with or without
-    it (a paired comparison); an excluded test image is refused: the test set is never edited by a choice."""
+    """--exclude after the split, so the same seed draws the same split with or without it: training and
+    validation lose what is listed, test is unchanged (a paired comparison on test). An excluded test image
+    is refused: the test set is never edited by a choice."""
     if not cfg.exclude:
         return subsets | {"excluded": []}
     excluded = tuple(Path(p) for p in cfg.exclude)

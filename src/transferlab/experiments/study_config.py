@@ -41,6 +41,9 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)  # studies='data' is named, not split into letters
+        if self.compare.exclude:  # its cells, split checks and report do not carry the list yet
+            raise UserError("`transferlab study` does not take --exclude yet; run `transferlab compare --exclude "
+                            "FILE`, or make a copy of the data folder without those images")
         unknown = [s for s in self.studies if s not in STUDIES]
         if unknown or not self.studies:
             raise UserError(f"--studies '{','.join(unknown) or ''}' is unknown; choose from {', '.join(STUDIES)}")

@@ -99,10 +99,10 @@ def _check_reachable(address: str) -> None:
     checked that the address is HOST:PORT.)"""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
-        raise UserError(f"--ray {address}: nothing answers there within {CONNECT_TIMEOUT_S:g} s "
-                        f"({e.strerror or type(e).__name__}); start the head with `ray start --head`, check the "
+        raise UserError(f"--ray {address}: nothing answers there ({e.strerror or 'no answer'}, waited at most "
+                        f"{CONNECT_TIMEOUT_S:g} s); start the head with `ray start --head`, check the "
                         "address and firewall, or give --ray local") from None
 
 

@@ -1,11 +1,12 @@
 """`transferlab runs`: past compare runs and studies in a runs folder, one line each, from their JSON alone."""
 
+import json
 from pathlib import Path
 
 from transferlab.errors import UserError
 from transferlab.reporting.tables import PHASE_LABELS, PHASE_ORDER
-from transferlab.results import RunResult, StudyResult
-from transferlab.results_io import read_any_results
+from transferlab.results import AuditResult, RunResult, StudyResult
+from transferlab.results_io import from_json, read_any_results
 
 
 def _headline(results: RunResult | StudyResult) -> str:
@@ -25,10 +26,22 @@ def _headline(results: RunResult | StudyResult) -> str:
                                                  for p in PHASE_ORDER if p in results.phases)
 
 
+def _audit_headline(path: Path) -> str:
+    try:
+        audit = from_json(AuditResult, json.loads(path.read_bytes()))
+    except (OSError, ValueError):
+        return "audit.json unreadable by this transferlab"
+    return (f"audit of {audit.n_images} images, probe agrees with {audit.probe_accuracy:.1%}; doubted "
+            + ", ".join(f"{n} {reason}" for reason, n in audit.counts.items()))
+
+
 def list_runs(runs_dir: Path) -> list[str]:
     """Finished runs and studies, oldest first; unfinished or unreadable folders are named as such."""
     lines = []
     for folder in sorted(p for p in Path(runs_dir).iterdir() if p.is_dir()) if Path(runs_dir).is_dir() else []:
+        if (folder / "audit.json").is_file():  # `transferlab audit`'s folder
+            lines.append(f"{folder.name}: {_audit_headline(folder / 'audit.json')}")
+            continue
         if not (folder / "results.json").is_file():
             lines.append(f"{folder.name}: unfinished (no results.json)")
             continue
