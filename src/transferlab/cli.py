@@ -84,7 +84,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="auto: weight the loss by inverse class frequency (imbalanced data)")
     p.add_argument("--dedupe", action="store_true",
                    help="drop validation/test images that (nearly) duplicate training images")
-    p.add_argument("--exclude", type=functools.partial(_named, "--exclude", read_exclude_list), default=(),
+    p.add_argument("--exclude", type=read_exclude_list, default=(),  # its errors name --exclude
                    metavar="FILE", help="leave these images out of train/validation: the audit's CSV (or a copy "
                    "you edited) or a list of paths, one per line; recorded in split.json and the report")
     p.add_argument("--target-acc", type=float, default=d["target_acc"].default,

@@ -10,6 +10,7 @@ and validation images that re-encode a training one (data/leakage.py, the check 
 import csv
 import io
 import time
+import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -19,13 +20,14 @@ import torch
 from transferlab.atomic import write_json_atomic, write_text_atomic
 from transferlab.data.decoded import DecodedImages
 from transferlab.data.leakage import find_leakage
+from transferlab.data.row_store import RowView
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (check_enough_per_class, decode_folders, labels_of, prepare_data,
                                               scan_folders)
 from transferlab.experiments.phases import check_input_size, with_input_sizes
 from transferlab.experiments.run_dir import check_output_folders, default_cache_dir, new_run_dir
-from transferlab.models.backbones import load_backbone
+from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 from transferlab.results import AuditIssue, AuditResult
 from transferlab.reporting.audit_report import write_audit_report
@@ -125,6 +127,27 @@ def audit_pool(features: np.ndarray, train: DecodedImages, val: DecodedImages, c
                        seconds=time.perf_counter() - started, features=feature_text)
 
 
+def feature_source(pretrained: PretrainedBackbone) -> str:
+    return f"{pretrained.name}, {pretrained.preprocessing.image_size_px} px, pooled, frozen"
+
+
+def pooled(rows: tuple[RowView, RowView]) -> np.ndarray:
+    """Train's then validation's cached feature rows as one array (the order audit_pool expects)."""
+    return np.concatenate([r[np.arange(len(r))] for r in rows])
+
+
+def audit_cell(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages,
+               class_names: tuple[str, ...], frozen_features: tuple[RowView, RowView], seed: int
+               ) -> AuditResult | None:
+    """compare's Audit section from the frozen phase's cached features: only the probe and cleanlab cost
+    anything. Data too small for an out-of-fold probe gets a warning and no section, never a failed run."""
+    try:
+        return audit_pool(pooled(frozen_features), train, val, class_names, FOLDS, seed, feature_source(pretrained))
+    except UserError as e:
+        warnings.warn(f"no audit: {e}", stacklevel=2)
+        return None
+
+
 def issues_csv(result: AuditResult) -> str:
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\n")
@@ -160,12 +183,11 @@ def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
     audit_dir = new_run_dir(cfg.runs_dir, "audit-" + (cfg.name or Path(cfg.data_dir or cfg.train_dir).name))
     split = prepare_data(cfg, folders, prep, audit_dir).split
     model = model.to(device, memory_format=torch.channels_last)
-    rows = [prefix_outputs(model, [len(model.units)], part.pixels, part.content_keys, prep, cfg.cache_dir,
-                           pretrained.cache_key, device, engine=cfg.engine, show_progress=cfg.show_progress)[0]
-            for part in (split.train, split.val)]
-    features = np.concatenate([r[np.arange(len(r))] for r in rows])
-    result = audit_pool(features, split.train, split.val, split.class_names, folds, cfg.seed,
-                        f"{pretrained.name}, {prep.image_size_px} px, pooled, frozen")
+    rows = tuple(prefix_outputs(model, [len(model.units)], part.pixels, part.content_keys, prep, cfg.cache_dir,
+                                pretrained.cache_key, device, engine=cfg.engine, show_progress=cfg.show_progress)[0]
+                 for part in (split.train, split.val))
+    result = audit_pool(pooled(rows), split.train, split.val, split.class_names, folds, cfg.seed,
+                        feature_source(pretrained))
     write_text_atomic(audit_dir / "audit.csv", issues_csv(result))
     write_json_atomic(audit_dir / "audit.json", to_json(result))
     write_audit_report(audit_dir, result, str(cfg.data_dir or cfg.train_dir))

@@ -19,10 +19,10 @@ from transferlab.experiments.datasets import (decode_folders, labels_of, prepare
                                               subset_of)
 from transferlab.errors import UserError
 from transferlab.formats import RUN_FORMAT_VERSION
-from transferlab.experiments.audit import FOLDS, audit_pool
+from transferlab.experiments.audit import audit_cell
 from transferlab.experiments.interrupts import interruptible
-from transferlab.experiments.phases import (CellData, CellModels, CellPhases, CellSetting, check_input_size, copy_state,
-                                            run_cell, run_final_fit, unfreeze_for_finetuning, with_input_sizes)
+from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state, run_cell,
+                                            run_final_fit, unfreeze_for_finetuning, with_input_sizes)
 from transferlab.experiments.scoring import predict_test_set, record_test_accuracy
 from transferlab.experiments.run_dir import (check_output_folders, default_cache_dir, environment, new_run_dir,
                                              read_run_config)
@@ -30,7 +30,7 @@ from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
-from transferlab.results import (AuditResult, Augment, ConfusionMatrix, FinalFit, Leakage, PhaseResult, RunData,
+from transferlab.results import (Augment, ConfusionMatrix, FinalFit, Leakage, PhaseResult, RunData,
                                  RunResult, SkippedFile, Verdict, Weights)
 from transferlab.results_io import from_json, write_results
 from transferlab.training.distributed import barrier, join_process_group, run_on_main, torchrun_ranks
@@ -122,7 +122,8 @@ def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run
     cell = CellPhases(setting, data, run_dir, resuming, tracker.log_epoch if tracker else None)
     initial_state = copy_state(model) if recipe.final_fit else None  # pretrained backbone, untrained head
     models = run_cell(cell, model, skip_scratch=cfg.skip_scratch)
-    audit = compare_audit(setting, data, split.class_names, models) if cfg.audit and ranks.is_main else None
+    audit = (audit_cell(setting.pretrained, data.train, data.val, split.class_names, models.frozen_features,
+                        cfg.seed) if cfg.audit and ranks.is_main else None)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)
     phases = cell.phases
@@ -197,20 +198,6 @@ def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run
         environment={},  # run_compare's, which a resume checked against the stored one
         audit=audit,
     )
-
-
-def compare_audit(setting: CellSetting, data: CellData, class_names: tuple[str, ...], models: CellModels
-                  ) -> AuditResult | None:
-    """The Audit section from the frozen phase's cached features: only the probe and cleanlab cost anything.
-    Data too small for an out-of-fold probe gets a warning and no section, never a failed run."""
-    rows = [r[np.arange(len(r))] for r in models.frozen_features]
-    prep = setting.pretrained.preprocessing
-    try:
-        return audit_pool(np.concatenate(rows), data.train, data.val, class_names, FOLDS, setting.cfg.seed,
-                          f"{setting.pretrained.name}, {prep.image_size_px} px, pooled, frozen")
-    except UserError as e:
-        warnings.warn(f"no audit: {e}", stacklevel=2)
-        return None
 
 
 def final_fit_summary(final_phases: dict[str, PhaseResult], chosen: str, n_train: int) -> PhaseResult:
