@@ -210,15 +210,18 @@ def test_predict_yields_each_batch_before_decoding_the_next(finished_run, small_
     from transferlab.predict import predict_batches
     stream = predict_batches(finished_run, folder, batch_size=4)
     assert stream.n_files == 8
-    n_read, first = next(stream.batches)
-    assert n_read == 4 and [p.path.name for p in first] == sorted(p.name for p in folder.iterdir())[:4]
-    later = sorted(folder.iterdir())[4:]
-    for path in later:  # the second batch is read only now: it sees them broken
+    names = sorted(p.name for p in folder.iterdir())
+    n_read, first = next(stream.batches)  # the first image alone: the first line is out at once
+    assert n_read == 1 and [p.path.name for p in first] == names[:1]
+    n_read, second = next(stream.batches)
+    assert n_read == 4 and [p.path.name for p in second] == names[1:5]
+    later = sorted(folder.iterdir())[5:]
+    for path in later:  # the third batch is read only now: it sees them broken
         path.write_text("not an image any more")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rest = list(stream.batches)
-    assert rest == [(4, [])] and sum("skipping" in str(w.message) for w in caught) == 4
+    assert rest == [(3, [])] and sum("skipping" in str(w.message) for w in caught) == 3
 
 
 def test_cli_predict_streams_json_one_image_a_line_and_no_bar_off_a_terminal(finished_run, small_data, capsys):

@@ -9,8 +9,9 @@ import sys
 import warnings
 from pathlib import Path
 
-# What the parser and main() need. The API that trains or loads models (torch, timm) is imported in the
-# command that runs it, so that `report` and `runs` stay light.
+# What the parser and main() need. The API that trains or loads models (torch, timm) and the reports (SciPy,
+# matplotlib: 1.3 s of imports) are imported in the command that runs them, so that `predict` prints its
+# first line sooner and `runs` stays light.
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
 from transferlab.data.exclude import read_exclude_list
 from transferlab.errors import UserError
@@ -18,11 +19,6 @@ from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.study_config import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES,
                                                   StudyConfig, parse_ks)
-from transferlab.reporting.report import write_report
-from transferlab.reporting.runs_index import list_runs
-from transferlab.reporting.study_report import write_study_report
-from transferlab.reporting.tables import comparison_table, verdict_lines
-from transferlab.results_io import read_run_results
 from transferlab.training.ranks import torchrun_ranks
 from transferlab.options import ENGINES, EXPORT_FORMATS, PRECISIONS, default_cache_dir, parse_duration
 from transferlab.training.recipes import (PRESETS, UNFREEZE_KINDS, Unfreeze, flag_of, recipe_fields, resolve_recipe,
@@ -184,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
     pred.add_argument("--top-k", type=int, default=3)
     pred.add_argument("--batch-size", type=int, default=32, help="images decoded and classified at a time; "
-                      "each batch's lines are printed as soon as it is done")
+                      "each batch's lines are printed as soon as it is done (the first image goes alone)")
     pred.add_argument("--json", action="store_true", help="a JSON array, one image per line as it is done")
     pred.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
 
@@ -236,6 +232,8 @@ def _print_study_summary(study_dir: Path) -> None:
 def _print_summary(run_dir: Path) -> None:
     if not torchrun_ranks().is_main:
         return
+    from transferlab.reporting.tables import comparison_table, verdict_lines
+    from transferlab.results_io import read_run_results
     results = read_run_results(run_dir)
     print(comparison_table(results))
     print("\n".join(verdict_lines(results)).replace("**", ""))
@@ -341,6 +339,8 @@ def run(argv: list[str]) -> int:
             for name, recall in result["per_class_recall"].items():
                 print(f"  {name}: {recall:.1%}")
     elif args.command == "report":
+        from transferlab.reporting.report import write_report
+        from transferlab.reporting.study_report import write_study_report
         is_study = (args.run_dir / "cells").is_dir()
         print(write_study_report(args.run_dir) if is_study else write_report(args.run_dir))
     elif args.command == "export":
@@ -350,6 +350,7 @@ def run(argv: list[str]) -> int:
         print(f"wrote {(args.out or args.run_dir) / onnx['file']} (+ {SIDECAR_FILE}); max |delta logit| vs PyTorch "
               f"{onnx['parity_max_abs_logit_delta']:.1e} on {onnx['parity_inputs']}")
     elif args.command == "runs":
+        from transferlab.reporting.runs_index import list_runs
         print("\n".join(list_runs(args.runs_dir)) or f"no runs in '{args.runs_dir}'")
     return 0
 

@@ -64,11 +64,13 @@ def _decode_batch(paths: list[Path], prep) -> tuple[list[Path], list[np.ndarray]
 def _probability_batches(model, prep, paths: list[Path], where: str, batch_size: int = BATCH_SIZE
                          ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
     """(kept paths, their probabilities, skipped files with why) per batch, as soon as each is done; decoded
-    exactly as training decoded (model.json's preprocessing), one batch in memory at a time. Nothing decodable
-    at all is an error, raised after the last batch."""
+    exactly as training decoded (model.json's preprocessing), one batch in memory at a time. The first image
+    goes alone (0.05 s instead of 1 s for 32 at 224 px on 2 cores), so the first answer is out as soon as the
+    model is loaded. Nothing decodable at all is an error, raised after the last batch."""
     n_kept = 0
-    for start in range(0, len(paths), batch_size):
-        kept, pixels, skipped = _decode_batch(paths[start:start + batch_size], prep)
+    starts = [0, *range(1, len(paths), batch_size)] if paths else []
+    for start, end in zip(starts, starts[1:] + [len(paths)]):
+        kept, pixels, skipped = _decode_batch(paths[start:end], prep)
         probs = np.zeros((0, 0), np.float32)
         if pixels:
             with torch.no_grad():  # not around the yield: grad mode would leak into the caller's code
