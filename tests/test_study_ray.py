@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from conftest import tiny_config
 from transferlab import StudyConfig, study
 from transferlab.cli import main
 from transferlab.errors import UserError
+from transferlab.experiments.interrupts import RunInterrupted
 
 EPOCHS = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
 EXIT_ONCE_ENV = "TRANSFERLAB_TEST_EXIT_ONCE"  # study_ray's test hook, named here so this module imports without Ray
@@ -90,6 +92,30 @@ def test_a_cell_that_always_fails_is_reported_and_the_others_finish(local_ray, o
     assert failed["error"].startswith("IsADirectoryError") and "cell.json" in failed["error"]
     assert [_numbers(c) for c in on_ray["cells"]] == [_numbers(every)]
     assert f"`{small_k['hash']}`" in (study_dir / "report.md").read_text()
+
+
+def test_ctrl_c_on_the_driver_cancels_the_cells_and_the_same_call_resumes(local_ray, one_process, small_data, tmp_path,
+                                                                          monkeypatch):
+    import ray
+    cells, deadline = tmp_path / "study" / "cells", time.monotonic() + 300  # bounds the waits below
+
+    def interrupted_mid_cell(*args, **kwargs):
+        while not list(cells.glob("*/checkpoints/*")) and time.monotonic() < deadline:  # a task is training
+            time.sleep(0.05)
+        raise KeyboardInterrupt  # what the signal handler raises while the driver waits on its cells
+    monkeypatch.setattr(ray, "wait", interrupted_mid_cell)
+    cfg = _config(small_data, tmp_path, ray="local")
+    with pytest.raises(RunInterrupted, match="the same `transferlab study` command"):
+        study(cfg)
+    monkeypatch.undo()
+    while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:  # the workers give their CPUs back
+        time.sleep(0.1)
+    # cancelled, not left to run to the end: no cell finished, and the same call resumes the stopped ones
+    assert not list(cells.glob("*/results.json")) and list(cells.glob("*/checkpoints/*"))
+    assert not (tmp_path / "study" / ".ray-driver-token").exists()
+    on_ray = _results(study(cfg))
+    assert "failed" not in on_ray and not any(c["reused"] for c in on_ray["cells"])
+    assert [_numbers(c) for c in on_ray["cells"]] == [_numbers(c) for c in one_process["cells"]]
 
 
 def test_a_cell_no_ray_node_can_hold_is_refused_before_the_study_folder_is_made(local_ray, small_data, tmp_path):
