@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> dict:
             "n_cells": len(row["cells"]), "cells_equal_to_reference": same, "speed_up_vs_one_process": vs}
         print(f"| {mode} | {row['command_seconds']:.0f} | {row['study_seconds']:.0f} | {row['cells_seconds']:.0f} | "
               f"{same} of {len(row['cells'])} | {vs[0]:.2f}× / {vs[1]:.2f}× |")
-    write_json_atomic(args.out or RESULTS_DIR / f"study_ray_local{'_quick' if args.quick else ''}.json", report)
+    write_json_atomic(args.out or RESULTS_DIR / f"ray_study_local{'_quick' if args.quick else ''}.json", report)
     return report
 
 
@@ -98,5 +98,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test, a few minutes")
     parser.add_argument("--work", type=Path, help="the bench's folder (default: a new temporary one)")
-    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/study_ray_local*.json)")
+    parser.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/ray_study_local*.json)")
     main(parser.parse_args())
