@@ -2,14 +2,22 @@
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pytest
+import torch
 
 from transferlab import evaluate_folder, export, predict
 from transferlab.cli import main
+from transferlab.data.images import Preprocessing, normalised_nchw
 from transferlab.deploy import ONNX_FILE, PARITY_TOLERANCE, SIDECAR_FILE
+from transferlab.models.model_meta import read_model_meta
+from transferlab.models.onnx_runtime import load_onnx_model
+from transferlab.training.inputs import normalise
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +48,23 @@ def test_predict_and_evaluate_on_onnx_runtime_agree_with_pytorch(exported, small
     assert a["n_images"] == b["n_images"] == 60 and a["accuracy"] == b["accuracy"]
 
 
+def test_predict_onnx_imports_neither_torch_nor_timm(exported, small_data):
+    """Their imports are 4-5 s of a PyTorch predict's start: the ONNX path must answer without them."""
+    image = sorted((small_data / "Coat").iterdir())[0]
+    code = ("import sys; from transferlab.cli import main; "
+            f"code = main(['predict', '--onnx', {str(exported)!r}, {str(image)!r}]); "
+            "print(code, sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    first, last = child.stdout.splitlines()[0], child.stdout.splitlines()[-1]
+    assert first.startswith(f"{image}: ") and last == "0 []"
+
+
+def test_inference_normalises_as_training_does_to_the_bit(exported):
+    prep = Preprocessing.from_dict(read_model_meta(exported / "model.json")["preprocessing"])
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 40, 40, 3), dtype=np.uint8)
+    assert np.array_equal(normalised_nchw(pixels, prep), normalise(torch.from_numpy(pixels), prep).numpy())
+
+
 def test_the_cli_exports_and_batches_of_any_size_run(finished_run, small_data, tmp_path, capsys):
     out = tmp_path / "deploy"
     assert main(["export", str(finished_run), "--out", str(out)]) == 0
@@ -54,8 +79,10 @@ def test_the_cli_exports_and_batches_of_any_size_run(finished_run, small_data, t
 
 def test_predict_onnx_without_an_export_or_with_a_damaged_one_is_one_line(finished_run, exported, small_data,
                                                                           tmp_path, capsys):
-    assert main(["predict", str(finished_run), "--onnx", str(small_data / "Coat")]) == 2
-    assert f"run `transferlab export {finished_run}` first" in capsys.readouterr().err
+    bare = Path(shutil.copytree(finished_run, tmp_path / "bare"))
+    (bare / ONNX_FILE).unlink()
+    assert main(["predict", str(bare), "--onnx", str(small_data / "Coat")]) == 2
+    assert f"run `transferlab export {bare}` first" in capsys.readouterr().err
     damaged = Path(shutil.copytree(exported, tmp_path / "damaged"))
     (damaged / ONNX_FILE).write_bytes((damaged / ONNX_FILE).read_bytes()[:500])
     assert main(["evaluate", str(damaged), str(small_data), "--onnx"]) == 2
@@ -65,6 +92,37 @@ def test_predict_onnx_without_an_export_or_with_a_damaged_one_is_one_line(finish
     (damaged / SIDECAR_FILE).write_text(json.dumps(sidecar | {"class_names": "abc"}))
     assert main(["evaluate", str(damaged), str(small_data), "--onnx"]) == 2
     assert SIDECAR_FILE in capsys.readouterr().err
+
+
+def test_compare_leaves_an_export_of_its_model_and_predict_runs_it_unless_told_otherwise(finished_run, small_data):
+    sidecar = json.loads((finished_run / SIDECAR_FILE).read_text())
+    assert sidecar["onnx"]["parity_inputs"] == "8 seeded noise images"
+    assert 0 <= sidecar["onnx"]["parity_max_abs_logit_delta"] < PARITY_TOLERANCE
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    with patch("transferlab.predict.load_onnx_model", side_effect=load_onnx_model) as on_onnx:
+        default, on_torch = predict(finished_run, image, top_k=5), predict(finished_run, image, top_k=5, onnx=False)
+    assert on_onnx.call_count == 1  # the default took the export; onnx=False did not
+    assert [c for c, _ in default[0].top] == [c for c, _ in on_torch[0].top]
+    assert np.allclose([p for _, p in default[0].top], [p for _, p in on_torch[0].top], atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["weights", "model.json"])
+def test_an_export_not_made_from_the_runs_model_is_never_run(finished_run, small_data, tmp_path, capsys, change):
+    """A model trained again, or files copied in from another run, beside an older export."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    if change == "weights":
+        data = bytearray((run / "model.safetensors").read_bytes())
+        data[-1] ^= 1  # the last byte of the last tensor: still a loadable model
+        (run / "model.safetensors").write_bytes(bytes(data))
+    else:
+        (run / "model.json").write_text(json.dumps(json.loads((run / "model.json").read_text()) | {"val_acc": 0.5}))
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    with patch("transferlab.predict.load_onnx_model") as on_onnx, pytest.warns(UserWarning, match="was not made from"):
+        predict(run, image)
+    assert on_onnx.call_count == 0
+    assert main(["predict", str(run), "--onnx", str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was not exported from the model now in" in err[0]
 
 
 def test_bad_export_options_are_one_line(finished_run, tmp_path, capsys):

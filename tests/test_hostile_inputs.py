@@ -102,10 +102,12 @@ def test_an_unwritable_default_cache_is_one_line_before_a_run_folder_exists(smal
                          ids=["an existing file", "under /proc", "under a file"])
 def test_export_to_an_out_that_cannot_be_made_is_one_line(finished_run, tmp_path, capsys, make_out):
     out = make_out(tmp_path)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in finished_run.iterdir())
     assert main(["export", str(finished_run), "--out", str(out)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "--out" in line and f"'{out}'" in line
-    assert not (finished_run / ONNX_FILE).exists() and not list(tmp_path.glob(f"**/.{ONNX_FILE}.checking"))
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in finished_run.iterdir()) == before  # compare's export kept
+    assert not list(tmp_path.glob(f"**/.{ONNX_FILE}.checking"))
 
 
 def test_a_non_utf8_locale_with_non_ascii_names_trains_and_evaluates(small_data, tmp_path):

@@ -5,7 +5,8 @@ Public API:
         (under torchrun: data-parallel over the ranks; rank 0 writes)
     study(StudyConfig(CompareConfig(...), studies=("data",), seeds=3)) -> study dir with results.json, report.md
     load_model(run_dir), predict(run_dir, images), evaluate_folder(run_dir, labelled_dir)
-    export(run_dir) -> model.onnx + model.onnx.json (parity-checked); predict(..., onnx=True) runs it
+    export(run_dir) -> model.onnx + model.onnx.json (parity-checked; compare writes them too), which predict and
+        evaluate_folder run on ONNX Runtime by default (onnx=False: the PyTorch model)
 """
 
 from __future__ import annotations

@@ -98,7 +98,9 @@ def check_whole_number(function: str, argument: str, value: object, low: int, hi
     return value
 
 
-def check_flag(function: str, argument: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{function}(): {argument} must be True or False ({_got(value)})")
+def check_flag(function: str, argument: str, value: object, none_means: str = "") -> bool | None:
+    """True or False; None too where `none_means` says what it leaves to the function."""
+    if not isinstance(value, bool) and not (none_means and value is None):
+        raise UserError(f"{function}(): {argument} must be True, False{f' or None ({none_means})' if none_means else ''}"
+                        f" ({_got(value)})")
     return value

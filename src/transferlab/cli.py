@@ -26,6 +26,8 @@ from transferlab.training.recipes import (PRESETS, UNFREEZE_KINDS, Unfreeze, fla
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+ONNX_HELP = ("--onnx: the run's ONNX export (compare writes it; `transferlab export` renews it) on ONNX Runtime; "
+             "--no-onnx: the PyTorch model; default: the export when it was made from the run's model")
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
@@ -182,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--batch-size", type=int, default=32, help="images decoded and classified at a time; "
                       "each batch's lines are printed as soon as it is done (the first image goes alone)")
     pred.add_argument("--json", action="store_true", help="a JSON array, one image per line as it is done")
-    pred.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
+    pred.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None, help=ONNX_HELP)
 
     ev = sub.add_parser("evaluate", help="accuracy of a run's model on a labelled folder")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("labelled_dir", type=Path)
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--onnx", action="store_true", help="run the ONNX export (`transferlab export`) on ONNX Runtime")
+    ev.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None, help=ONNX_HELP)
 
     rep = sub.add_parser("report", help="rebuild report.md/html of a run or study from its results.json")
     rep.add_argument("run_dir", type=Path)

@@ -15,18 +15,18 @@ import torch
 
 from transferlab.api_checks import check_path, check_paths
 from transferlab.atomic import check_creatable, write_json_atomic
-from transferlab.data.images import ImageDecodeError, Preprocessing, load_for_model
+from transferlab.data.fingerprints import file_digest
+from transferlab.data.images import ImageDecodeError, load_for_model
 from transferlab.errors import UserError, quoted
 from transferlab.options import EXPORT_FORMATS
-from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, export_onnx
-from transferlab.models.saved import load_model, read_model_meta
-from transferlab.training.engines import onnxruntime_session
+from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, export_onnx
+from transferlab.models.onnx_runtime import INPUT_NAME, ONNX_FILE, SIDECAR_FILE, WEIGHTS_FILE, onnxruntime_session
+from transferlab.models.saved import load_model
 from transferlab.training.inputs import normalise
 
 OUTPUT_NAME = "logits"
 PARITY_TOLERANCE = 1e-4   # max |delta logit|, fp32 on CPU
 RANDOM_PARITY_IMAGES = 8  # without --check-images: seeded noise images, decoded-pixel range
-ONNX_FILE, SIDECAR_FILE = "model.onnx", "model.onnx.json"
 
 
 def _parity_inputs(prep, images: list[Path]) -> tuple[torch.Tensor, str]:
@@ -78,25 +78,7 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
         "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME,
         "input_layout": "NCHW float32, decoded and normalised as 'preprocessing' says; any batch size",
         "parity_max_abs_logit_delta": delta, "parity_inputs": inputs_used,
+        "weights_digest": file_digest(run_dir / WEIGHTS_FILE),
         "torch": torch.__version__, "onnxruntime": version("onnxruntime")}}
     write_json_atomic(sidecar_path, sidecar)
     return sidecar
-
-
-def load_onnx_model(run_dir: Path):
-    """(logits function on normalised NCHW batches, meta) from an export, for `predict --onnx`."""
-    run_dir = Path(run_dir)
-    onnx_path, sidecar_path = run_dir / ONNX_FILE, run_dir / SIDECAR_FILE
-    if not onnx_path.is_file() or not sidecar_path.is_file():
-        raise UserError(f"'{run_dir}' has no {ONNX_FILE} + {SIDECAR_FILE}; run `transferlab export {run_dir}` first")
-    meta = read_model_meta(sidecar_path)
-    try:
-        session = onnxruntime_session(onnx_path)
-    except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
-        raise UserError(f"{quoted(onnx_path)} cannot be loaded ({str(e).splitlines()[0][:120]}); "
-                        f"run `transferlab export {run_dir}` again") from None
-
-    def logits(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {INPUT_NAME: x.contiguous().numpy()})[0])
-
-    return logits, meta | {"preprocessing": Preprocessing.from_dict(meta["preprocessing"])}

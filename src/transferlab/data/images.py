@@ -40,6 +40,14 @@ class Preprocessing:
         return f"{self.image_size_px}px-{self.interpolation}-crop{self.crop_pct:g}"
 
 
+def normalised_nchw(pixels_nhwc: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 NHWC -> normalised float32 NCHW, C-contiguous (what ONNX Runtime takes): the same arithmetic as
+    training's torch `normalise`, in NumPy, so that inference needs no torch."""
+    mean = np.asarray(prep.mean, np.float32).reshape(1, 3, 1, 1) * 255
+    std = np.asarray(prep.std, np.float32).reshape(1, 3, 1, 1) * 255
+    return np.ascontiguousarray((pixels_nhwc.transpose(0, 3, 1, 2).astype(np.float32) - mean) / std)
+
+
 class ImageDecodeError(Exception):
     """A file that cannot become an RGB image; the message says why, for the skipped-files list."""
 

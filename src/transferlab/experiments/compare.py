@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from transferlab.atomic import write_json_atomic
+from transferlab.deploy import export_model
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
                                               subset_of)
@@ -84,11 +85,21 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
         results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker)
         results = replace(results, recipe={"overridden": overridden, **results.recipe}, environment=env)
         if ranks.is_main:
-            write_results(run_dir / "results.json", results)
+            _export_for_predict(run_dir)
+            write_results(run_dir / "results.json", results)  # last: a run with results.json is finished
         if tracker is not None:
             tracker.log_results(results)
     barrier(ranks)  # every rank returns a finished run
     return run_dir
+
+
+def _export_for_predict(run_dir: Path) -> None:
+    """The model as ONNX beside it, parity-checked, so that `predict` answers on ONNX Runtime in about a second
+    and runs 2x faster (README): 1-2 s here. A network the exporter cannot take keeps the run, with a warning."""
+    try:
+        export_model(run_dir)
+    except UserError as e:
+        warnings.warn(f"{e}; `predict` will use PyTorch", stacklevel=2)
 
 
 def _new_run(cfg: CompareConfig, overridden: list[str], env: dict) -> Path:

@@ -21,11 +21,11 @@ from torch import nn
 
 from transferlab.atomic import write_atomic
 from transferlab.data.fingerprints import key_digest
+from transferlab.models.onnx_runtime import INPUT_NAME
 from transferlab.models.transfer_model import UNITS_LAYOUT
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
 EXPORTERS = "torchscript, else dynamo"  # part of the cache keys: which exporter wrote a cached graph
 EXAMPLE_BATCH_SIZE = 2  # torch.export specialises a batch of 1 to a constant; 2 keeps the axis symbolic
 

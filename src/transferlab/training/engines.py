@@ -22,7 +22,8 @@ from transferlab.errors import UserError
 from transferlab.options import ENGINES
 from torch import nn
 
-from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, INPUT_NAME, cached_onnx, output_names
+from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, cached_onnx, output_names
+from transferlab.models.onnx_runtime import INPUT_NAME, onnxruntime_session
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.inputs import normalisation, normalise_by
 from transferlab.training.precision import prefix_autocast
@@ -122,17 +123,6 @@ class PrefixRunner:
         return outputs
 
 
-def onnxruntime_session(path: Path):
-    """intra-op threads as torch's (the CPU share this process was given), all graph optimisations."""
-    import onnxruntime  # here, not at the top: a run on CUDA never pays for the import
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1  # the graph is one chain of convolutions: nothing to run beside it
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def prefix_runner(model: TransferModel, last_units: list[int], prep: Preprocessing, device: torch.device,
                   engine: str, cache_dir: Path, model_key: str) -> PrefixRunner:
     """The frozen prefix on `engine` ('auto', 'torch', 'onnxruntime'): `model.prefixes` of raw pixels.
@@ -160,4 +150,4 @@ def prefix_runner(model: TransferModel, last_units: list[int], prep: Preprocessi
         return PrefixRunner(reference)
     finally:
         model.train(was_training)
-    return PrefixRunner(reference, onnxruntime_session(path))
+    return PrefixRunner(reference, onnxruntime_session(path, torch.get_num_threads()))
