@@ -125,6 +125,17 @@ def test_an_export_not_made_from_the_runs_model_is_never_run(finished_run, small
     assert len(err) == 1 and "was not exported from the model now in" in err[0]
 
 
+def test_an_export_onnx_runtime_cannot_run_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
+    """compare turns this line into a warning and keeps its run; `export` prints it and exits 2."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    with patch("transferlab.deploy.onnxruntime_session", side_effect=RuntimeError("no kernel for Op\nline 2")):
+        assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ONNX Runtime cannot run the export" in err[0] and "nothing was changed" in err[0]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
 def test_bad_export_options_are_one_line(finished_run, tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "has no model.json" in capsys.readouterr().err

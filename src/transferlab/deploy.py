@@ -17,7 +17,7 @@ from transferlab.api_checks import check_path, check_paths
 from transferlab.atomic import check_creatable, write_json_atomic
 from transferlab.data.fingerprints import file_digest
 from transferlab.data.images import ImageDecodeError, load_for_model
-from transferlab.errors import UserError, quoted
+from transferlab.errors import UserError, one_line, quoted
 from transferlab.options import EXPORT_FORMATS
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, export_onnx
 from transferlab.models.onnx_runtime import INPUT_NAME, ONNX_FILE, SIDECAR_FILE, WEIGHTS_FILE, onnxruntime_session
@@ -66,7 +66,12 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                         "; report this with the backbone's name") from None
     with torch.no_grad():
         expected = model(x).numpy()
-    got = onnxruntime_session(checking).run(None, {INPUT_NAME: x.contiguous().numpy()})[0]
+    try:
+        got = onnxruntime_session(checking, torch.get_num_threads()).run(None, {INPUT_NAME: x.contiguous().numpy()})[0]
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types, e.g. for an operator it lacks
+        checking.unlink(missing_ok=True)
+        raise UserError(f"ONNX Runtime cannot run the export of {quoted(run_dir)} ({one_line(str(e))[:120]}); nothing "
+                        "was changed; report this with the backbone's name") from None
     delta = float(np.abs(got - expected).max())
     if not delta <= PARITY_TOLERANCE:
         checking.unlink()
