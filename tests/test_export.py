@@ -1,4 +1,5 @@
-"""`transferlab export`: the run's model as ONNX, parity-checked on real images; `predict --onnx` runs it."""
+"""The run's model as ONNX: compare writes it, `transferlab export` renews it parity-checked on real images, and
+`predict`/`evaluate` run it by default, without torch, only while it is the run's model."""
 
 import json
 import shutil
@@ -16,13 +17,15 @@ from transferlab.cli import main
 from transferlab.data.images import Preprocessing, normalised_nchw
 from transferlab.deploy import ONNX_FILE, PARITY_TOLERANCE, SIDECAR_FILE
 from transferlab.models.model_meta import read_model_meta
+from transferlab.errors import UserError
+from transferlab.experiments.compare import _export_for_predict
 from transferlab.models.onnx_runtime import load_onnx_model
 from transferlab.training.inputs import normalise
 
 
 @pytest.fixture(scope="module")
 def exported(finished_run, small_data, tmp_path_factory) -> Path:
-    """A copy of a finished run with its export, parity checked on 10 real images."""
+    """A copy of a finished run with its export made again, parity checked on 10 real images."""
     run = Path(shutil.copytree(finished_run, tmp_path_factory.mktemp("export") / "run"))
     images = [p for class_dir in sorted(small_data.iterdir()) for p in sorted(class_dir.iterdir())[:2]]
     export(run, check_images=images)
@@ -40,11 +43,11 @@ def test_export_writes_a_graph_and_sidecar_that_match_pytorch_on_real_images(exp
 
 def test_predict_and_evaluate_on_onnx_runtime_agree_with_pytorch(exported, small_data):
     images = [sorted((small_data / c).iterdir())[-1] for c in ("Coat", "Shirt", "Dress")]
-    on_torch, on_onnx = predict(exported, images, top_k=5), predict(exported, images, top_k=5, onnx=True)
+    on_torch, on_onnx = predict(exported, images, top_k=5, onnx=False), predict(exported, images, top_k=5, onnx=True)
     for t, o in zip(on_torch, on_onnx):
         assert [c for c, _ in t.top] == [c for c, _ in o.top]
         assert np.allclose([p for _, p in t.top], [p for _, p in o.top], atol=1e-5)
-    a, b = evaluate_folder(exported, small_data), evaluate_folder(exported, small_data, onnx=True)
+    a, b = evaluate_folder(exported, small_data, onnx=False), evaluate_folder(exported, small_data, onnx=True)
     assert a["n_images"] == b["n_images"] == 60 and a["accuracy"] == b["accuracy"]
 
 
@@ -117,7 +120,8 @@ def test_an_export_not_made_from_the_runs_model_is_never_run(finished_run, small
     else:
         (run / "model.json").write_text(json.dumps(json.loads((run / "model.json").read_text()) | {"val_acc": 0.5}))
     image = sorted((small_data / "Shirt").iterdir())[0]
-    with patch("transferlab.predict.load_onnx_model") as on_onnx, pytest.warns(UserWarning, match="was not made from"):
+    with patch("transferlab.predict.load_onnx_model") as on_onnx, \
+            pytest.warns(UserWarning, match="was not exported from the model now in"):
         predict(run, image)
     assert on_onnx.call_count == 0
     assert main(["predict", str(run), "--onnx", str(image)]) == 2
@@ -126,7 +130,7 @@ def test_an_export_not_made_from_the_runs_model_is_never_run(finished_run, small
 
 
 def test_an_export_onnx_runtime_cannot_run_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
-    """compare turns this line into a warning and keeps its run; `export` prints it and exits 2."""
+    """`export` prints it and exits 2 (compare's own export turns failures into a warning: the next test)."""
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
     with patch("transferlab.deploy.onnxruntime_session", side_effect=RuntimeError("no kernel for Op\nline 2")):
@@ -134,6 +138,36 @@ def test_an_export_onnx_runtime_cannot_run_is_one_line_and_changes_nothing(finis
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ONNX Runtime cannot run the export" in err[0] and "nothing was changed" in err[0]
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
+@pytest.mark.parametrize("failure", [UserError("cannot export"), RuntimeError("exporter bug"), OSError(28, "No space")])
+def test_an_export_that_fails_at_the_end_of_compare_is_a_warning_and_predict_uses_pytorch(finished_run, small_data,
+                                                                                           tmp_path, failure):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    (run / ONNX_FILE).unlink()
+    with patch("transferlab.experiments.compare.export_model", side_effect=failure), \
+            pytest.warns(UserWarning, match="no ONNX export for `predict`.*it will use PyTorch"):
+        _export_for_predict(run)
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    with patch("transferlab.predict.load_onnx_model") as on_onnx:
+        assert predict(run, image)[0].path == image
+    assert on_onnx.call_count == 0
+
+
+def test_a_damaged_or_older_sidecar_falls_back_to_pytorch_by_default_and_is_one_line_with_onnx(
+        finished_run, small_data, tmp_path, capsys):
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    sidecar = json.loads((finished_run / SIDECAR_FILE).read_text())
+    older = sidecar | {"onnx": {k: v for k, v in sidecar["onnx"].items() if k != "weights_digest"}}
+    for name, text, why in [("damaged", "{not json", "is not valid JSON"),
+                            ("older", json.dumps(older), "does not record the weights it was made from")]:
+        run = Path(shutil.copytree(finished_run, tmp_path / name))
+        (run / SIDECAR_FILE).write_text(text)
+        with pytest.warns(UserWarning, match=why):
+            assert predict(run, image)[0].path == image
+        assert main(["predict", "--onnx", str(run), str(image)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and f"transferlab export {run}" in err[0] and "--no-onnx" in err[0]
 
 
 def test_bad_export_options_are_one_line(finished_run, tmp_path, capsys):

@@ -17,6 +17,7 @@ from transferlab.data.exclude import read_exclude_list
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
+from transferlab.models.onnx_runtime import AUTO_ONNX
 from transferlab.experiments.study_config import (DEFAULT_BACKBONES, DEFAULT_KS, FINAL_FIT_REFUSAL, STUDIES,
                                                   StudyConfig, parse_ks)
 from transferlab.training.ranks import torchrun_ranks
@@ -27,7 +28,7 @@ from transferlab.training.recipes import (PRESETS, UNFREEZE_KINDS, Unfreeze, fla
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 ONNX_HELP = ("--onnx: the run's ONNX export (compare writes it; `transferlab export` renews it) on ONNX Runtime; "
-             "--no-onnx: the PyTorch model; default: the export when it was made from the run's model")
+             f"--no-onnx: the PyTorch model; default: {AUTO_ONNX}")
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 

@@ -1,8 +1,8 @@
 """A run's model as ONNX (`transferlab export`): one graph from normalised image to logits, plus a sidecar.
 
 The graph has a dynamic batch axis and takes NCHW float32 images already normalised; the sidecar JSON
-(model.json's fields, so `predict --onnx` checks it the same way, plus an "onnx" section) says how to
-decode and normalise. The export shares its exporter with the frozen-pass engine, and is checked against
+(model.json's fields, so `predict` checks it the same way, plus an "onnx" section with the digest of the
+weights it was made from) says how to decode and normalise. compare writes one at the end of every run. The export shares its exporter with the frozen-pass engine, and is checked against
 PyTorch before it is kept: a graph that does not reproduce the model's logits is never left behind.
 """
 
@@ -20,11 +20,11 @@ from transferlab.data.images import ImageDecodeError, load_for_model
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.options import EXPORT_FORMATS
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, export_onnx
-from transferlab.models.onnx_runtime import INPUT_NAME, ONNX_FILE, SIDECAR_FILE, WEIGHTS_FILE, onnxruntime_session
+from transferlab.models.model_meta import WEIGHTS_FILE
+from transferlab.models.onnx_runtime import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, SIDECAR_FILE, onnxruntime_session
 from transferlab.models.saved import load_model
 from transferlab.training.inputs import normalise
 
-OUTPUT_NAME = "logits"
 PARITY_TOLERANCE = 1e-4   # max |delta logit|, fp32 on CPU
 RANDOM_PARITY_IMAGES = 8  # without --check-images: seeded noise images, decoded-pixel range
 

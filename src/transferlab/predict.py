@@ -16,14 +16,12 @@ from transferlab.api_checks import check_flag, check_path, check_paths, check_wh
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
 from transferlab.errors import UserError, one_line, quoted
-from transferlab.models.onnx_runtime import SIDECAR_FILE, Logits, has_export, is_stale_export, load_onnx_model
-from transferlab.models.model_meta import read_model_meta
+from transferlab.models.onnx_runtime import AUTO_ONNX, EXPORT_FIX, Logits, export_problem, has_export, load_onnx_model
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall
 
 BATCH_SIZE = 32
 MAX_BATCH_SIZE = 4096
 MAX_TOP_K = 10_000
-AUTO_ONNX = "the run's ONNX export when it was made from the run's model, else PyTorch"
 
 
 @dataclass(frozen=True)
@@ -99,10 +97,11 @@ def _load(run_dir: Path, onnx: bool | None) -> tuple[Logits, dict]:
     """(logits function, meta) of the run's ONNX export on ONNX Runtime (onnx=None: when the run holds one made
     from its model, as compare writes it) or of its PyTorch model (onnx=False, or no current export)."""
     if onnx is None and has_export(run_dir):
-        onnx = not is_stale_export(run_dir, read_model_meta(run_dir / SIDECAR_FILE))
-        if not onnx:
-            warnings.warn(f"the ONNX export in '{run_dir}' was not made from its model now; predicting with "
-                          f"PyTorch (slower to start); run `transferlab export {run_dir}` to refresh it", stacklevel=3)
+        problem = export_problem(run_dir)
+        onnx = problem is None
+        if problem:
+            warnings.warn(f"{problem}; predicting with PyTorch (slower to start); {EXPORT_FIX.format(run_dir=run_dir)}",
+                          stacklevel=3)
     if onnx:
         return load_onnx_model(run_dir)
     import torch

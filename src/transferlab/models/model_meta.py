@@ -12,6 +12,7 @@ from transferlab.data.images import INTERPOLATIONS, MAX_IMAGE_SIZE_PX, MIN_IMAGE
 from transferlab.errors import UserError, quoted
 from transferlab.formats import MODEL_FORMAT_VERSION
 
+META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"  # a saved model: how to rebuild it, its tensors
 MAX_HIDDEN_UNITS = 65536  # bounds what a damaged model.json can make us allocate before the shapes are checked
 FIX = "restore it from a backup or re-run `transferlab compare` to recreate it"
 
@@ -75,13 +76,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_model_meta(path: Path) -> dict:
-    """model.json (or an export's sidecar) checked against SCHEMA; a problem is one UserError naming the file."""
+def read_model_meta(path: Path, fix: str = FIX) -> dict:
+    """model.json (or an export's sidecar) checked against SCHEMA; a problem is one UserError naming the file
+    and, unless `fix` is empty, what to do."""
     try:
         meta = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{quoted(path)} is not valid JSON ({e}); {FIX}") from None
+        raise UserError(f"{quoted(path)} is not valid JSON ({e})" + (f"; {fix}" if fix else "")) from None
     problem = _schema_problem(meta)
     if problem:
-        raise UserError(f"{quoted(path)} {problem}; {FIX}")
+        raise UserError(f"{quoted(path)} {problem}" + (f"; {fix}" if fix else ""))
     return meta

@@ -3,29 +3,33 @@
 Nothing here imports torch, so `predict` on a run's export prints its first answer in under a second where
 the PyTorch path spends 4-6 s importing torch, torchvision and timm on 2 cores (measured in README)."""
 
+import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from transferlab.data.fingerprints import file_digest
+from transferlab.data.fingerprints import file_digest_once
 from transferlab.data.images import Preprocessing
 from transferlab.errors import UserError, quoted
-from transferlab.models.model_meta import read_model_meta
+from transferlab.models.model_meta import META_FILE, WEIGHTS_FILE, read_model_meta
 
-INPUT_NAME = "image"
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
 ONNX_FILE, SIDECAR_FILE = "model.onnx", "model.onnx.json"
-META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"  # the PyTorch model an export was made from
+AUTO_ONNX = "the run's ONNX export when it was made from the run's model, else PyTorch"  # what onnx=None does
+EXPORT_FIX = "run `transferlab export {run_dir}` to make it again, or use --no-onnx"
 
 Logits = Callable[[np.ndarray], np.ndarray]  # normalised NCHW float32 batch -> logits
 
 
 def onnxruntime_session(path: Path, threads: int | None = None):
-    """All graph optimisations; intra-op threads as given (torch's count in training), else ONNX Runtime's
-    default of one per physical core, which is also torch's."""
+    """All graph optimisations; intra-op threads as given (torch's count in training), else OMP_NUM_THREADS
+    as torch reads it, else ONNX Runtime's default of one per physical core."""
     import onnxruntime  # here, not at the top: a run on CUDA never pays for the import
 
     options = onnxruntime.SessionOptions()
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    threads = threads if threads is not None else int(omp) if omp.isdigit() and int(omp) > 0 else None
     if threads is not None:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # the graph is one chain of convolutions: nothing to run beside it
@@ -37,17 +41,26 @@ def has_export(run_dir: Path) -> bool:
     return (Path(run_dir) / ONNX_FILE).is_file() and (Path(run_dir) / SIDECAR_FILE).is_file()
 
 
-def is_stale_export(run_dir: Path, sidecar: dict) -> bool:
-    """An export beside a model it was not made from (the model was trained again, or its files copied in):
-    its model.json fields or its weights' digest differ. An export on its own (`export --out`) is its own model."""
+def export_problem(run_dir: Path) -> str | None:
+    """Why the export in `run_dir` must not stand for the model beside it, or None. Its sidecar must be sound,
+    and match model.json's fields and the weights' digest: a model trained again, or files copied in beside an
+    older export, do not. An export on its own (`export --out`) is its own model."""
     run_dir = Path(run_dir)
+    try:
+        sidecar = read_model_meta(run_dir / SIDECAR_FILE, fix="")
+    except UserError as e:
+        return str(e)
     meta_path, weights_path = run_dir / META_FILE, run_dir / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
-        return False
-    model_json = read_model_meta(meta_path)
+        return None
     onnx = sidecar.get("onnx")
     digest = onnx.get("weights_digest") if isinstance(onnx, dict) else None
-    return {k: sidecar.get(k) for k in model_json} != model_json or digest != file_digest(weights_path)
+    if digest is None:
+        return f"{quoted(run_dir / SIDECAR_FILE)} does not record the weights it was made from (an older transferlab)"
+    if {k: sidecar.get(k) for k in read_model_meta(meta_path)} != read_model_meta(meta_path) \
+            or digest != file_digest_once(weights_path):
+        return f"{quoted(run_dir / ONNX_FILE)} was not exported from the model now in '{run_dir}'"
+    return None
 
 
 def load_onnx_model(run_dir: Path) -> tuple[Logits, dict]:
@@ -56,15 +69,15 @@ def load_onnx_model(run_dir: Path) -> tuple[Logits, dict]:
     onnx_path, sidecar_path = run_dir / ONNX_FILE, run_dir / SIDECAR_FILE
     if not has_export(run_dir):
         raise UserError(f"'{run_dir}' has no {ONNX_FILE} + {SIDECAR_FILE}; run `transferlab export {run_dir}` first")
+    problem = export_problem(run_dir)
+    if problem:
+        raise UserError(f"{problem}; {EXPORT_FIX.format(run_dir=run_dir)}")
     meta = read_model_meta(sidecar_path)
-    if is_stale_export(run_dir, meta):
-        raise UserError(f"{quoted(onnx_path)} was not exported from the model now in '{run_dir}'; run "
-                        f"`transferlab export {run_dir}` again")
     try:
         session = onnxruntime_session(onnx_path)
     except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
         raise UserError(f"{quoted(onnx_path)} cannot be loaded ({str(e).splitlines()[0][:120]}); "
-                        f"run `transferlab export {run_dir}` again") from None
+                        f"{EXPORT_FIX.format(run_dir=run_dir)}") from None
 
     def logits(x: np.ndarray) -> np.ndarray:
         return session.run(None, {INPUT_NAME: x})[0]

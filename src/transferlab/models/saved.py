@@ -15,7 +15,7 @@ from transferlab.data.images import Preprocessing
 from transferlab.errors import UserError, quoted
 from transferlab.formats import MODEL_FORMAT_VERSION
 from transferlab.models.backbones import create_backbone
-from transferlab.models.model_meta import FIX, read_model_meta
+from transferlab.models.model_meta import FIX, META_FILE, WEIGHTS_FILE, read_model_meta
 from transferlab.models.transfer_model import HeadConfig, TransferModel
 
 
@@ -23,8 +23,8 @@ def save_model(directory: Path, model: TransferModel, *, backbone: str, class_na
                preprocessing: Preprocessing, head: HeadConfig, phase: str, val_acc: float) -> None:
     """Serialised in memory, then one atomic write: a full disk is a plain OSError, the old file intact."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes_atomic(Path(directory) / "model.safetensors", save(state))
-    write_json_atomic(Path(directory) / "model.json", {
+    write_bytes_atomic(Path(directory) / WEIGHTS_FILE, save(state))
+    write_json_atomic(Path(directory) / META_FILE, {
         "format_version": MODEL_FORMAT_VERSION, "backbone": backbone, "class_names": class_names,
         "preprocessing": preprocessing.to_dict(),
         "head": {"hidden_units": head.hidden_units, "dropout": head.dropout},
@@ -63,7 +63,7 @@ def load_model(directory: Path) -> tuple[TransferModel, dict]:
     meta is model.json with "preprocessing" as a Preprocessing: predictions decode exactly as training did.
     """
     directory = Path(directory)
-    meta_path, weights_path = directory / "model.json", directory / "model.safetensors"
+    meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise UserError(f"'{directory}' has no model.json + model.safetensors; give a run folder that "
                         "finished `transferlab compare`")
