@@ -104,8 +104,18 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs, la
 WARMUP_FRACTION = 0.1  # of all steps; BiT and timm warm up for a few percent of training
 
 
+def batch_bounds(n_images: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each training batch of an epoch; the last may be short. A last batch of one image
+    joins the one before: BatchNorm in train mode cannot normalise a single image (torch raises), and
+    dropping it would leave that image out of every epoch."""
+    starts = list(range(0, n_images, batch_size))
+    if len(starts) > 1 and n_images - starts[-1] == 1:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n_images]))
+
+
 def batches_per_epoch(n_images: int, batch_size: int) -> int:
-    return -(-n_images // batch_size)  # the last batch may be short
+    return len(batch_bounds(n_images, batch_size))
 
 
 def make_optimizer(params: list[nn.Parameter], spec: PhaseSpec) -> torch.optim.Optimizer:
@@ -165,11 +175,10 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         set_train_mode(module, train_modules)
         order = epoch_rng(spec.seed, epoch).permutation(len(train_inputs))
         loss_sum, correct = 0.0, 0
-        batches = range(0, len(order), spec.batch_size)
-        bar = progress_bar(batches, desc=f"{spec.name} {epoch + 1}/{spec.epochs}", unit="batch", leave=False,
-                           show=show_progress)
-        for start in bar:
-            positions = order[start:start + spec.batch_size]
+        bar = progress_bar(batch_bounds(len(order), spec.batch_size), desc=f"{spec.name} {epoch + 1}/{spec.epochs}",
+                           unit="batch", leave=False, show=show_progress)
+        for start, end in bar:
+            positions = order[start:end]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
             if ranks.is_distributed:
                 loss, logits, target = _rank_share_loss(parallel_forward, train_inputs, positions, target, epoch, weight,
@@ -236,7 +245,7 @@ def _rank_share_loss(parallel_forward: Callable[[torch.Tensor], torch.Tensor], i
 
 
 def _check_every_rank_gets_images(n_images: int, spec: PhaseSpec, ranks: Ranks) -> None:
-    smallest = min(spec.batch_size, n_images % spec.batch_size or spec.batch_size)
+    smallest = min(end - start for start, end in batch_bounds(n_images, spec.batch_size))
     if smallest < ranks.world_size:
         raise UserError(f"{ranks.world_size} ranks share each batch, but a batch of the {spec.name} phase has "
                         f"{smallest} images ({n_images} images, --batch-size {spec.batch_size}); use fewer "
