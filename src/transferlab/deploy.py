@@ -2,8 +2,9 @@
 
 The graph has a dynamic batch axis and takes NCHW float32 images already normalised; the sidecar JSON
 (model.json's fields, so `predict` checks it the same way, plus an "onnx" section with the digest of the
-weights it was made from) says how to decode and normalise. compare writes one at the end of every run. The export shares its exporter with the frozen-pass engine, and is checked against
-PyTorch before it is kept: a graph that does not reproduce the model's logits is never left behind.
+weights it was made from) says how to decode and normalise. compare writes one at the end of every run.
+The export shares its exporter with the frozen-pass engine, and is checked against PyTorch before it is
+kept: a graph that does not reproduce the model's logits is never left behind.
 """
 
 import os
@@ -16,30 +17,30 @@ import torch
 from transferlab.api_checks import check_path, check_paths
 from transferlab.atomic import check_creatable, write_json_atomic
 from transferlab.data.fingerprints import file_digest
-from transferlab.data.images import ImageDecodeError, load_for_model
+from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.options import EXPORT_FORMATS
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, export_onnx
 from transferlab.models.model_meta import WEIGHTS_FILE
 from transferlab.models.onnx_runtime import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, SIDECAR_FILE, onnxruntime_session
 from transferlab.models.saved import load_model
-from transferlab.training.inputs import normalise
 
 PARITY_TOLERANCE = 1e-4   # max |delta logit|, fp32 on CPU
 RANDOM_PARITY_IMAGES = 8  # without --check-images: seeded noise images, decoded-pixel range
 
 
 def _parity_inputs(prep, images: list[Path]) -> tuple[torch.Tensor, str]:
+    """Normalised as `predict` normalises (NumPy), so the check covers the very inputs the export will get."""
     if images:
         try:
-            pixels = np.stack([load_for_model(p, prep) for p in images])
+            pixels, used = np.stack([load_for_model(p, prep) for p in images]), f"{len(images)} given images"
         except ImageDecodeError as e:
             raise UserError(f"--check-images: {e}; give Pillow-readable images") from None
-        return normalise(torch.from_numpy(pixels), prep), f"{len(images)} given images"
-    rng = np.random.default_rng(0)
-    size = prep.image_size_px
-    pixels = rng.integers(0, 256, size=(RANDOM_PARITY_IMAGES, size, size, 3), dtype=np.uint8)
-    return normalise(torch.from_numpy(pixels), prep), f"{RANDOM_PARITY_IMAGES} seeded noise images"
+    else:
+        size = prep.image_size_px
+        pixels = np.random.default_rng(0).integers(0, 256, size=(RANDOM_PARITY_IMAGES, size, size, 3), dtype=np.uint8)
+        used = f"{RANDOM_PARITY_IMAGES} seeded noise images"
+    return torch.from_numpy(normalised_nchw(pixels, prep)), used
 
 
 def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",

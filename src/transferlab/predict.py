@@ -16,7 +16,7 @@ from transferlab.api_checks import check_flag, check_path, check_paths, check_wh
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
 from transferlab.errors import UserError, one_line, quoted
-from transferlab.models.onnx_runtime import AUTO_ONNX, EXPORT_FIX, Logits, export_problem, has_export, load_onnx_model
+from transferlab.models.onnx_runtime import AUTO_ONNX, Logits, export_fix, export_problem, has_export, load_onnx_model
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall
 
 BATCH_SIZE = 32
@@ -100,7 +100,7 @@ def _load(run_dir: Path, onnx: bool | None) -> tuple[Logits, dict]:
         problem = export_problem(run_dir)
         onnx = problem is None
         if problem:
-            warnings.warn(f"{problem}; predicting with PyTorch (slower to start); {EXPORT_FIX.format(run_dir=run_dir)}",
+            warnings.warn(f"{problem}; predicting with PyTorch (slower to start); {export_fix(run_dir)}",
                           stacklevel=3)
     if onnx:
         return load_onnx_model(run_dir)

@@ -11,15 +11,18 @@ import numpy as np
 
 from transferlab.data.fingerprints import file_digest_once
 from transferlab.data.images import Preprocessing
-from transferlab.errors import UserError, quoted
+from transferlab.errors import UserError, one_line, quoted
 from transferlab.models.model_meta import META_FILE, WEIGHTS_FILE, read_model_meta
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 ONNX_FILE, SIDECAR_FILE = "model.onnx", "model.onnx.json"
 AUTO_ONNX = "the run's ONNX export when it was made from the run's model, else PyTorch"  # what onnx=None does
-EXPORT_FIX = "run `transferlab export {run_dir}` to make it again, or use --no-onnx"
 
 Logits = Callable[[np.ndarray], np.ndarray]  # normalised NCHW float32 batch -> logits
+
+
+def export_fix(run_dir: Path) -> str:
+    return f"run `transferlab export {run_dir}` to make it again, or use --no-onnx"
 
 
 def onnxruntime_session(path: Path, threads: int | None = None):
@@ -28,8 +31,8 @@ def onnxruntime_session(path: Path, threads: int | None = None):
     import onnxruntime  # here, not at the top: a run on CUDA never pays for the import
 
     options = onnxruntime.SessionOptions()
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    threads = threads if threads is not None else int(omp) if omp.isdigit() and int(omp) > 0 else None
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"]) or None
     if threads is not None:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1  # the graph is one chain of convolutions: nothing to run beside it
@@ -57,8 +60,8 @@ def export_problem(run_dir: Path) -> str | None:
     digest = onnx.get("weights_digest") if isinstance(onnx, dict) else None
     if digest is None:
         return f"{quoted(run_dir / SIDECAR_FILE)} does not record the weights it was made from (an older transferlab)"
-    if {k: sidecar.get(k) for k in read_model_meta(meta_path)} != read_model_meta(meta_path) \
-            or digest != file_digest_once(weights_path):
+    model_json = read_model_meta(meta_path)
+    if {k: sidecar.get(k) for k in model_json} != model_json or digest != file_digest_once(weights_path):
         return f"{quoted(run_dir / ONNX_FILE)} was not exported from the model now in '{run_dir}'"
     return None
 
@@ -71,13 +74,13 @@ def load_onnx_model(run_dir: Path) -> tuple[Logits, dict]:
         raise UserError(f"'{run_dir}' has no {ONNX_FILE} + {SIDECAR_FILE}; run `transferlab export {run_dir}` first")
     problem = export_problem(run_dir)
     if problem:
-        raise UserError(f"{problem}; {EXPORT_FIX.format(run_dir=run_dir)}")
+        raise UserError(f"{problem}; {export_fix(run_dir)}")
     meta = read_model_meta(sidecar_path)
     try:
         session = onnxruntime_session(onnx_path)
     except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
-        raise UserError(f"{quoted(onnx_path)} cannot be loaded ({str(e).splitlines()[0][:120]}); "
-                        f"{EXPORT_FIX.format(run_dir=run_dir)}") from None
+        raise UserError(f"{quoted(onnx_path)} cannot be loaded ({one_line(str(e))[:120] or type(e).__name__}); "
+                        f"{export_fix(run_dir)}") from None
 
     def logits(x: np.ndarray) -> np.ndarray:
         return session.run(None, {INPUT_NAME: x})[0]

@@ -175,8 +175,8 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
         set_train_mode(module, train_modules)
         order = epoch_rng(spec.seed, epoch).permutation(len(train_inputs))
         loss_sum, correct = 0.0, 0
-        bar = progress_bar(batch_bounds(len(order), spec.batch_size), desc=f"{spec.name} {epoch + 1}/{spec.epochs}",
-                           unit="batch", leave=False, show=show_progress)
+        bar = progress_bar(batch_bounds(len(order), spec.batch_size), unit="batch", leave=False,
+                           desc=f"{spec.name} {epoch + 1}/{spec.epochs}", show=show_progress)
         for start, end in bar:
             positions = order[start:end]
             target = torch.as_tensor(train_labels[positions], device=device, dtype=torch.long)
