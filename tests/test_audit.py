@@ -121,7 +121,7 @@ def test_the_audit_command_finds_an_exact_copy_and_runs_lists_it(planted_labels,
     shutil.copytree(planted_labels[0], data)
     original = sorted((data / "garment").iterdir())[0]
     shutil.copy(original, data / "garment" / "zz_copy.png")
-    code = main(["audit", str(data), "--image-size", "64", "--engine", "torch", "--runs-dir", str(tmp_path / "runs"),
+    code = main(["audit", str(data), "--image-size", "64", "--runs-dir", str(tmp_path / "runs"),
                  "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "audit.csv" in out
@@ -137,3 +137,48 @@ def test_a_study_refuses_exclude_in_one_line(small_data, tmp_path):
     listed = str(next(next(small_data.iterdir()).iterdir()))
     with pytest.raises(UserError, match="does not take --exclude"):
         StudyConfig(tiny_config(small_data, tmp_path, exclude=(listed,)))
+
+
+def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only_what_it_lacks(embedded_dirs,
+                                                                                               tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from transferlab.experiments.audit import FEATURE_LEVELS, audit_features
+    from transferlab.models.backbones import load_backbone
+    from transferlab.training.inputs import normalise
+
+    pretrained = load_backbone("tf_efficientnet_lite0", None, 32)
+    backbone, prep = pretrained.module, pretrained.preprocessing
+    files = sorted((embedded_dirs[0] / "Shirt").iterdir())[:10]
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((32, 32))) for f in files])
+    images = lambda idx: SimpleNamespace(pixels=pixels[idx], content_keys=[files[i].name for i in idx])  # noqa: E731
+    with torch.no_grad():
+        maps = backbone.eval().forward_intermediates(normalise(torch.from_numpy(pixels), prep),
+                                                     indices=FEATURE_LEVELS, intermediates_only=True)
+    expected = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).numpy()
+    assert expected.shape[1] == sum(m.shape[1] for m in maps) and len(maps) == FEATURE_LEVELS
+
+    seen = []
+    backbone.blocks[0].register_forward_hook(lambda module, args, out: seen.append(len(out)))
+    backbone.train()
+    cold = audit_features(backbone, images(list(range(6))), prep, tmp_path, pretrained.cache_key, torch.device("cpu"))
+    assert np.allclose(cold, expected[:6], atol=1e-4) and backbone.training  # flags put back
+    seen.clear()
+    order = [9, 3, 7, 0, 8, 5, 6]
+    warm = audit_features(backbone, images(order), prep, tmp_path, pretrained.cache_key, torch.device("cpu"))
+    assert np.allclose(warm, expected[order], atol=1e-4)
+    assert sum(seen) == 1 + 4  # the width probe, then only images 6..9, which the cache lacked
+
+
+def test_compares_audit_section_is_the_audit_command_on_the_pretrained_backbone(finished_run, small_data, tmp_path):
+    """compare fine-tunes the backbone in place: its Audit section must still read the pretrained one."""
+    section = read_run_results(finished_run).audit
+    folder = run_audit(tiny_config(small_data, tmp_path))
+    command = json.loads((folder / "audit.json").read_text())
+    assert section.probe_accuracy == pytest.approx(command["probe_accuracy"])
+    assert [(i.file, i.reason) for i in section.issues] == [(i["file"], i["reason"]) for i in command["issues"]]
+    assert [i.score for i in section.issues] == pytest.approx([i["score"] for i in command["issues"]], abs=1e-3)

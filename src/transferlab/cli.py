@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--val", type=Path, dest="val_dir", help="explicit validation folder")
     aud.add_argument("--test", type=Path, dest="test_dir", help="a test folder: never read by the audit")
     aud.add_argument("--folds", type=int, help="folds of the out-of-fold probe (default 5)")
-    for dest in ("backbone", "weights", "image_size_px", "val_fraction", "test_fraction", "seed", "device", "engine",
+    for dest in ("backbone", "weights", "image_size_px", "val_fraction", "test_fraction", "seed", "device",
                  "runs_dir", "name", "cache_dir", "quiet", "strict"):  # compare's own options, shared
         aud._add_action(next(a for a in cmp._actions if a.dest == dest))
 

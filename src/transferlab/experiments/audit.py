@@ -1,8 +1,8 @@
 """The images that hurt: wrong labels, outliers and copies among train + validation (never test).
 
-Labels: out-of-fold class probabilities from a K-fold linear probe on the frozen backbone's pooled features
-(the frozen phase's own cache, so a compare run pays only for the probe), then cleanlab's confident learning
-(`find_label_issues`) decides which given labels to doubt and `get_label_quality_scores` ranks them.
+Labels: out-of-fold class probabilities from a K-fold linear probe on the pretrained backbone's last three feature
+levels (timm's `forward_intermediates`, each averaged over space; cached per image), then cleanlab's confident
+learning (`find_label_issues`) decides which given labels to doubt and `get_label_quality_scores` ranks them.
 Outliers: scikit-learn's LocalOutlierFactor on the same features. Copies: the same bytes twice in the pool,
 and validation images that re-encode a training one (data/leakage.py, the check every run makes).
 """
@@ -15,12 +15,16 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
+from torch import nn
 
 from transferlab.atomic import write_json_atomic, write_text_atomic
 from transferlab.data.decoded import DecodedImages
+from transferlab.data.fingerprints import key_digest
+from transferlab.data.images import Preprocessing
 from transferlab.data.leakage import find_leakage
-from transferlab.data.row_store import RowView
+from transferlab.data.row_store import RowStore, RowView
 from transferlab.errors import UserError
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (check_enough_per_class, decode_folders, labels_of, prepare_data,
@@ -28,17 +32,24 @@ from transferlab.experiments.datasets import (check_enough_per_class, decode_fol
 from transferlab.experiments.phases import check_input_size, with_input_sizes
 from transferlab.experiments.run_dir import check_output_folders, default_cache_dir, new_run_dir
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
-from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.models.transfer_model import HeadConfig, TransferModel, pooled_features
+from transferlab.progress import progress_bar
 from transferlab.results import AuditIssue, AuditResult
 from transferlab.reporting.audit_report import write_audit_report
 from transferlab.results_io import to_json
 from transferlab.training.devices import resolve_device
-from transferlab.training.prefix_cache import prefix_outputs
+from transferlab.training.inputs import normalise
 
 FOLDS = 5  # cleanlab's own default for out-of-sample probabilities (cv_n_folds)
 # the probe's inverse L2 strength on standardised features: measured on the embedded set's 1,000 train + val
 # images (Lite0, 224 px), out-of-fold accuracy 78.1 % at 0.01 vs 75.3 % at 0.1 (5 % labels flipped)
 PROBE_C = 0.01
+# The probe reads the last three of timm's feature levels, each averaged over space, not only the pooled
+# features: measured (5-fold probe, 3 seeds, 5 % labels flipped, Lite0 at 224 px), precision at recall 0.8 rose
+# from 0.37 to 0.50 on the embedded garments and from 0.56 to 0.84 on scikit-learn's digits, and the clean digits
+# got 3 doubts instead of 18: small images keep shape detail in the middle of the network that the last layers drop.
+FEATURE_LEVELS = 3
+FEATURES_LAYOUT = "audit-levels-v1"  # bump when what a cached row holds changes
 OUTLIER_NEIGHBOURS = 20  # scikit-learn's default for LocalOutlierFactor
 REASONS = ("label", "outlier", "duplicate")
 CSV_COLUMNS = tuple(f.name for f in fields(AuditIssue))
@@ -127,22 +138,69 @@ def audit_pool(features: np.ndarray, train: DecodedImages, val: DecodedImages, c
                        seconds=time.perf_counter() - started, features=feature_text)
 
 
+def feature_levels(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, C) the last FEATURE_LEVELS feature maps of `x`, each averaged over space, side by side; a backbone
+    timm gives no intermediates keeps its pooled features."""
+    if not hasattr(backbone, "forward_intermediates"):
+        return pooled_features(backbone, x)
+    maps = backbone.forward_intermediates(x, indices=FEATURE_LEVELS, intermediates_only=True)
+    return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
+
+
+def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessing, cache_root: Path,
+                   model_key: str, device: torch.device, show_progress: bool = False, batch_size: int = 64
+                   ) -> np.ndarray:
+    """`feature_levels` of every image (rows in the images' order), computed in fp32 only for the images the
+    cache lacks; `model_key` names the backbone and its weights. The backbone's train/eval flags are put back."""
+    size = prep.image_size_px
+    modes = {m: m.training for m in backbone.modules()}
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            width = feature_levels(backbone, torch.zeros(1, 3, size, size, device=device)).shape[1]
+            store = RowStore(Path(cache_root) / "audit" / key_digest(FEATURES_LAYOUT, FEATURE_LEVELS, model_key,
+                                                                       prep.to_dict(), timm.__version__,
+                                                                       torch.__version__), (width,), "float32")
+            missing = store.missing(images.content_keys)
+            if missing:
+                position_of = {k: i for i, k in enumerate(images.content_keys)}
+                positions = np.array([position_of[k] for k in missing])
+                rows = [feature_levels(backbone, normalise(torch.from_numpy(images.pixels[chunk]).to(device), prep)
+                                       ).cpu().numpy()
+                        for chunk in progress_bar([positions[i:i + batch_size]
+                                                   for i in range(0, len(positions), batch_size)],
+                                                  desc="audit features", unit="batch", leave=False,
+                                                  show=show_progress)]
+                store.add(missing, np.concatenate(rows))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    view = store.rows(images.content_keys)
+    return view[np.arange(len(view))]
+
+
 def feature_source(pretrained: PretrainedBackbone) -> str:
-    return f"{pretrained.name}, {pretrained.preprocessing.image_size_px} px, pooled, frozen"
+    levels = (f"last {FEATURE_LEVELS} feature levels, each averaged"
+              if hasattr(pretrained.module, "forward_intermediates") else "pooled")
+    return f"{pretrained.name}, {pretrained.preprocessing.image_size_px} px, {levels}, pretrained"
 
 
-def pooled(rows: tuple[RowView, RowView]) -> np.ndarray:
-    """Train's then validation's cached feature rows as one array (the order audit_pool expects)."""
-    return np.concatenate([r[np.arange(len(r))] for r in rows])
+def pool_features(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages, cache_root: Path,
+                  device: torch.device, show_progress: bool = False) -> np.ndarray:
+    """Train's then validation's audit features as one array (the order audit_pool expects)."""
+    return np.concatenate([audit_features(pretrained.module, part, pretrained.preprocessing, cache_root,
+                                          pretrained.cache_key, device, show_progress) for part in (train, val)])
 
 
 def audit_cell(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages,
-               class_names: tuple[str, ...], frozen_features: tuple[RowView, RowView], seed: int
+               class_names: tuple[str, ...], cache_root: Path, device: torch.device, seed: int
                ) -> AuditResult | None:
-    """compare's Audit section from the frozen phase's cached features: only the probe and cleanlab cost
-    anything. Data too small for an out-of-fold probe gets a warning and no section, never a failed run."""
+    """compare's Audit section, made before training changes the backbone; on a warm cache only the probe and
+    cleanlab cost anything. Data too small for an out-of-fold probe gets a warning and no section, never a
+    failed run."""
     try:
-        return audit_pool(pooled(frozen_features), train, val, class_names, FOLDS, seed, feature_source(pretrained))
+        return audit_pool(pool_features(pretrained, train, val, cache_root, device), train, val, class_names,
+                          FOLDS, seed, feature_source(pretrained))
     except UserError as e:
         warnings.warn(f"no audit: {e}", stacklevel=2)
         return None
@@ -182,11 +240,9 @@ def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
         raise UserError(SINGLE_IMAGE_CLASS)
     audit_dir = new_run_dir(cfg.runs_dir, "audit-" + (cfg.name or Path(cfg.data_dir or cfg.train_dir).name))
     split = prepare_data(cfg, folders, prep, audit_dir).split
-    model = model.to(device, memory_format=torch.channels_last)
-    rows = tuple(prefix_outputs(model, [len(model.units)], part.pixels, part.content_keys, prep, cfg.cache_dir,
-                                pretrained.cache_key, device, engine=cfg.engine, show_progress=cfg.show_progress)[0]
-                 for part in (split.train, split.val))
-    result = audit_pool(pooled(rows), split.train, split.val, split.class_names, folds, cfg.seed,
+    pretrained.module.to(device)
+    features = pool_features(pretrained, split.train, split.val, cfg.cache_dir, device, cfg.show_progress)
+    result = audit_pool(features, split.train, split.val, split.class_names, folds, cfg.seed,
                         feature_source(pretrained))
     write_text_atomic(audit_dir / "audit.csv", issues_csv(result))
     write_json_atomic(audit_dir / "audit.json", to_json(result))

@@ -207,7 +207,6 @@ class CellModels:
     first_units: dict[str, int]                  # where each of those enters the model (its cached prefix ends)
     scratch: TransferModel | None
     precisions: dict[str, str]                   # what each phase trained and was validated in
-    frozen_features: tuple[RowView, RowView]     # the pooled features of train and validation, unaugmented view
 
 
 def prefix_rows(setting: CellSetting, model: TransferModel, last_units: list[int], decoded: DecodedImages,
@@ -274,8 +273,7 @@ def run_cell(cell: CellPhases, model: TransferModel, skip_scratch: bool = False,
     # scratch: same architecture, random init, everything trains, on decoded images, same augmentation
     scratch = None if skip_scratch else train_scratch(cell)
     return CellModels(model=model, kept=kept, first_units=first_units, scratch=scratch,
-                      precisions={name: summary.precision for name, summary in cell.phases.items()},
-                      frozen_features=(train_at[end].views[0], val_at[end].views[0]))
+                      precisions={name: summary.precision for name, summary in cell.phases.items()})
 
 
 def train_scratch(cell: CellPhases) -> TransferModel:
