@@ -111,7 +111,7 @@ def duplicates(train: DecodedImages, val: DecodedImages) -> dict[int, str]:
 
 def audit_pool(features: np.ndarray, train: DecodedImages, val: DecodedImages, class_names: tuple[str, ...],
                folds: int = FOLDS, seed: int = 0, feature_text: str = "") -> AuditResult:
-    """The audit of train + validation from their pooled frozen features (rows: train, then validation)."""
+    """The audit of train + validation from their audit features (rows: train, then validation)."""
     started = time.perf_counter()
     pool = train.images + val.images
     labels = np.concatenate([labels_of(train), labels_of(val)])
@@ -216,7 +216,7 @@ def issues_csv(result: AuditResult) -> str:
 
 
 def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
-    """`transferlab audit`: the split compare would draw (same --seed and fractions), the frozen features of
+    """`transferlab audit`: the split compare would draw (same --seed and fractions), the audit features of
     train + validation (the shared cache: warm after a compare run), the audit; writes an audit folder with
     audit.csv, audit.json, split.json and report.md/html. Returns the folder."""
     folds = FOLDS if folds is None else folds

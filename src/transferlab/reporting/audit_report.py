@@ -18,7 +18,7 @@ def _cell(text: str) -> str:
 def audit_lines(audit: AuditResult, thumbnails: bool) -> list[str]:
     counts = audit.counts
     lines = [
-        f"Out-of-fold linear probe ({audit.folds} folds) on the frozen features ({audit.features}) of the "
+        f"Out-of-fold linear probe ({audit.folds} folds) on the backbone's features ({audit.features}) of the "
         f"{audit.n_images} train + validation images (never test): {audit.probe_accuracy:.1%} agree with their "
         f"folder. Doubted: {counts['label']} labels (cleanlab, confident learning), {counts['outlier']} outliers "
         f"(local outlier factor), {counts['duplicate']} copies; {audit.seconds:.1f} s.", "",
