@@ -138,10 +138,14 @@ def audit_pool(features: np.ndarray, train: DecodedImages, val: DecodedImages, c
                        seconds=time.perf_counter() - started, features=feature_text)
 
 
+def has_feature_levels(backbone: nn.Module) -> bool:
+    return hasattr(backbone, "forward_intermediates")
+
+
 def feature_levels(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, C) the last FEATURE_LEVELS feature maps of `x`, each averaged over space, side by side; a backbone
     timm gives no intermediates keeps its pooled features."""
-    if not hasattr(backbone, "forward_intermediates"):
+    if not has_feature_levels(backbone):
         return pooled_features(backbone, x)
     maps = backbone.forward_intermediates(x, indices=FEATURE_LEVELS, intermediates_only=True)
     return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
@@ -181,7 +185,7 @@ def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessi
 
 def feature_source(pretrained: PretrainedBackbone) -> str:
     levels = (f"last {FEATURE_LEVELS} feature levels, each averaged"
-              if hasattr(pretrained.module, "forward_intermediates") else "pooled")
+              if has_feature_levels(pretrained.module) else "pooled")
     return f"{pretrained.name}, {pretrained.preprocessing.image_size_px} px, {levels}, pretrained"
 
 
