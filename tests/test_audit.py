@@ -139,15 +139,17 @@ def test_a_study_refuses_exclude_in_one_line(small_data, tmp_path):
         StudyConfig(tiny_config(small_data, tmp_path, exclude=(listed,)))
 
 
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only_what_it_lacks(embedded_dirs,
-                                                                                               tmp_path):
+                                                                                               tmp_path, monkeypatch,
+                                                                                               engine):
     from types import SimpleNamespace
 
     import numpy as np
     import torch
     from PIL import Image
 
-    from transferlab.experiments.audit import FEATURE_LEVELS, audit_features
+    from transferlab.experiments import audit
     from transferlab.models.backbones import load_backbone
     from transferlab.training.inputs import normalise
 
@@ -158,20 +160,29 @@ def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only
     images = lambda idx: SimpleNamespace(pixels=pixels[idx], content_keys=[files[i].name for i in idx])  # noqa: E731
     with torch.no_grad():
         maps = backbone.eval().forward_intermediates(normalise(torch.from_numpy(pixels), prep),
-                                                     indices=FEATURE_LEVELS, intermediates_only=True)
+                                                     indices=audit.FEATURE_LEVELS, intermediates_only=True)
     expected = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).numpy()
-    assert expected.shape[1] == sum(m.shape[1] for m in maps) and len(maps) == FEATURE_LEVELS
+    assert expected.shape[1] == sum(m.shape[1] for m in maps) and len(maps) == audit.FEATURE_LEVELS
 
-    seen = []
-    backbone.blocks[0].register_forward_hook(lambda module, args, out: seen.append(len(out)))
+    computed, runners = [], []
+
+    def counting_runner(*args, **kwargs):  # what the engine is asked to compute, and which engine ran it
+        runner = pass_runner(*args, **kwargs)
+        runners.append(runner)
+        return lambda x: computed.append(len(x)) or runner(x)
+    pass_runner = audit.pass_runner
+    monkeypatch.setattr(audit, "pass_runner", counting_runner)
     backbone.train()
-    cold = audit_features(backbone, images(list(range(6))), prep, tmp_path, pretrained.cache_key, torch.device("cpu"))
-    assert np.allclose(cold, expected[:6], atol=1e-4) and backbone.training  # flags put back
-    seen.clear()
+    cold = audit.audit_features(backbone, images(list(range(6))), prep, tmp_path, pretrained.cache_key,
+                                torch.device("cpu"), engine)
+    assert np.allclose(cold, expected[:6], rtol=1e-4, atol=1e-4) and backbone.training  # flags put back
+    assert computed == [6] and [r.engine for r in runners] == [engine]  # no silent fallback to PyTorch
+    computed.clear()
     order = [9, 3, 7, 0, 8, 5, 6]
-    warm = audit_features(backbone, images(order), prep, tmp_path, pretrained.cache_key, torch.device("cpu"))
-    assert np.allclose(warm, expected[order], atol=1e-4)
-    assert sum(seen) == 1 + 4  # the width probe, then only images 6..9, which the cache lacked
+    warm = audit.audit_features(backbone, images(order), prep, tmp_path, pretrained.cache_key, torch.device("cpu"),
+                                engine)
+    assert np.allclose(warm, expected[order], rtol=1e-4, atol=1e-4)
+    assert computed == [4]  # only images 6..9, which the cache lacked
 
 
 def test_compares_audit_section_is_the_audit_command_on_the_pretrained_backbone(finished_run, small_data, tmp_path):

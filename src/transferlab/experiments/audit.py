@@ -1,8 +1,9 @@
 """The images that hurt: wrong labels, outliers and copies among train + validation (never test).
 
 Labels: out-of-fold class probabilities from a K-fold linear probe on the pretrained backbone's last three feature
-levels (timm's `forward_intermediates`, each averaged over space; cached per image), then cleanlab's confident
-learning (`find_label_issues`) decides which given labels to doubt and `get_label_quality_scores` ranks them.
+levels (timm's `forward_intermediates`, each averaged over space; run like the frozen pass, on ONNX Runtime on a
+CPU; cached per image), then cleanlab's confident learning (`find_label_issues`) decides which given labels to
+doubt and `get_label_quality_scores` ranks them.
 Outliers: scikit-learn's LocalOutlierFactor on the same features. Copies: the same bytes twice in the pool,
 and validation images that re-encode a training one (data/leakage.py, the check every run makes).
 """
@@ -38,7 +39,8 @@ from transferlab.results import AuditIssue, AuditResult
 from transferlab.reporting.audit_report import write_audit_report
 from transferlab.results_io import to_json
 from transferlab.training.devices import resolve_device
-from transferlab.training.inputs import normalise
+from transferlab.training.engines import PixelsToOutputs, pass_runner, resolve_engine
+from transferlab.training.prefix_cache import computed_by
 
 FOLDS = 5  # cleanlab's own default for out-of-sample probabilities (cv_n_folds)
 # the probe's inverse L2 strength on standardised features: measured on the embedded set's 1,000 train + val
@@ -152,30 +154,33 @@ def feature_levels(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessing, cache_root: Path,
-                   model_key: str, device: torch.device, show_progress: bool = False, batch_size: int = 64
-                   ) -> np.ndarray:
-    """`feature_levels` of every image (rows in the images' order), computed in fp32 only for the images the
-    cache lacks; `model_key` names the backbone and its weights. The backbone's train/eval flags are put back."""
+                   model_key: str, device: torch.device, engine: str = "auto", show_progress: bool = False,
+                   batch_size: int = 64) -> np.ndarray:
+    """`feature_levels` of every image (rows in the images' order), computed only for the images the cache lacks,
+    on `engine` as the frozen pass runs (ONNX Runtime on CPU, checked against PyTorch); `model_key` names the
+    backbone and its weights. The backbone's train/eval flags are put back."""
     size = prep.image_size_px
     modes = {m: m.training for m in backbone.modules()}
     backbone.eval()
+    engine = resolve_engine(engine, device)
     try:
         with torch.no_grad():
             width = feature_levels(backbone, torch.zeros(1, 3, size, size, device=device)).shape[1]
-            store = RowStore(Path(cache_root) / "audit" / key_digest(FEATURES_LAYOUT, FEATURE_LEVELS, model_key,
-                                                                       prep.to_dict(), timm.__version__,
-                                                                       torch.__version__), (width,), "float32")
-            missing = store.missing(images.content_keys)
-            if missing:
-                position_of = {k: i for i, k in enumerate(images.content_keys)}
-                positions = np.array([position_of[k] for k in missing])
-                rows = [feature_levels(backbone, normalise(torch.from_numpy(images.pixels[chunk]).to(device), prep)
-                                       ).cpu().numpy()
-                        for chunk in progress_bar([positions[i:i + batch_size]
-                                                   for i in range(0, len(positions), batch_size)],
-                                                  desc="audit features", unit="batch", leave=False,
-                                                  show=show_progress)]
-                store.add(missing, np.concatenate(rows))
+        store = RowStore(Path(cache_root) / "audit" / key_digest(
+            FEATURES_LAYOUT, FEATURE_LEVELS, model_key, prep.to_dict(), *computed_by(engine, device),
+            timm.__version__, torch.__version__), (width,), "float32")
+        missing = store.missing(images.content_keys)
+        if missing:
+            position_of = {k: i for i, k in enumerate(images.content_keys)}
+            positions = np.array([position_of[k] for k in missing])
+            run = pass_runner(PixelsToOutputs(backbone, lambda network, x: [feature_levels(network, x)], prep),
+                              ["levels"], prep, device, engine, cache_root, model_key, FEATURES_LAYOUT,
+                              FEATURE_LEVELS)
+            rows = [run(torch.from_numpy(images.pixels[chunk]))[0].float().cpu().numpy()
+                    for chunk in progress_bar([positions[i:i + batch_size]
+                                               for i in range(0, len(positions), batch_size)],
+                                              desc="audit features", unit="batch", leave=False, show=show_progress)]
+            store.add(missing, np.concatenate(rows))
     finally:
         for module, training in modes.items():
             module.training = training
@@ -190,20 +195,21 @@ def feature_source(pretrained: PretrainedBackbone) -> str:
 
 
 def pool_features(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages, cache_root: Path,
-                  device: torch.device, show_progress: bool = False) -> np.ndarray:
+                  device: torch.device, engine: str, show_progress: bool = False) -> np.ndarray:
     """Train's then validation's audit features as one array (the order audit_pool expects)."""
     return np.concatenate([audit_features(pretrained.module, part, pretrained.preprocessing, cache_root,
-                                          pretrained.cache_key, device, show_progress) for part in (train, val)])
+                                          pretrained.cache_key, device, engine, show_progress)
+                           for part in (train, val)])
 
 
 def audit_cell(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages,
-               class_names: tuple[str, ...], cache_root: Path, device: torch.device, seed: int
+               class_names: tuple[str, ...], cache_root: Path, device: torch.device, engine: str, seed: int
                ) -> AuditResult | None:
     """compare's Audit section, made before training changes the backbone; on a warm cache only the probe and
     cleanlab cost anything. Data too small for an out-of-fold probe gets a warning and no section, never a
     failed run."""
     try:
-        return audit_pool(pool_features(pretrained, train, val, cache_root, device), train, val, class_names,
+        return audit_pool(pool_features(pretrained, train, val, cache_root, device, engine), train, val, class_names,
                           FOLDS, seed, feature_source(pretrained))
     except UserError as e:
         warnings.warn(f"no audit: {e}", stacklevel=2)
@@ -245,7 +251,8 @@ def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
     audit_dir = new_run_dir(cfg.runs_dir, "audit-" + (cfg.name or Path(cfg.data_dir or cfg.train_dir).name))
     split = prepare_data(cfg, folders, prep, audit_dir).split
     pretrained.module.to(device)
-    features = pool_features(pretrained, split.train, split.val, cfg.cache_dir, device, cfg.show_progress)
+    features = pool_features(pretrained, split.train, split.val, cfg.cache_dir, device, cfg.engine,
+                             cfg.show_progress)
     result = audit_pool(features, split.train, split.val, split.class_names, folds, cfg.seed,
                         feature_source(pretrained))
     write_text_atomic(audit_dir / "audit.csv", issues_csv(result))

@@ -135,7 +135,7 @@ def _train_and_evaluate(setting: CellSetting, folders, model: TransferModel, run
     cell = CellPhases(setting, data, run_dir, resuming, tracker.log_epoch if tracker else None)
     initial_state = copy_state(model) if recipe.final_fit else None  # pretrained backbone, untrained head
     audit = (audit_cell(setting.pretrained, data.train, data.val, split.class_names, setting.cache_dir, device,
-                        cfg.seed) if cfg.audit and ranks.is_main else None)  # before fine-tuning changes the backbone
+                        cfg.engine, cfg.seed) if cfg.audit and ranks.is_main else None)  # before fine-tuning changes the backbone
     models = run_cell(cell, model, skip_scratch=cfg.skip_scratch)
     model, kept, views = models.model, models.kept, recipe.cached_views if recipe.augment else 1
     head_cfg = HeadConfig(dropout=recipe.head_dropout)

@@ -1,4 +1,5 @@
-"""Which engine runs the frozen prefix when the caches are filled: PyTorch, or ONNX Runtime on CPU.
+"""Which engine runs a frozen pass (the prefix whose outputs the caches keep, the audit's feature levels):
+PyTorch, or ONNX Runtime on CPU.
 
 Both take the decode cache's uint8 NHWC pixels: the ONNX graph normalises inside, where ONNX Runtime
 fuses it into the first convolution's input, instead of PyTorch making three float copies per batch first.
@@ -62,27 +63,36 @@ def engine_version(engine: str) -> str:
 PIXELS_IN = "uint8 NHWC pixels in, normalised in the graph"  # part of the graph's cache key
 
 
-class PixelsToPrefixes(nn.Module):
-    """uint8 NHWC pixels -> `model.prefixes` at `last_units`: the frozen pass as one forward()."""
+class PixelsToOutputs(nn.Module):
+    """uint8 NHWC pixels -> `outputs(network, normalised images)`: a frozen pass as one forward()."""
 
-    def __init__(self, model: TransferModel, last_units: list[int], prep: Preprocessing):
+    def __init__(self, network: nn.Module, outputs: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]],
+                 prep: Preprocessing):
         super().__init__()
-        self.model, self.last_units = model, list(last_units)
-        mean, std = normalisation(prep, next(model.parameters()).device)
+        self.network, self.outputs = network, outputs  # a submodule: its weights go into the exported graph
+        mean, std = normalisation(prep, next(network.parameters()).device)
         self.register_buffer("mean", mean, persistent=False)  # buffers: traced as graph constants
         self.register_buffer("std", std, persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.prefixes(normalise_by(pixels, self.mean, self.std), self.last_units))
+        return tuple(self.outputs(self.network, normalise_by(pixels, self.mean, self.std)))
+
+
+def prefixes_of(model: TransferModel, last_units: list[int], prep: Preprocessing) -> PixelsToOutputs:
+    """The frozen pass of the caches: `model.prefixes` at `last_units`."""
+    cuts = list(last_units)
+    return PixelsToOutputs(model, lambda network, x: network.prefixes(x, cuts), prep)
+
+
+def torch_runner(pass_: PixelsToOutputs, device: torch.device) -> Prefixes:
+    def run(pixels: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad(), prefix_autocast(device):
+            return list(pass_(pixels.to(device, non_blocking=True)))
+    return run
 
 
 def torch_prefixes(model: TransferModel, last_units: list[int], prep: Preprocessing, device: torch.device) -> Prefixes:
-    prefixes = PixelsToPrefixes(model, last_units, prep)
-
-    def run(pixels: torch.Tensor) -> list[torch.Tensor]:
-        with torch.no_grad(), prefix_autocast(device):
-            return list(prefixes(pixels.to(device, non_blocking=True)))
-    return run
+    return torch_runner(prefixes_of(model, last_units, prep), device)
 
 
 def parity_error(outputs: list[torch.Tensor], references: list[torch.Tensor]) -> tuple[float, float]:
@@ -92,8 +102,8 @@ def parity_error(outputs: list[torch.Tensor], references: list[torch.Tensor]) ->
     return max(deltas), max(d / s for d, s in zip(deltas, scales))
 
 
-class PrefixRunner:
-    """uint8 NHWC pixels -> the outputs of `model.prefixes`, on ONNX Runtime when a session is given.
+class PassRunner:
+    """uint8 NHWC pixels -> a frozen pass's outputs, on ONNX Runtime when a session is given.
 
     `engine` says what actually ran ('onnxruntime' can become 'torch' after the first batch) and
     `max_abs_delta` what the parity check measured, so the caller can log both.
@@ -112,11 +122,11 @@ class PrefixRunner:
         if self.max_abs_delta is None:
             self.max_abs_delta, relative = parity_error([y[:PARITY_IMAGES] for y in outputs],
                                                         self.reference(x[:PARITY_IMAGES]))
-            log.info("frozen prefix on onnxruntime: max |delta| vs torch %.1e (%.1e of the output scale)",
+            log.info("frozen pass on onnxruntime: max |delta| vs torch %.1e (%.1e of the output scale)",
                      self.max_abs_delta, relative)
             if relative > PARITY_TOLERANCE:
                 warnings.warn(f"ONNX Runtime differs from PyTorch by {relative:.1e} of the output scale "
-                              f"(limit {PARITY_TOLERANCE:g}); running the frozen prefix on PyTorch",
+                              f"(limit {PARITY_TOLERANCE:g}); running the frozen pass on PyTorch",
                               stacklevel=2)
                 self.engine = "torch"
                 return self.reference(x)
@@ -124,30 +134,37 @@ class PrefixRunner:
 
 
 def prefix_runner(model: TransferModel, last_units: list[int], prep: Preprocessing, device: torch.device,
-                  engine: str, cache_dir: Path, model_key: str) -> PrefixRunner:
+                  engine: str, cache_dir: Path, model_key: str) -> PassRunner:
     """The frozen prefix on `engine` ('auto', 'torch', 'onnxruntime'): `model.prefixes` of raw pixels.
 
     For ONNX Runtime the prefix is exported once per `model_key` (the backbone and its weights),
     preprocessing and cuts into `cache_dir`/onnx. A network the exporter cannot handle runs on PyTorch, with a warning.
     """
-    reference = torch_prefixes(model, last_units, prep, device)
+    return pass_runner(prefixes_of(model, last_units, prep), output_names(last_units), prep, device, engine,
+                       cache_dir, model_key, list(last_units))
+
+
+def pass_runner(pass_: PixelsToOutputs, outputs: list[str], prep: Preprocessing, device: torch.device, engine: str,
+                cache_dir: Path, model_key: str, *what: object) -> PassRunner:
+    """`pass_` on `engine`, exported once per `model_key` (the network and its weights), preprocessing and `what`
+    (which outputs it computes); checked against PyTorch on its first batch; PyTorch where it cannot export."""
+    reference = torch_runner(pass_, device)
     if resolve_engine(engine, device) == "torch":
-        return PrefixRunner(reference)
+        return PassRunner(reference)
     size = prep.image_size_px
     example = torch.zeros(EXAMPLE_BATCH_SIZE, size, size, 3, dtype=torch.uint8)
-    was_training = model.training
+    was_training = pass_.network.training
     try:
-        path = cached_onnx(PixelsToPrefixes(model, last_units, prep).eval(), example, output_names(last_units),
-                           cache_dir, PIXELS_IN, model_key, prep.to_dict(), list(last_units))
+        path = cached_onnx(pass_.eval(), example, outputs, cache_dir, PIXELS_IN, model_key, prep.to_dict(), *what)
     except torch.onnx.errors.OnnxExporterError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        warnings.warn(f"cannot export {model_key} to ONNX ({first_line}); running the frozen prefix on "
+        warnings.warn(f"cannot export {model_key} to ONNX ({first_line}); running the frozen pass on "
                       "PyTorch", stacklevel=2)
-        return PrefixRunner(reference)
+        return PassRunner(reference)
     except OSError as e:  # a read-only or full cache: the export is an optimisation, not a result
-        warnings.warn(f"cannot write the ONNX export to {cache_dir} ({e.strerror}); running the frozen prefix "
+        warnings.warn(f"cannot write the ONNX export to {cache_dir} ({e.strerror}); running the frozen pass "
                       "on PyTorch", stacklevel=2)
-        return PrefixRunner(reference)
+        return PassRunner(reference)
     finally:
-        model.train(was_training)
-    return PrefixRunner(reference, onnxruntime_session(path, torch.get_num_threads()))
+        pass_.network.train(was_training)
+    return PassRunner(reference, onnxruntime_session(path, torch.get_num_threads()))

@@ -43,9 +43,7 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         probes = model.prefixes(torch.zeros(1, 3, size, size, device=device), last_units)
     engine = resolve_engine(engine, device)
     depends_on = (UNITS_LAYOUT, model_key, prep.to_dict(), view, AUGMENT_VERSION if view else 0,
-                  compute_dtype(device), engine, engine_version(engine),
-                  (EXPORTERS, PIXELS_IN) if engine == "onnxruntime" else None,
-                  timm.__version__, torch.__version__)
+                  *computed_by(engine, device), timm.__version__, torch.__version__)
     stores = [RowStore(Path(cache_root) / "prefix" / key_digest(*depends_on, n), tuple(probe.shape[1:]), "float16")
               for n, probe in zip(last_units, probes)]
     todo = [(n, store) for n, store in zip(last_units, stores) if store.missing(content_keys)]
@@ -67,6 +65,12 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         for (_, store), out in zip(todo, chunks):
             store.add(missing, np.concatenate(out))  # the store skips the keys it already has
     return [store.rows(content_keys) for store in stores]
+
+
+def computed_by(engine: str, device: torch.device) -> tuple:
+    """What makes rows from `engine` (resolved) differ from another's: part of every frozen-pass cache key."""
+    return (compute_dtype(device), engine, engine_version(engine),
+            (EXPORTERS, PIXELS_IN) if engine == "onnxruntime" else None)
 
 
 def compute_dtype(device: torch.device) -> str:
