@@ -132,7 +132,8 @@ def run_fastai(cell: dict) -> dict:
     block = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=lambda _: items, get_y=parent_label,
                       splitter=IndexSplitter(range(len(lists["train"]), len(items))),
                       item_tfms=RandomResizedCrop(cell["image_size"], min_scale=0.5), batch_tfms=aug_transforms())
-    dls = block.dataloaders(cell["work"], bs=FASTAI_BATCH, num_workers=WORKERS)
+    # path: where lr_find writes its temporary model (models/_tmp.pth); fastai's default is the current folder
+    dls = block.dataloaders(cell["work"], path=cell["work"], bs=FASTAI_BATCH, num_workers=WORKERS)
     learn = vision_learner(dls, BACKBONE, metrics=accuracy, pretrained=True,
                            pretrained_cfg_overlay={"file": weights})
     check_loaded(learn.model, Path(weights))
