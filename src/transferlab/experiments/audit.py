@@ -157,12 +157,12 @@ def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessi
                    model_key: str, device: torch.device, engine: str = "auto", show_progress: bool = False,
                    batch_size: int = 64) -> np.ndarray:
     """`feature_levels` of every image (rows in the images' order), computed only for the images the cache lacks,
-    on `engine` as the frozen pass runs (ONNX Runtime on CPU, checked against PyTorch); `model_key` names the
-    backbone and its weights. The backbone's train/eval flags are put back."""
+    on `engine` as the frozen pass runs (ONNX Runtime on CPU, checked against PyTorch; bf16 autocast on a GPU that
+    has it); `model_key` names the backbone and its weights. The backbone's train/eval flags are put back."""
     size = prep.image_size_px
+    engine = resolve_engine(engine, device)
     modes = {m: m.training for m in backbone.modules()}
     backbone.eval()
-    engine = resolve_engine(engine, device)
     try:
         with torch.no_grad():
             width = feature_levels(backbone, torch.zeros(1, 3, size, size, device=device)).shape[1]
@@ -227,8 +227,8 @@ def issues_csv(result: AuditResult) -> str:
 
 def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
     """`transferlab audit`: the split compare would draw (same --seed and fractions), the audit features of
-    train + validation (the shared cache: warm after a compare run), the audit; writes an audit folder with
-    audit.csv, audit.json, split.json and report.md/html. Returns the folder."""
+    train + validation (the shared cache: warm after a compare run on the default engine), the audit; writes an
+    audit folder with audit.csv, audit.json, split.json and report.md/html. Returns the folder."""
     folds = FOLDS if folds is None else folds
     if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= 20:
         raise UserError(f"--folds must be a whole number from 2 to 20 (got {folds})")

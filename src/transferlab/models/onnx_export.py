@@ -63,7 +63,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: l
 
 def cached_onnx(module: nn.Module, example: torch.Tensor, outputs: list[str], cache_dir: Path, *key: object) -> Path:
     """`module` exported into `cache_dir`/onnx once per `key`, which must identify everything that shapes it
-    (network, weights, inputs, cuts); the versions of the tools that write the graph are added here."""
+    (network, weights, inputs, which outputs: the prefix's cuts, the audit's levels); the versions of the tools
+    that write the graph are added here."""
     digest = key_digest(UNITS_LAYOUT, EXPORTERS, *key, torch.__version__, timm.__version__,
                         version("onnx"), version("onnxscript"))  # metadata, not an import: onnxscript takes 0.5 s
     path = Path(cache_dir) / "onnx" / f"prefix-{digest}.onnx"
