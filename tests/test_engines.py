@@ -96,11 +96,13 @@ def test_a_graph_that_disagrees_with_pytorch_falls_back_with_one_warning(lite0):
     assert all(torch.equal(g, w) for g, w in zip(got, want))
 
 
-def test_a_network_the_exporter_rejects_runs_on_pytorch_with_a_warning(lite0, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [torch.onnx.errors.OnnxExporterError, RuntimeError])
+def test_a_network_the_exporter_rejects_runs_on_pytorch_with_a_warning(lite0, tmp_path, monkeypatch, error):
+    """Whatever both exporters raise (torch's own error type, or a tracer's RuntimeError), PyTorch runs the pass."""
     pretrained, model, images, cuts, _ = lite0
 
     def reject(*args, **kwargs):
-        raise torch.onnx.errors.OnnxExporterError("unsupported operator\nlong report ...")
+        raise error("unsupported operator\nlong report ...")
     monkeypatch.setattr(torch.onnx, "export", reject)
     with pytest.warns(UserWarning, match=r"cannot export .* to ONNX \(unsupported operator\); running"):
         runner = prefix_runner(model, cuts, pretrained.preprocessing, CPU, "auto", tmp_path, "other-key")
