@@ -173,13 +173,13 @@ def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only
     pass_runner = audit.pass_runner
     monkeypatch.setattr(audit, "pass_runner", counting_runner)
     backbone.train()
-    cold = audit.audit_features(backbone, images(list(range(6))), prep, tmp_path, pretrained.cache_key,
+    cold = audit.audit_features(backbone, [images(list(range(6)))], prep, tmp_path, pretrained.cache_key,
                                 torch.device("cpu"), engine)
     assert np.allclose(cold, expected[:6], rtol=1e-4, atol=1e-4) and backbone.training  # flags put back
     assert computed == [6] and [r.engine for r in runners] == [engine]  # no silent fallback to PyTorch
     computed.clear()
     order = [9, 3, 7, 0, 8, 5, 6]
-    warm = audit.audit_features(backbone, images(order), prep, tmp_path, pretrained.cache_key, torch.device("cpu"),
+    warm = audit.audit_features(backbone, [images(order)], prep, tmp_path, pretrained.cache_key, torch.device("cpu"),
                                 engine)
     assert np.allclose(warm, expected[order], rtol=1e-4, atol=1e-4)
     assert computed == [4]  # only images 6..9, which the cache lacked

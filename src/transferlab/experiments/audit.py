@@ -153,12 +153,13 @@ def feature_levels(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([m.float().mean(dim=(2, 3)) for m in maps], dim=1)
 
 
-def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessing, cache_root: Path,
+def audit_features(backbone: nn.Module, parts: list[DecodedImages], prep: Preprocessing, cache_root: Path,
                    model_key: str, device: torch.device, engine: str = "auto", show_progress: bool = False,
                    batch_size: int = 64) -> np.ndarray:
-    """`feature_levels` of every image (rows in the images' order), computed only for the images the cache lacks,
-    on `engine` as the frozen pass runs (ONNX Runtime on CPU, checked against PyTorch; bf16 autocast on a GPU that
-    has it); `model_key` names the backbone and its weights. The backbone's train/eval flags are put back."""
+    """`feature_levels` of every image of `parts`, side by side in their order, computed only for the images the
+    cache lacks, by one runner on `engine` as the frozen pass runs (ONNX Runtime on CPU, checked against PyTorch;
+    bf16 autocast on a GPU that has it); `model_key` names the backbone and its weights. The backbone's
+    train/eval flags are put back."""
     size = prep.image_size_px
     engine = resolve_engine(engine, device)
     modes = {m: m.training for m in backbone.modules()}
@@ -169,13 +170,16 @@ def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessi
         store = RowStore(Path(cache_root) / "audit" / key_digest(
             FEATURES_LAYOUT, FEATURE_LEVELS, model_key, prep.to_dict(), *computed_by(engine, device),
             timm.__version__, torch.__version__), (width,), "float32")
-        missing = store.missing(images.content_keys)
-        if missing:
+        run = None
+        for images in parts:
+            missing = store.missing(images.content_keys)
+            if not missing:
+                continue
+            run = run or pass_runner(PixelsToOutputs(backbone, lambda network, x: [feature_levels(network, x)], prep),
+                                     ["levels"], prep, device, engine, cache_root, model_key, FEATURES_LAYOUT,
+                                     FEATURE_LEVELS)
             position_of = {k: i for i, k in enumerate(images.content_keys)}
             positions = np.array([position_of[k] for k in missing])
-            run = pass_runner(PixelsToOutputs(backbone, lambda network, x: [feature_levels(network, x)], prep),
-                              ["levels"], prep, device, engine, cache_root, model_key, FEATURES_LAYOUT,
-                              FEATURE_LEVELS)
             rows = [run(torch.from_numpy(images.pixels[chunk]))[0].float().cpu().numpy()
                     for chunk in progress_bar([positions[i:i + batch_size]
                                                for i in range(0, len(positions), batch_size)],
@@ -184,7 +188,8 @@ def audit_features(backbone: nn.Module, images: DecodedImages, prep: Preprocessi
     finally:
         for module, training in modes.items():
             module.training = training
-    view = store.rows(images.content_keys)
+    keys = [k for images in parts for k in images.content_keys]
+    view = store.rows(keys)
     return view[np.arange(len(view))]
 
 
@@ -197,9 +202,8 @@ def feature_source(pretrained: PretrainedBackbone) -> str:
 def pool_features(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages, cache_root: Path,
                   device: torch.device, engine: str, show_progress: bool = False) -> np.ndarray:
     """Train's then validation's audit features as one array (the order audit_pool expects)."""
-    return np.concatenate([audit_features(pretrained.module, part, pretrained.preprocessing, cache_root,
-                                          pretrained.cache_key, device, engine, show_progress)
-                           for part in (train, val)])
+    return audit_features(pretrained.module, [train, val], pretrained.preprocessing, cache_root, pretrained.cache_key,
+                          device, engine, show_progress)
 
 
 def audit_cell(pretrained: PretrainedBackbone, train: DecodedImages, val: DecodedImages,
