@@ -185,6 +185,37 @@ def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only
     assert computed == [4]  # only images 6..9, which the cache lacked
 
 
+def test_the_audit_command_runs_on_the_engine_asked_for_and_engines_never_share_cached_features(planted_labels,
+                                                                                                   tmp_path,
+                                                                                                   monkeypatch,
+                                                                                                   capsys):
+    """After `compare --engine torch` the audit must find its cache warm with `--engine torch`; rows computed
+    by one engine are never read as another's (the key holds the engine)."""
+    from transferlab.experiments import audit
+
+    data, _ = planted_labels
+    ran: list[tuple[str, int]] = []  # (engine that ran, images it computed) per batch
+
+    def recording_runner(*args, **kwargs):
+        runner = pass_runner(*args, **kwargs)
+        return lambda x: ran.append((runner.engine, len(x))) or runner(x)
+    pass_runner = audit.pass_runner
+    monkeypatch.setattr(audit, "pass_runner", recording_runner)
+    argv = ["audit", str(data), "--image-size", "32", "--runs-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    computed = {}
+    for engine in ("torch", "onnxruntime", "torch", "onnxruntime"):
+        ran.clear()
+        assert main([*argv, "--engine", engine]) == 0
+        computed.setdefault(engine, []).append(sum(n for _, n in ran))
+        assert {e for e, _ in ran} <= {engine}
+    pool = json.loads((next((tmp_path / "runs").iterdir()) / "audit.json").read_text())["n_images"]
+    assert computed == {"torch": [pool, 0], "onnxruntime": [pool, 0]}  # each engine cold once, then warm
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--engine", "tensorrt"])
+    assert refused.value.code == 2 and "argument --engine: invalid choice" in capsys.readouterr().err
+
+
 def test_compares_audit_section_is_the_audit_command_on_the_pretrained_backbone(finished_run, small_data, tmp_path):
     """compare fine-tunes the backbone in place: its Audit section must still read the pretrained one."""
     section = read_run_results(finished_run).audit

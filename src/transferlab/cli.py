@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--test", type=Path, dest="test_dir", help="a test folder: never read by the audit")
     aud.add_argument("--folds", type=int, help="folds of the out-of-fold probe (default 5)")
     for dest in ("backbone", "weights", "image_size_px", "val_fraction", "test_fraction", "seed", "device",
-                 "runs_dir", "name", "cache_dir", "quiet", "strict"):  # compare's own options, shared
+                 "engine", "runs_dir", "name", "cache_dir", "quiet", "strict"):  # compare's own options, shared
         aud._add_action(next(a for a in cmp._actions if a.dest == dest))
 
     pred = sub.add_parser("predict", help="classify new images with a run's model")

@@ -231,7 +231,7 @@ def issues_csv(result: AuditResult) -> str:
 
 def run_audit(cfg: CompareConfig, folds: int | None = None) -> Path:
     """`transferlab audit`: the split compare would draw (same --seed and fractions), the audit features of
-    train + validation (the shared cache: warm after a compare run on the default engine), the audit; writes an
+    train + validation (the shared cache: warm after a compare run on the same --engine), the audit; writes an
     audit folder with audit.csv, audit.json, split.json and report.md/html. Returns the folder."""
     folds = FOLDS if folds is None else folds
     if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= 20:
