@@ -1,17 +1,20 @@
-"""How close is the scratch phase's training step to this CPU's limit? One full step (forward, loss, backward,
-AdamW) of the scratch network at its real shape, the paths alternated round by round in one process:
+"""How close is a training step to this CPU's limit? One full step (forward, loss, backward, AdamW) at its
+real shape, the paths alternated round by round in one process, of the scratch network (`--part scratch`)
+or of the default recipe's fine-tune tail (`--part tail`: the last 5 blocks and the head, from the cached
+activations at the cut, BatchNorm frozen, as compare's fine-tune and final-fit phases train it):
 
-- eager fp32 (contiguous and channels_last), eager bf16 autocast (channels_last: what a scratch phase runs
-  on a CPU with native bf16, chosen by the precision probe), torch.compile (inductor) of both,
+- eager fp32 (contiguous and channels_last), eager bf16 autocast (channels_last), torch.compile (inductor)
+  of both; on a CPU with native bf16 the precision probe of each phase picks fp32 or bf16 (channels_last),
 - and the arithmetic floor: the step's FLOPs (3 × the forward's, torch.utils.flop_counter) over the CPU's
   measured peak (a large matmul in fp32 and in bf16).
 
     python benchmarks/bench_scratch_step.py                  # Lite0, 224 px, batch 32, 5 classes
     python benchmarks/bench_scratch_step.py --image-size 64 --no-compile
+    python benchmarks/bench_scratch_step.py --part tail      # the fine-tune tail: JSON results/tail_step.json
 """
 
 import argparse
-import platform
+import functools
 import statistics
 import sys
 import time
@@ -23,17 +26,50 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from transferlab.atomic import write_json_atomic
 from transferlab.models.backbones import create_backbone
+from transferlab.experiments.phases import unfreeze_for_finetuning
+from transferlab.models.freezing import freeze_backbone, set_train_mode
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.precision import cpu_has_native_bf16, cpu_info
+from transferlab.training.recipes import PRESETS
 
 
-def scratch_model(backbone: str, n_classes: int, channels_last: bool) -> torch.nn.Module:
+# what each part runs in on a CPU with native bf16: the precision probe's choice there (scratch: bf16 in the
+# runs of 2026-12-03; the tail: fp32, bf16 being slower, README "Precision"); elsewhere fp32, and bf16 (emulated,
+# 100x slower for a matmul on an AVX2 EPYC) is not measured
+TODAY = {"scratch": "eager bf16 channels_last", "tail": "eager fp32 channels_last"}
+
+
+def step_network(part: str, backbone: str, n_classes: int, image_size: int, batch_size: int,
+                 channels_last: bool) -> tuple[torch.nn.Module, torch.Tensor]:
+    """What `part`'s step trains, as a module of its input, and an input batch of its real shape. Random
+    weights: a step's time does not depend on their values."""
     torch.manual_seed(0)
     model = TransferModel(create_backbone(backbone), n_classes, HeadConfig(dropout=0.3)).train()
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    model = model.to(memory_format=torch.channels_last) if channels_last else model
+    image = torch.randn(batch_size, 3, image_size, image_size)
+    if part == "scratch":
+        return model, image
+    freeze_backbone(model)
+    plan = unfreeze_for_finetuning(model, PRESETS["default"])
+    set_train_mode(model, [model.head, *plan.train_mode_modules])
+    with torch.no_grad():
+        activations = torch.randn_like(model.prefix(image, plan.first_trainable_unit))
+    return Tail(model, plan.first_trainable_unit), activations
+
+
+class Tail(torch.nn.Module):
+    """The fine-tune phase's forward: `model.forward_from(cut, cached activations)`."""
+
+    def __init__(self, model: TransferModel, cut: int):
+        super().__init__()
+        self.model, self.cut = model, cut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_from(self.cut, x)
 
 
 def step_function(model: torch.nn.Module, bf16: bool, compiled: bool):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     forward = torch.compile(model) if compiled else model
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -60,6 +96,7 @@ def _timed(action) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("scratch", "tail"), default="scratch")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -67,19 +104,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per path and round")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scratch_step.json")
+    parser.add_argument("--out", type=Path, help="default: results/scratch_step.json or results/tail_step.json")
     args = parser.parse_args()
+    out = args.out or Path(__file__).parent / "results" / f"{args.part}_step.json"
 
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    network = functools.partial(step_network, args.part, args.backbone, args.classes, args.image_size,
+                                args.batch_size)
     y = torch.randint(0, args.classes, (args.batch_size,))
+    bf16 = cpu_has_native_bf16()
     paths = {"eager fp32": (False, False, False), "eager fp32 channels_last": (True, False, False),
-             "eager bf16 channels_last (today)": (True, True, False)}
-    if args.compile:
-        paths |= {"compiled fp32 channels_last": (True, False, True),
-                  "compiled bf16 channels_last": (True, True, True)}
+             "eager bf16 channels_last": (True, True, False), "compiled fp32 channels_last": (True, False, True),
+             "compiled bf16 channels_last": (True, True, True)}
+    paths = {name: path for name, path in paths.items() if (bf16 or not path[1]) and (args.compile or not path[2])}
+    today = f"{TODAY[args.part] if bf16 else 'eager fp32 channels_last'} (today)"
+    paths = {today if today == f"{name} (today)" else name: path for name, path in paths.items()}
     steps, inputs, warmup = {}, {}, {}
     for name, (channels_last, bf16, compiled) in paths.items():
-        model = scratch_model(args.backbone, args.classes, channels_last)
+        model, x = network(channels_last)
         steps[name] = step_function(model, bf16, compiled)
         inputs[name] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         warmup[name] = _timed(lambda: [steps[name](inputs[name], y) for _ in range(2)])  # compiles, if it does
@@ -89,31 +130,31 @@ def main() -> None:
         for name in paths:
             times[name] += [_timed(lambda: steps[name](inputs[name], y)) for _ in range(args.steps)]
 
-    model = scratch_model(args.backbone, args.classes, False)
+    model, x = network(False)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     # backward costs about twice the forward (the gradients of inputs and of weights); counted directly,
     # torch's flop counter gives grouped (depthwise) convolutions' backward as if they were dense
     flops = 3 * counter.get_total_flops()
-    peaks = {"fp32": peak_flops(torch.float32), "bf16": peak_flops(torch.bfloat16)}
-    today = statistics.median(times["eager bf16 channels_last (today)"])
+    peaks = {"fp32": peak_flops(torch.float32)} | ({"bf16": peak_flops(torch.bfloat16)} if bf16 else {})
+    today = statistics.median(times[today])
     rows = [{"path": name, "median_s": statistics.median(t), "min_s": min(t),
              "speedup_vs_today": today / statistics.median(t), "warmup_s": warmup[name]} for name, t in times.items()]
     rows += [{"path": f"arithmetic floor ({dtype} peak {peak / 1e9:.0f} GFLOP/s)", "median_s": flops / peak,
               "min_s": flops / peak, "speedup_vs_today": today / (flops / peak), "warmup_s": 0.0}
              for dtype, peak in peaks.items()]
-    print(f"\n{args.backbone}, {args.image_size} px, batch {args.batch_size}, {torch.get_num_threads()} threads; "
-          f"{flops / 1e9:.1f} GFLOP per step (forward + backward)")
+    print(f"\n{args.part}: {args.backbone}, {args.image_size} px, batch {args.batch_size}, "
+          f"{torch.get_num_threads()} threads; {flops / 1e9:.1f} GFLOP per step (forward + backward)")
     print("| path | s / step (median) | vs today |\n|---|---:|---:|")
     for r in rows:
         print(f"| {r['path']} | {r['median_s']:.2f} | {r['speedup_vs_today']:.2f}× |")
-    write_json_atomic(args.out, {"command": " ".join(sys.argv), "backbone": args.backbone,
-                                 "image_size_px": args.image_size, "batch_size": args.batch_size,
-                                 "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                 "cpu": platform.processor() or platform.machine(), "gflop_per_step": flops / 1e9,
-                                 "peak_gflops": {k: v / 1e9 for k, v in peaks.items()}, "rows": rows,
-                                 "step_seconds": times})
-    print(f"wrote {args.out}")
+    write_json_atomic(out, {"command": " ".join(sys.argv), "part": args.part, "input_shape": list(x.shape[1:]),
+                            "backbone": args.backbone, "image_size_px": args.image_size,
+                            "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "cpu": cpu_info()[0], "native_bf16": bf16,
+                            "gflop_per_step": flops / 1e9, "peak_gflops": {k: v / 1e9 for k, v in peaks.items()},
+                            "rows": rows, "step_seconds": times})
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
