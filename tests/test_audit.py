@@ -201,8 +201,8 @@ def test_the_audit_command_runs_on_the_engine_asked_for_and_engines_never_share_
         return lambda x: ran.append((runner.engine, len(x))) or runner(x)
     pass_runner = audit.pass_runner
     monkeypatch.setattr(audit, "pass_runner", recording_runner)
-    argv = ["audit", str(data), "--image-size", "32", "--runs-dir", str(tmp_path / "runs"),
-            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    argv = ["audit", str(data), "--image-size", "32", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]  # ONNX Runtime runs on the CPU only
     computed = {}
     for engine in ("torch", "onnxruntime", "torch", "onnxruntime"):
         ran.clear()
