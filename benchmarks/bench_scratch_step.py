@@ -29,6 +29,7 @@ from transferlab.experiments.phases import unfreeze_for_finetuning
 from transferlab.models.backbones import create_backbone
 from transferlab.models.freezing import freeze_backbone, set_train_mode
 from transferlab.models.transfer_model import HeadConfig, TransferModel
+from transferlab.training.distributed import PhaseForward
 from transferlab.training.precision import cpu_has_native_bf16, cpu_info
 from transferlab.training.recipes import PRESETS
 
@@ -54,18 +55,7 @@ def step_network(part: str, backbone: str, n_classes: int, image_size: int, batc
     set_train_mode(model, [model.head, *plan.train_mode_modules])
     with torch.no_grad():
         activations = torch.randn_like(model.prefix(image, plan.first_trainable_unit))
-    return Tail(model, plan.first_trainable_unit), activations
-
-
-class Tail(torch.nn.Module):
-    """The fine-tune phase's forward: `model.forward_from(cut, cached activations)`."""
-
-    def __init__(self, model: TransferModel, cut: int):
-        super().__init__()
-        self.model, self.cut = model, cut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_from(self.cut, x)
+    return PhaseForward(model, functools.partial(model.forward_from, plan.first_trainable_unit)), activations
 
 
 def step_function(model: torch.nn.Module, bf16: bool, compiled: bool):
@@ -117,8 +107,9 @@ def main() -> None:
              "compiled bf16 channels_last": (True, True, True)}
     paths = {name: path for name, path in paths.items()
              if (native_bf16 or not path[1]) and (args.compile or not path[2])}
-    today = f"{TODAY[args.part] if native_bf16 else 'eager fp32 channels_last'} (today)"
-    paths = {today if today == f"{name} (today)" else name: path for name, path in paths.items()}
+    runs_today = TODAY[args.part] if native_bf16 else "eager fp32 channels_last"
+    today = f"{runs_today} (today)"
+    paths = {today if name == runs_today else name: path for name, path in paths.items()}
     steps, inputs, warmup = {}, {}, {}
     for name, (channels_last, bf16, compiled) in paths.items():
         model, x = network(channels_last)

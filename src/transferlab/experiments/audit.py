@@ -170,14 +170,15 @@ def audit_features(backbone: nn.Module, parts: list[DecodedImages], prep: Prepro
         store = RowStore(Path(cache_root) / "audit" / key_digest(
             FEATURES_LAYOUT, FEATURE_LEVELS, model_key, prep.to_dict(), *computed_by(engine, device),
             timm.__version__, torch.__version__), (width,), "float32")
-        run = None
+        run = None  # built once, and only if some image is missing: a warm cache exports nothing
         for images in parts:
             missing = store.missing(images.content_keys)
             if not missing:
                 continue
-            run = run or pass_runner(PixelsToOutputs(backbone, lambda network, x: [feature_levels(network, x)], prep),
-                                     ["levels"], prep, device, engine, cache_root, model_key, FEATURES_LAYOUT,
-                                     FEATURE_LEVELS)
+            if run is None:
+                run = pass_runner(PixelsToOutputs(backbone, lambda network, x: [feature_levels(network, x)], prep),
+                                  ["levels"], prep, device, engine, cache_root, model_key, FEATURES_LAYOUT,
+                                  FEATURE_LEVELS)
             position_of = {k: i for i, k in enumerate(images.content_keys)}
             positions = np.array([position_of[k] for k in missing])
             rows = [run(torch.from_numpy(images.pixels[chunk]))[0].float().cpu().numpy()
