@@ -91,6 +91,10 @@ def test_the_saved_model_is_the_final_fit_on_train_and_validation_and_the_verdic
     assert final["val_acc"] is None and results["verdict"]["acc"] == final["test_acc"]
     of = results["phases"][results["final_fit"]["of"]]
     assert len(final["epochs"]) == len(of["epochs"]) and final["best_epoch"] == len(final["epochs"])  # the last
+    # it trains on the validation images: no epoch of it is evaluated there (nothing to choose, nothing to report)
+    final_rows = [json.loads(line) for line in (run_dir / "final" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in final_rows} == {"frozen", results["final_fit"]["of"]}
+    assert all(r["val_acc"] is None and r["val_loss"] is None for r in final_rows + final["epochs"])
     assert final["steps"] == len(final["epochs"]) * -(-(data["n_train"] + data["n_val"]) // 16)
     assert (run_dir / "final" / "checkpoints" / "frozen.pt").exists()
     assert "final fit (train + val)" in (run_dir / "report.md").read_text()

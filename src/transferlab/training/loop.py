@@ -138,19 +138,22 @@ def make_schedule(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps
 
 
 def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
-                train_inputs: Inputs, train_labels: np.ndarray, val_inputs: Inputs, val_labels: np.ndarray,
-                spec: PhaseSpec, train_modules: list[nn.Module], device: torch.device, *,
+                train_inputs: Inputs, train_labels: np.ndarray, val_inputs: Inputs | None,
+                val_labels: np.ndarray | None, spec: PhaseSpec, train_modules: list[nn.Module], device: torch.device, *,
                 state: PhaseState | None = None, optimizer_state: dict | None = None,
                 on_epoch_end: Callable[[PhaseState, torch.optim.Optimizer], None] | None = None,
                 should_stop: Callable[[], bool] = lambda: False, show_progress: bool = True,
                 ranks: Ranks = SINGLE) -> PhaseState:
     """The spec's optimizer over the parameters that require grad; keeps the best-val (or the last) state.
-    `should_stop` must answer the same on every rank.
+    `should_stop` must answer the same on every rank. With no `val_inputs` (the final fit trains on the
+    validation images) no epoch is evaluated: its rows hold no validation numbers and the last epoch is kept.
 
     Under torchrun every rank draws the same permutation and takes its share of each global batch of
     `spec.batch_size`, so the steps are the single process's: DDP averages the gradients, and each rank's
     loss is its part of the global batch's mean, so the average is that mean's gradient up to summation order.
     """
+    if val_inputs is None and (spec.optimization.keep_best_epoch or spec.stopping.plateau_patience):
+        raise ValueError(f"{spec.name}: keeping the best epoch or stopping on a plateau needs validation images")
     state = state or PhaseState()
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, spec)
@@ -201,9 +204,11 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             loss_sum, correct = sum_over_ranks([loss_sum, correct], ranks)
             broadcast_buffers(module, ranks)
         set_train_mode(module, [])
-        val = evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device, spec.precision, ranks)
+        val = None if val_inputs is None else evaluate(forward, val_inputs, val_labels, spec.batch_size * 2, device,
+                                                       spec.precision, ranks)
         row = {"phase": spec.name, "epoch": epoch + 1, "train_loss": loss_sum / len(order),
-               "train_acc": correct / len(order), "val_loss": val.loss, "val_acc": val.accuracy,
+               "train_acc": correct / len(order), "val_loss": None if val is None else val.loss,
+               "val_acc": None if val is None else val.accuracy,
                "seconds": time.perf_counter() - started, "precision": spec.precision, "learning_rate": last_lr}
         row["elapsed_seconds"] = sum(r["seconds"] for r in state.history) + row["seconds"]  # this phase's clock
         state.history.append(row)
@@ -212,8 +217,8 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
             stopped = gather_objects(stopped, ranks)[0]
         if stopped:
             row["stopped"] = stopped
-        if val.accuracy > state.best_val_acc or not spec.optimization.keep_best_epoch:
-            state.best_val_acc, state.best_epoch = val.accuracy, epoch + 1
+        if not spec.optimization.keep_best_epoch or val.accuracy > state.best_val_acc:
+            state.best_val_acc, state.best_epoch = -1.0 if val is None else val.accuracy, epoch + 1
             state.best_state = copy.deepcopy(module.state_dict())
         state.next_epoch = epoch + 1
         if on_epoch_end is not None:
