@@ -22,8 +22,9 @@ from transferlab.models.backbones import load_backbone
 from transferlab.models.freezing import unfreeze_last_layers
 from transferlab.models.transfer_model import TransferModel
 from transferlab.models.weights import load_pretrained
-from transferlab.training import prefix_cache
-from transferlab.training.prefix_cache import compute_dtype, prefix_outputs
+from transferlab.training import engines
+from transferlab.training.engines import compute_dtype
+from transferlab.training.prefix_cache import prefix_outputs
 
 CPU = torch.device("cpu")
 
@@ -145,7 +146,7 @@ def test_prefix_cache_is_keyed_by_compute_dtype_and_versions(small_data, tmp_pat
 
     seen = [store_dirs()]
     assert compute_dtype(CPU) == "torch.float32"
-    monkeypatch.setattr(prefix_cache, "compute_dtype", lambda device: "torch.bfloat16")
+    monkeypatch.setattr(engines, "compute_dtype", lambda device: "torch.bfloat16")
     seen.append(store_dirs())
     monkeypatch.setattr(torch, "__version__", "0.0.1")
     seen.append(store_dirs())

@@ -39,8 +39,7 @@ from transferlab.results import AuditIssue, AuditResult
 from transferlab.reporting.audit_report import write_audit_report
 from transferlab.results_io import to_json
 from transferlab.training.devices import resolve_device
-from transferlab.training.engines import PixelsToOutputs, pass_runner, resolve_engine
-from transferlab.training.prefix_cache import computed_by
+from transferlab.training.engines import PixelsToOutputs, computed_by, pass_runner, resolve_engine
 
 FOLDS = 5  # cleanlab's own default for out-of-sample probabilities (cv_n_folds)
 # the probe's inverse L2 strength on standardised features: measured on the embedded set's 1,000 train + val

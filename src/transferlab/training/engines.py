@@ -23,7 +23,7 @@ from transferlab.errors import UserError
 from transferlab.options import ENGINES
 from torch import nn
 
-from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, cached_onnx, output_names
+from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, EXPORTERS, cached_onnx, output_names
 from transferlab.models.onnx_runtime import INPUT_NAME, onnxruntime_session
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.inputs import normalisation, normalise_by
@@ -61,6 +61,18 @@ def engine_version(engine: str) -> str:
 
 
 PIXELS_IN = "uint8 NHWC pixels in, normalised in the graph"  # part of the graph's cache key
+
+
+def computed_by(engine: str, device: torch.device) -> tuple:
+    """What makes rows from `engine` (resolved) differ from another's: part of every frozen-pass cache key."""
+    return (compute_dtype(device), engine, engine_version(engine),
+            (EXPORTERS, PIXELS_IN) if engine == "onnxruntime" else None)
+
+
+def compute_dtype(device: torch.device) -> str:
+    """What the frozen prefix runs in (bf16 on GPUs that have it, else fp32)."""
+    with prefix_autocast(device):
+        return str(torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32)
 
 
 class PixelsToOutputs(nn.Module):

@@ -15,11 +15,9 @@ from transferlab.progress import progress_bar
 from transferlab.data.images import Preprocessing
 from transferlab.data.fingerprints import key_digest
 from transferlab.data.row_store import RowStore, RowView
-from transferlab.models.onnx_export import EXPORTERS
 from transferlab.models.transfer_model import UNITS_LAYOUT, TransferModel
-from transferlab.training.engines import PIXELS_IN, engine_version, prefix_runner, resolve_engine
+from transferlab.training.engines import computed_by, prefix_runner, resolve_engine
 from transferlab.training.inputs import augment_pixels, epoch_rng
-from transferlab.training.precision import prefix_autocast
 
 
 AUGMENT_VERSION = 1  # bump when augment_pixels changes: cached views > 0 hold its output
@@ -65,18 +63,6 @@ def prefix_outputs(model: TransferModel, last_units: list[int], pixels: RowView,
         for (_, store), out in zip(todo, chunks):
             store.add(missing, np.concatenate(out))  # the store skips the keys it already has
     return [store.rows(content_keys) for store in stores]
-
-
-def computed_by(engine: str, device: torch.device) -> tuple:
-    """What makes rows from `engine` (resolved) differ from another's: part of every frozen-pass cache key."""
-    return (compute_dtype(device), engine, engine_version(engine),
-            (EXPORTERS, PIXELS_IN) if engine == "onnxruntime" else None)
-
-
-def compute_dtype(device: torch.device) -> str:
-    """What the frozen prefix runs in (bf16 on GPUs that have it, else fp32)."""
-    with prefix_autocast(device):
-        return str(torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32)
 
 
 def view_rng(content_key: str, view: int) -> np.random.Generator:
