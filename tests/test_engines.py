@@ -10,6 +10,7 @@ import torch
 from transferlab.data.decoded import decode_images
 from transferlab.data.scan import scan_image_folder
 from transferlab.errors import UserError
+from transferlab.models import onnx_export
 from transferlab.models.backbones import load_backbone
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.engines import prefix_runner, resolve_engine
@@ -108,6 +109,17 @@ def test_a_network_the_exporter_rejects_runs_on_pytorch_with_a_warning(lite0, tm
         runner = prefix_runner(model, cuts, pretrained.preprocessing, CPU, "auto", tmp_path, "other-key")
     want = _torch_prefixes(model, images[:3], cuts, pretrained.preprocessing)
     assert runner.engine == "torch" and all(torch.equal(g, w) for g, w in zip(runner(images[:3]), want))
+
+
+def test_a_bug_outside_the_exporters_is_not_taken_for_a_network_they_reject(lite0, tmp_path, monkeypatch):
+    """Only what the exporters raise falls back to PyTorch; a programming error on the way stops the run."""
+    pretrained, model, _, cuts, _ = lite0
+
+    def broken(*args):
+        raise TypeError("a bug in the cache key")
+    monkeypatch.setattr(onnx_export, "key_digest", broken)
+    with pytest.raises(TypeError, match="a bug in the cache key"):
+        prefix_runner(model, cuts, pretrained.preprocessing, CPU, "auto", tmp_path, "other-key")
 
 
 def test_engine_choice(lite0):

@@ -140,6 +140,17 @@ def test_an_export_onnx_runtime_cannot_run_is_one_line_and_changes_nothing(finis
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
 
 
+def test_a_network_neither_exporter_takes_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
+    """Both torch exporters failing, whatever type they raise (here a tracer's RuntimeError), is the user's one line."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    with patch("torch.onnx.export", side_effect=RuntimeError("unsupported operator aten::foo\ntrace ...")):
+        assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot export the model of" in err[0] and "(unsupported operator aten::foo)" in err[0]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
 @pytest.mark.parametrize("failure", [UserError("cannot export"), RuntimeError("exporter bug"), OSError(28, "No space")])
 def test_an_export_that_fails_at_the_end_of_compare_is_a_warning_and_predict_uses_pytorch(finished_run, small_data,
                                                                                            tmp_path, failure):

@@ -20,7 +20,7 @@ from transferlab.data.fingerprints import file_digest
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.options import EXPORT_FORMATS
-from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, export_onnx
+from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, OnnxExportError, export_onnx
 from transferlab.models.model_meta import WEIGHTS_FILE
 from transferlab.models.onnx_runtime import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, SIDECAR_FILE, onnxruntime_session
 from transferlab.models.saved import load_model
@@ -62,9 +62,9 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
     try:
         size = prep.image_size_px
         export_onnx(model.eval(), torch.zeros(EXAMPLE_BATCH_SIZE, 3, size, size), checking, [OUTPUT_NAME])
-    except torch.onnx.errors.OnnxExporterError as e:
-        raise UserError(f"cannot export the model of {quoted(run_dir)} to ONNX ({str(e).strip().splitlines()[0][:120]})"
-                        "; report this with the backbone's name") from None
+    except OnnxExportError as e:
+        raise UserError(f"cannot export the model of {quoted(run_dir)} to ONNX ({e}); report this with the "
+                        "backbone's name") from None
     with torch.no_grad():
         expected = model(x).numpy()
     try:

@@ -34,6 +34,15 @@ def output_names(last_units: list[int]) -> list[str]:
     return [f"units_{n}" for n in last_units]
 
 
+class OnnxExportError(Exception):
+    """Neither exporter can express the network; the message is what the second one said, in one line."""
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:120] if text else type(error).__name__
+
+
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> Path:
     """`module` (eval mode, one image batch like `example` in) to `path`, dynamic batch axis, weights inside.
 
@@ -55,9 +64,13 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: l
     try:
         write_atomic(Path(path), torchscript)
     except Exception as e:  # noqa: BLE001 - removed, or an operator it cannot express: the other exporter
-        log.info("TorchScript ONNX export failed (%s); exporting with dynamo=True", str(e).splitlines()[0][:120]
-                 if str(e) else type(e).__name__)
-        write_atomic(Path(path), dynamo)
+        log.info("TorchScript ONNX export failed (%s); exporting with dynamo=True", first_line(e))
+        try:
+            write_atomic(Path(path), dynamo)
+        except OSError:
+            raise  # a full or read-only disk is the disk's failure, not the network's
+        except Exception as second:  # noqa: BLE001 - torch's exporters raise many types for what they cannot express
+            raise OnnxExportError(first_line(second)) from second
     return Path(path)
 
 

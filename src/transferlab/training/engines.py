@@ -23,7 +23,8 @@ from transferlab.errors import UserError
 from transferlab.options import ENGINES
 from torch import nn
 
-from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, EXPORTERS, cached_onnx, output_names
+from transferlab.models.onnx_export import (EXAMPLE_BATCH_SIZE, EXPORTERS, OnnxExportError, cached_onnx,
+                                             output_names)
 from transferlab.models.onnx_runtime import INPUT_NAME, onnxruntime_session
 from transferlab.models.transfer_model import TransferModel
 from transferlab.training.inputs import normalisation, normalise_by
@@ -172,10 +173,8 @@ def pass_runner(pass_: PixelsToOutputs, outputs: list[str], prep: Preprocessing,
         warnings.warn(f"cannot write the ONNX export to {cache_dir} ({e.strerror}); running the frozen pass "
                       "on PyTorch", stacklevel=2)
         return PassRunner(reference)
-    except Exception as e:  # noqa: BLE001 - both exporters failed, whatever they raise: PyTorch is the reference
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        warnings.warn(f"cannot export {model_key} to ONNX ({first_line}); running the frozen pass on "
-                      "PyTorch", stacklevel=2)
+    except OnnxExportError as e:  # both exporters failed: PyTorch is the reference
+        warnings.warn(f"cannot export {model_key} to ONNX ({e}); running the frozen pass on PyTorch", stacklevel=2)
         return PassRunner(reference)
     finally:
         pass_.network.train(was_training)
