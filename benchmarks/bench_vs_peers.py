@@ -4,6 +4,7 @@ Contenders, each in its own fresh process (cold start: interpreter, imports, wei
 threads, EfficientNet-Lite0 with the offline ImageNet weights (timm's `tf_efficientnet_lite0`) at 224 px:
 
   transferlab default  `run_compare`, recipe default, no scratch phase (the peers train none)
+  transferlab fast     the same, recipe fast (default in about half the time)
   transferlab seeds    the same, recipe seeds (the seed documents' recipe)
   fastai               fastbook chapter 2's recipe for ~450 images: `vision_learner` (fastai's head),
                        RandomResizedCrop(224, min_scale=0.5) + `aug_transforms()`, batch 64, `lr_find()`'s
@@ -20,12 +21,13 @@ once, by the model each contender keeps. For a folder-per-class dataset the spli
 default run drew for that seed (its split.json), so every contender sees the same train/val/test files.
 
 Reported per dataset and contender: test accuracy, mean with its 95 % t-interval over seeds, and the
-difference to transferlab default paired by seed; wall time from process start to exit; peak RSS of the
+difference to the first contender (a transferlab recipe: it draws each seed's split) paired by seed; wall time from process start to exit; peak RSS of the
 contender's own process (ru_maxrss; data-loader workers apart).
 
     python benchmarks/bench_vs_peers.py --quick                      # smoke test, ~5 min on 2 CPU cores
     python benchmarks/bench_vs_peers.py                              # embedded set, 3 seeds
     python benchmarks/bench_vs_peers.py --datasets fashion,icons,digits
+    python benchmarks/bench_vs_peers.py --contenders transferlab-fast,timm-loop --datasets fashion,icons,digits
 """
 
 import argparse
@@ -58,7 +60,7 @@ TIMM_LR = 5e-4
 TIMM_WEIGHT_DECAY = 0.05
 TIMM_SMOOTHING = 0.1
 TIMM_BATCH = 32
-CONTENDERS = ("transferlab-default", "transferlab-seeds", "fastai", "timm-loop")
+CONTENDERS = ("transferlab-default", "transferlab-fast", "transferlab-seeds", "fastai", "timm-loop")
 QUICK = {"fastai_epochs": 1, "timm_epochs": 1, "lr_find_iterations": 10, "image_size": 64}
 
 
@@ -211,8 +213,8 @@ def run_timm_loop(cell: dict) -> dict:
     return {"test_acc": top1("test"), "val_acc": best_acc, "epochs": epochs}
 
 
-RUNNERS = {"transferlab-default": run_transferlab, "transferlab-seeds": run_transferlab, "fastai": run_fastai,
-           "timm-loop": run_timm_loop}
+RUNNERS = {"transferlab-default": run_transferlab, "transferlab-fast": run_transferlab,
+           "transferlab-seeds": run_transferlab, "fastai": run_fastai, "timm-loop": run_timm_loop}
 
 
 def child(cell_file: Path) -> None:
@@ -237,10 +239,10 @@ def run_cell(cell: dict, work: Path) -> dict:
     return json.loads(cell_file.with_suffix(".result.json").read_text()) | {"wall_seconds": wall}
 
 
-def summary(cells: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per contender: test accuracy and wall time with 95 % intervals; the test difference to transferlab default
-    paired by seed; the wall-time ratio (contender / transferlab default)."""
-    base = cells["transferlab-default"]
+def summary(cells: dict[str, list[dict]], base_name: str) -> dict[str, dict]:
+    """Per contender: test accuracy and wall time with 95 % intervals; the test difference to `base_name` paired
+    by seed; the wall-time ratio (contender / base)."""
+    base = cells[base_name]
     out = {}
     for name, runs in cells.items():
         ok = [r for r in runs if "test_acc" in r]
@@ -251,7 +253,7 @@ def summary(cells: dict[str, list[dict]]) -> dict[str, dict]:
         row = {"n": acc.n, "test_acc": acc.mean, "test_acc_half_width": acc.half_width, "wall_seconds": wall.mean,
                "wall_half_width": wall.half_width, "peak_rss_mib": max(r["peak_rss_mib"] for r in ok)}
         pairs = [(r["test_acc"], b["test_acc"]) for r, b in zip(runs, base) if "test_acc" in r and "test_acc" in b]
-        if name != "transferlab-default" and pairs:
+        if name != base_name and pairs:
             test = paired_test([a for a, _ in pairs], [b for _, b in pairs])
             row |= {"minus_transferlab": test.difference.mean, "minus_transferlab_half_width":
                     test.difference.half_width, "p_value": test.p_value,
@@ -264,8 +266,9 @@ def table(report: dict) -> str:
     def pm(mean: float, half: float | None, scale: float = 100, fmt: str = ".1f") -> str:
         return f"{scale * mean:{fmt}}" + ("" if half is None else f" ± {scale * half:{fmt}}")
 
-    lines = ["| dataset | contender | test acc % | vs transferlab default (pts) | wall s | wall ÷ transferlab | "
-             "peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|"]
+    base = report["base"]
+    lines = [f"| dataset | contender | test acc % | vs {base} (pts) | wall s | wall ÷ {base} | peak RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for dataset, rows in report["summary"].items():
         for name, r in rows.items():
             if "errors" in r:
@@ -286,9 +289,10 @@ def main(args: argparse.Namespace) -> dict:
     contenders = [c.strip() for c in args.contenders.split(",")]
     unknown = [c for c in contenders if c not in CONTENDERS]
     unknown += [d for d in args.datasets.split(",") if d not in BUILDERS]
-    if unknown or "transferlab-default" not in contenders:
-        raise SystemExit(f"unknown {unknown} (contenders: {CONTENDERS}, transferlab-default among them; "
-                         f"datasets: {list(BUILDERS)})")
+    if unknown or not contenders[0].startswith("transferlab-"):
+        raise SystemExit(f"unknown {unknown} (contenders: {CONTENDERS}, a transferlab recipe first: it draws the "
+                         f"split; datasets: {list(BUILDERS)})")
+    base = contenders[0]
     missing = [m for m in ("fastai",) if m in contenders and importlib.util.find_spec(m) is None]
     if missing:
         raise SystemExit(f"{missing} not installed: pip install '.[bench]'")
@@ -297,7 +301,7 @@ def main(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="transferlab-peers-", dir=args.work))
     weights = str(offline_weights(work / "lite0.safetensors"))
     report = {"threads": THREADS, "seeds": args.seeds, "settings": settings, "torch": torch.__version__,
-              "cells": {}, "summary": {}}
+              "base": base, "cells": {}, "summary": {}}
     output = args.output or RESULTS_DIR / f"vs_peers{'_quick' if args.quick else ''}.json"
     for dataset_name in args.datasets.split(","):
         dataset = {k: str(v) if isinstance(v, Path) else v for k, v in BUILDERS[dataset_name](work / "data").items()}
@@ -314,10 +318,10 @@ def main(args: argparse.Namespace) -> dict:
                 result = run_cell(cell, work)
                 cells[contender].append(result)
                 print(f"  test {result.get('test_acc', float('nan')):.3f}  {result['wall_seconds']:.0f} s", flush=True)
-                if contender == "transferlab-default" and "run_dir" in result:
+                if contender == base and "run_dir" in result:
                     lists = split_lists(dataset, Path(result["run_dir"]))
             report["cells"][dataset_name] = cells
-            report["summary"][dataset_name] = summary(cells)
+            report["summary"][dataset_name] = summary(cells, base)
             write_json_atomic(output, report)
     print(table(report))
     print(f"JSON: {output}")

@@ -94,6 +94,19 @@ def test_default_recipe_is_recorded_and_overrides_are_named(small_data, tmp_path
     assert cfg.recipe.optimization == PRESETS["default"].optimization  # not overridden
 
 
+def test_the_fast_recipe_is_default_with_the_measured_fine_tune_and_flags_still_override_it(small_data):
+    """`--recipe fast` differs from default only where it was measured to halve the time (README, "Recipes")."""
+    def recipe(*argv):
+        args = build_parser().parse_args(["compare", str(small_data), *argv])
+        return _config(args, data_dir=args.data).recipe
+    fast, default = recipe("--recipe", "fast"), recipe()
+    differs = {k for k, v in fast.to_dict().items() if default.to_dict()[k] != v}
+    assert differs == {"name", "finetune_epochs", "cached_views"}
+    assert (fast.finetune_epochs, fast.cached_views) == (5, 2) and (default.finetune_epochs, default.cached_views) \
+        == (10, 4)
+    assert recipe("--recipe", "fast", "--finetune-epochs", "7").finetune_epochs == 7
+
+
 @pytest.mark.parametrize("bad, message", [({"recipe": "fastest"}, "--recipe 'fastest' is unknown"),
                                           ({"optimizer": "lion"}, "--optimizer must be one of"),
                                           ({"unfreeze": "some:3"}, "unfreeze 'some:3'"),

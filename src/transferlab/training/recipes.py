@@ -235,6 +235,11 @@ PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3
                             scratch_stopping=Stopping(plateau_patience=GAIN_WINDOW, plateau_min_gain=MIN_GAIN,
                                                       budget_seconds=1800.0),
                             final_fit=True)
+# default's half-time sibling: fine-tune 5 epochs on 2 cached views instead of 10 on 4 (embedded set, cold cache,
+# 224 px: 272 s -> 148 s). Fine-tuned validation accuracy, seeds 0, 1, 2, 42: 81.2, 80.8, 81.4, 80.2 % (default
+# at seeds 0 and 42: 81.8, 80.2 %); its final fit's test accuracy 82.0 % on those seeds. On the smallest set
+# measured (digits, 384 training images: 60 fine-tune steps) it falls behind: 90.0 vs 98.9 % (README, "Recipes").
+PRESETS["fast"] = replace(PRESETS["default"], name="fast", finetune_epochs=5, cached_views=2)
 
 
 def scratch_size_for(recipe: Recipe) -> int | None:
