@@ -139,9 +139,30 @@ def test_a_study_refuses_exclude_in_one_line(small_data, tmp_path):
         StudyConfig(tiny_config(small_data, tmp_path, exclude=(listed,)))
 
 
+@pytest.fixture
+def feature_batches(monkeypatch) -> list[tuple[str, int]]:
+    """(engine that ran it, images in it) for each batch the audit's feature pass computes from now on."""
+    from transferlab.experiments import audit
+
+    batches: list[tuple[str, int]] = []
+    real = audit.pass_runner
+
+    def recording_runner(*args, **kwargs):
+        runner = real(*args, **kwargs)
+
+        def run(x):
+            out = runner(x)  # first, so that a fallback on this batch shows as the engine that ran it
+            batches.append((runner.engine, len(x)))
+            return out
+        return run
+    monkeypatch.setattr(audit, "pass_runner", recording_runner)
+    return batches
+
+
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only_what_it_lacks(embedded_dirs,
-                                                                                               tmp_path, monkeypatch,
+                                                                                               tmp_path,
+                                                                                               feature_batches,
                                                                                                engine):
     from types import SimpleNamespace
 
@@ -164,51 +185,34 @@ def test_audit_features_are_timms_last_feature_levels_and_a_warm_cache_adds_only
     expected = torch.cat([m.mean(dim=(2, 3)) for m in maps], dim=1).numpy()
     assert expected.shape[1] == sum(m.shape[1] for m in maps) and len(maps) == audit.FEATURE_LEVELS
 
-    computed, runners = [], []
-
-    def counting_runner(*args, **kwargs):  # what the engine is asked to compute, and which engine ran it
-        runner = pass_runner(*args, **kwargs)
-        runners.append(runner)
-        return lambda x: computed.append(len(x)) or runner(x)
-    pass_runner = audit.pass_runner
-    monkeypatch.setattr(audit, "pass_runner", counting_runner)
     backbone.train()
     cold = audit.audit_features(backbone, [images(list(range(6)))], prep, tmp_path, pretrained.cache_key,
                                 torch.device("cpu"), engine)
     assert np.allclose(cold, expected[:6], rtol=1e-4, atol=1e-4) and backbone.training  # flags put back
-    assert computed == [6] and [r.engine for r in runners] == [engine]  # no silent fallback to PyTorch
-    computed.clear()
+    assert feature_batches == [(engine, 6)]  # no silent fallback to PyTorch
+    feature_batches.clear()
     order = [9, 3, 7, 0, 8, 5, 6]
     warm = audit.audit_features(backbone, [images(order)], prep, tmp_path, pretrained.cache_key, torch.device("cpu"),
                                 engine)
     assert np.allclose(warm, expected[order], rtol=1e-4, atol=1e-4)
-    assert computed == [4]  # only images 6..9, which the cache lacked
+    assert feature_batches == [(engine, 4)]  # only images 6..9, which the cache lacked
 
 
 def test_the_audit_command_runs_on_the_engine_asked_for_and_engines_never_share_cached_features(planted_labels,
                                                                                                    tmp_path,
-                                                                                                   monkeypatch,
+                                                                                                   feature_batches,
                                                                                                    capsys):
     """After `compare --engine torch` the audit must find its cache warm with `--engine torch`; rows computed
     by one engine are never read as another's (the key holds the engine)."""
-    from transferlab.experiments import audit
-
     data, _ = planted_labels
-    ran: list[tuple[str, int]] = []  # (engine that ran, images it computed) per batch
-
-    def recording_runner(*args, **kwargs):
-        runner = pass_runner(*args, **kwargs)
-        return lambda x: ran.append((runner.engine, len(x))) or runner(x)
-    pass_runner = audit.pass_runner
-    monkeypatch.setattr(audit, "pass_runner", recording_runner)
     argv = ["audit", str(data), "--image-size", "32", "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--quiet"]  # ONNX Runtime runs on the CPU only
     computed = {}
     for engine in ("torch", "onnxruntime", "torch", "onnxruntime"):
-        ran.clear()
+        feature_batches.clear()
         assert main([*argv, "--engine", engine]) == 0
-        computed.setdefault(engine, []).append(sum(n for _, n in ran))
-        assert {e for e, _ in ran} <= {engine}
+        computed.setdefault(engine, []).append(sum(n for _, n in feature_batches))
+        assert {e for e, _ in feature_batches} <= {engine}
     pool = json.loads((next((tmp_path / "runs").iterdir()) / "audit.json").read_text())["n_images"]
     assert computed == {"torch": [pool, 0], "onnxruntime": [pool, 0]}  # each engine cold once, then warm
     with pytest.raises(SystemExit) as refused:
