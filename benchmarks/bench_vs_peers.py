@@ -18,16 +18,18 @@ The weights go into fastai's and timm's models the way an offline user would do 
 pretrained_cfg_overlay=dict(file=...))`. Peers run as their users run them (fp32, eager, their own data
 loaders with 2 workers); transferlab runs as `transferlab compare --skip-scratch` does. Test images are read
 once, by the model each contender keeps. For a folder-per-class dataset the split is the one transferlab's
-default run drew for that seed (its split.json), so every contender sees the same train/val/test files.
+recipe drew for that seed (its split.json), so every contender sees the same train/val/test files.
 
 Reported per dataset and contender: test accuracy, mean with its 95 % t-interval over seeds, and the
-difference to the first contender (a transferlab recipe: it draws each seed's split) paired by seed; wall time from process start to exit; peak RSS of the
-contender's own process (ru_maxrss; data-loader workers apart).
+difference to the first contender (a transferlab recipe: it draws each seed's split) paired by seed; wall
+time from process start to exit; peak RSS of the contender's own process (ru_maxrss; data-loader workers
+apart).
 
     python benchmarks/bench_vs_peers.py --quick                      # smoke test, ~5 min on 2 CPU cores
     python benchmarks/bench_vs_peers.py                              # embedded set, 3 seeds
     python benchmarks/bench_vs_peers.py --datasets fashion,icons,digits
-    python benchmarks/bench_vs_peers.py --contenders transferlab-fast,timm-loop --datasets fashion,icons,digits
+    python benchmarks/bench_vs_peers.py --contenders transferlab-fast,timm-loop --datasets fashion,icons,digits \
+        --output benchmarks/results/vs_peers_fast.json
 """
 
 import argparse
@@ -100,6 +102,7 @@ def run_transferlab(cell: dict) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     phases = results["phases"]
     return {"test_acc": phases[results["model_phase"]]["test_acc"], "kept": results["model_phase"],
+            "final_fit_of": (results.get("final_fit") or {}).get("of"),  # the pipeline validation kept
             "finetuned_test_acc": phases["finetuned"]["test_acc"], "run_dir": str(run_dir)}
 
 

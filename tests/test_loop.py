@@ -1,6 +1,7 @@
 """training/loop.py: how an epoch is cut into batches."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -29,3 +30,23 @@ def test_a_network_with_batchnorm_trains_when_the_images_leave_one_over():
     state = train_phase(module, module, inputs, labels, inputs, labels, PhaseSpec("scratch", 2, 1e-2, 8, 0),
                         [module], CPU, show_progress=False)
     assert len(state.history) == 2
+
+
+def test_without_validation_images_no_epoch_is_evaluated_and_the_last_is_kept():
+    """The final fit trains on the validation images: its epochs carry no validation numbers, the last state is
+    kept, and a phase that would choose an epoch or stop on a plateau without validation is refused."""
+    from dataclasses import replace
+
+    from transferlab.training.recipes import Optimization, Stopping
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    rows = RowView(np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32), np.arange(24))
+    labels, inputs = np.arange(24) % 3, CachedInputs([rows], CPU)
+    last = PhaseSpec("final", 3, 1e-2, 8, 0, optimization=Optimization(keep_best_epoch=False))
+    state = train_phase(module, module, inputs, labels, None, None, last, [module], CPU, show_progress=False)
+    assert [(r["val_acc"], r["val_loss"]) for r in state.history] == [(None, None)] * 3 and state.best_epoch == 3
+    assert all(torch.equal(v, module.state_dict()[k]) for k, v in state.best_state.items())
+    for refused in (replace(last, optimization=Optimization(keep_best_epoch=True)),
+                    replace(last, stopping=Stopping(plateau_patience=2))):
+        with pytest.raises(ValueError, match="needs validation images"):
+            train_phase(module, module, inputs, labels, None, None, refused, [module], CPU, show_progress=False)

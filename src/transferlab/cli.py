@@ -36,9 +36,10 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 def add_recipe_options(group) -> None:
     """--recipe and one flag per recipe field, from the field's declaration (training/recipes.py)."""
     group.add_argument("--recipe", default="default", choices=list(PRESETS),
-                       help="default: the measured strong recipe; fast: default in about half the time (5 fine-tune "
-                            "epochs on 2 cached views; less accurate on very small sets); seeds: seed 002 exactly; "
-                            "seeds-000: seed 000")
+                       help=f"default: the measured strong recipe; fast: default in about half the time "
+                            f"({PRESETS['fast'].finetune_epochs} fine-tune epochs on {PRESETS['fast'].cached_views} "
+                            "cached views; less accurate on very small sets); seeds: seed 002 exactly; seeds-000: "
+                            "seed 000")
     for f in recipe_fields():
         kind, help = value_type(f), f.metadata["help"]
         if kind is Unfreeze:  # one field, a flag per kind of count

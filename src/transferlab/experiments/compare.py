@@ -99,7 +99,7 @@ def _export_for_predict(run_dir: Path) -> None:
     exporters cannot take, a full disk) costs a warning, never the trained run."""
     try:
         export_model(run_dir)
-    except Exception as e:  # noqa: BLE001 - torch's exporters raise many types; the run must still be written
+    except Exception as e:  # noqa: BLE001 - an extra, whatever stops it (exporter, disk, parity): the run is written
         warnings.warn(f"no ONNX export for `predict` ({one_line(str(e))[:200] or type(e).__name__}); it will use "
                       f"PyTorch; `transferlab export {run_dir}` retries", stacklevel=2)
 

@@ -47,7 +47,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: l
     """`module` (eval mode, one image batch like `example` in) to `path`, dynamic batch axis, weights inside.
 
     `example` has EXAMPLE_BATCH_SIZE images. The caller puts the module in eval mode (BatchNorm on its
-    running statistics) and restores its mode.
+    running statistics) and restores its mode. Whatever the second exporter raises, but an OSError, becomes
+    OnnxExportError: torch's exporters report a network they cannot express in many types.
     """
 
     def torchscript(tmp: Path) -> None:

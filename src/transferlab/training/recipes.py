@@ -3,8 +3,9 @@
 `Recipe` is the one declaration of a training choice: its fields' metadata give the CLI flag, its help
 and the values it accepts, so the command line, the config and the phase specs all derive from it.
 `seeds` is seed 002 to the letter, `seeds-000` seed 000's variant; `default` is the stronger recipe
-measured in benchmarks/bench_recipes.py (README, "Recipes"). Any field can be overridden one by one;
-the run's config.json records the resolved recipe and which fields were overridden.
+measured in benchmarks/bench_recipes.py (README, "Recipes"), `fast` the default with half its fine-tune
+steps. Any field can be overridden one by one; the run's config.json records the resolved recipe and which
+fields were overridden.
 """
 
 import math
@@ -236,7 +237,7 @@ PRESETS["default"] = Recipe(name="default", image_size_px=None, head_dropout=0.3
                                                       budget_seconds=1800.0),
                             final_fit=True)
 # default's half-time sibling: fine-tune 5 epochs on 2 cached views instead of 10 on 4 (embedded set, cold cache,
-# 224 px: 272 s -> 148 s). Fine-tuned validation accuracy, seeds 0, 1, 2, 42: 81.2, 80.8, 81.4, 80.2 % (default
+# 224 px, seed 0: 272 s -> 158 s). Fine-tuned validation accuracy, seeds 0, 1, 2, 42: 81.2, 80.8, 81.4, 80.2 % (default
 # at seeds 0 and 42: 81.8, 80.2 %); its final fit's test accuracy 82.0 % on those seeds. On the smallest set
 # measured (digits, 384 training images: 60 fine-tune steps) it falls behind: 90.0 vs 98.9 % (README, "Recipes").
 PRESETS["fast"] = replace(PRESETS["default"], name="fast", finetune_epochs=5, cached_views=2)
