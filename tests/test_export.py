@@ -129,26 +129,30 @@ def test_an_export_not_made_from_the_runs_model_is_never_run(finished_run, small
     assert len(err) == 1 and "was not exported from the model now in" in err[0]
 
 
-def test_an_export_onnx_runtime_cannot_run_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
-    """`export` prints it and exits 2 (compare's own export turns failures into a warning: the next test)."""
+def _failed_export_line(finished_run, tmp_path, capsys, target: str, error: Exception) -> str:
+    """`export` of a copy of the run with `target` raising `error`: exit 2, one line (returned), nothing changed."""
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
-    with patch("transferlab.deploy.onnxruntime_session", side_effect=RuntimeError("no kernel for Op\nline 2")):
+    with patch(target, side_effect=error):
         assert main(["export", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ONNX Runtime cannot run the export" in err[0] and "nothing was changed" in err[0]
+    assert len(err) == 1
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+    return err[0]
+
+
+def test_an_export_onnx_runtime_cannot_run_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
+    """`export` prints it and exits 2 (compare's own export turns failures into a warning: the next tests)."""
+    line = _failed_export_line(finished_run, tmp_path, capsys, "transferlab.deploy.onnxruntime_session",
+                               RuntimeError("no kernel for Op\nline 2"))
+    assert "ONNX Runtime cannot run the export" in line and "nothing was changed" in line
 
 
 def test_a_network_neither_exporter_takes_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
     """Both torch exporters failing, whatever type they raise (here a tracer's RuntimeError), is the user's one line."""
-    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
-    with patch("torch.onnx.export", side_effect=RuntimeError("unsupported operator aten::foo\ntrace ...")):
-        assert main(["export", str(run)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot export the model of" in err[0] and "(unsupported operator aten::foo)" in err[0]
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+    line = _failed_export_line(finished_run, tmp_path, capsys, "torch.onnx.export",
+                               RuntimeError("unsupported operator aten::foo\ntrace ..."))
+    assert "cannot export the model of" in line and "(unsupported operator aten::foo)" in line
 
 
 @pytest.mark.parametrize("failure", [UserError("cannot export"), RuntimeError("exporter bug"), OSError(28, "No space")])
