@@ -204,6 +204,27 @@ def test_a_class_name_with_a_newline_is_refused_in_one_line(small_data, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("content", [b"", b"\x80\x02"])  # empty; a pickle cut after its header
+def test_an_empty_or_cut_weights_file_is_one_line_naming_it(small_data, tmp_path, capsys, content):
+    """torch.load raises a bare EOFError for these: the line names the file and the error's type."""
+    weights = tmp_path / "cut.pth"
+    weights.write_bytes(content)
+    assert main(_cli_compare(small_data, tmp_path, "--weights", str(weights))) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"'{weights}'" in line and "EOFError" in line and ".safetensors" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_message_carrying_a_library_error_keeps_its_first_line_on_one_line():
+    from transferlab.errors import error_text
+
+    assert error_text(RuntimeError("first\nsecond")) == "first"
+    assert error_text(EOFError()) == "EOFError"
+    assert error_text(OSError("  \n ")) == "OSError"
+    assert error_text(ValueError("tab\there"), limit=5) == "tab\\t"
+    assert error_text(ValueError("x" * 300)) == "x" * 120
+
+
 def test_predict_yields_each_batch_before_decoding_the_next(finished_run, small_data, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -232,7 +232,7 @@ def test_resume_with_sub_folders_in_classes_equals_uninterrupted(small_data, tmp
     assert metrics_rows(stopped.value.run_dir) == metrics_rows(reference)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign"])
 def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path):
     """Checkpoints hold only what their phase can change; loading one into the wrong model must not
     quietly load nothing."""
@@ -248,8 +248,8 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path)
     save_checkpoint(tmp_path, "frozen", model, optimizer, state, {"0.weight", "0.bias"})
     path = checkpoint_path(tmp_path, "frozen")
     assert set(torch.load(path, weights_only=True)["module"]) == {"0.weight", "0.bias"}
-    if damage == "truncated":
-        path.write_bytes(path.read_bytes()[:100])
+    if damage in ("truncated", "empty"):
+        path.write_bytes(path.read_bytes()[:100] if damage == "truncated" else b"")
         target = model
     else:
         target = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, 3))  # no "0.weight"
@@ -257,6 +257,8 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path)
     with pytest.raises(UserError, match=message) as e:
         load_checkpoint(tmp_path, "frozen", target)
     assert "\n" not in str(e.value)
+    if damage == "empty":  # torch.load raises a bare EOFError: its type is what the line can say
+        assert "(EOFError)" in str(e.value)
 
 
 def test_sigint_in_the_final_fit_then_resume_equals_uninterrupted(small_data, tmp_path, monkeypatch):

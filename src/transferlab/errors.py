@@ -16,5 +16,12 @@ def one_line(text: str) -> str:
                    for c in text)
 
 
+def error_text(error: BaseException, limit: int = 120) -> str:
+    """What a caught exception says, fit for a one-line message: its first line, escaped and cut to `limit`,
+    or its type's name when it says nothing (torch.load of an empty file raises a bare EOFError)."""
+    lines = str(error).strip().splitlines()
+    return one_line(lines[0])[:limit] if lines else type(error).__name__
+
+
 def quoted(name: object) -> str:
     return f"'{one_line(str(name))}'"

@@ -18,7 +18,7 @@ from transferlab.deploy import export_model
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
                                               subset_of)
-from transferlab.errors import UserError, one_line
+from transferlab.errors import UserError, error_text
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.audit import audit_cell
 from transferlab.experiments.interrupts import interruptible
@@ -100,7 +100,7 @@ def _export_for_predict(run_dir: Path) -> None:
     try:
         export_model(run_dir)
     except Exception as e:  # noqa: BLE001 - an extra, whatever stops it (exporter, disk, parity): the run is written
-        warnings.warn(f"no ONNX export for `predict` ({one_line(str(e))[:200] or type(e).__name__}); it will use "
+        warnings.warn(f"no ONNX export for `predict` ({error_text(e, 200)}); it will use "
                       f"PyTorch; `transferlab export {run_dir}` retries", stacklevel=2)
 
 

@@ -20,7 +20,7 @@ from transferlab.atomic import write_jsonl_atomic
 from transferlab.data.decoded import DecodedImages
 from transferlab.data.images import resized_rows
 from transferlab.data.row_store import RowView
-from transferlab.errors import UserError
+from transferlab.errors import UserError, error_text
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import class_weights_for, labels_of
 from transferlab.experiments.interrupts import StopRequests
@@ -373,6 +373,6 @@ def input_size_error(model: TransferModel, size: int) -> str | None:
         with torch.no_grad():
             model.backbone.eval().forward_features(torch.zeros(1, 3, size, size))
     except (AssertionError, RuntimeError) as e:
-        return str(e).splitlines()[0][:120]
+        return error_text(e)
     return None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from transferlab.atomic import check_creatable, creatable_problem, write_bytes_atomic
-from transferlab.errors import UserError, quoted
+from transferlab.errors import UserError, error_text, quoted
 from transferlab.options import default_cache_dir
 from transferlab.models.weights import WeightsSource
 from transferlab.training.loop import PhaseState
@@ -113,7 +113,7 @@ def load_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module) -> tuple
         if unexpected:
             raise ValueError(f"{len(unexpected)} entries this model does not have, e.g. {unexpected[0]}")
     except Exception as e:  # a truncated or foreign file
-        raise UserError(f"checkpoint '{path}' cannot be read ({' '.join(str(e).split())[:100]}); delete it to redo the "
+        raise UserError(f"checkpoint {quoted(path)} cannot be read ({error_text(e, 100)}); delete it to redo the "
                         f"{phase} phase") from None
     s = payload["state"]
     state = PhaseState(next_epoch=s["next_epoch"], history=json.loads(s["history"]),

@@ -29,7 +29,7 @@ from typing import Iterator
 import torch
 
 from transferlab.atomic import write_text_atomic
-from transferlab.errors import UserError, one_line, quoted
+from transferlab.errors import UserError, error_text, one_line, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import prepare_data, scan_folders, subset_of
 from transferlab.experiments.interrupts import StopRequests
@@ -161,7 +161,7 @@ def _outcome(ray, ref, plan: CellPlan) -> CellResult | FailedCell:
         result = ray.get(ref)
     except ray.exceptions.RayError as e:  # raised twice, or its worker died twice
         cause = getattr(e, "cause", None)  # a RayTaskError holds what the task raised
-        error = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).strip().splitlines()[0]
+        error = f"{type(cause).__name__}: {cause}" if cause is not None else error_text(e, 1000)
         return FailedCell(part=plan.variant.label, hash=plan.hash, seed=plan.seed, k=plan.k_label,
                           error=one_line(error))
     if isinstance(result, UserError):

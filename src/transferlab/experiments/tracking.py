@@ -18,7 +18,7 @@ from typing import Iterator
 from urllib.parse import urlparse
 
 from transferlab.atomic import write_json_atomic
-from transferlab.errors import UserError
+from transferlab.errors import UserError, error_text
 from transferlab.results import RunResult
 
 TRACKING_FILE = "tracking.json"   # in the run folder: the MLflow run id, so --resume continues that run
@@ -100,7 +100,7 @@ class Tracker:
             try:
                 self.run_id = _mlflow_run(self.mlflow, mlflow_uri, run_dir, name, params, resuming)
             except importlib.import_module("mlflow.exceptions").MlflowException as e:
-                raise UserError(f"--mlflow-uri '{mlflow_uri}': {str(e).splitlines()[0][:200]}") from None
+                raise UserError(f"--mlflow-uri '{mlflow_uri}': {error_text(e, 200)}") from None
 
     def log_epoch(self, row: dict) -> None:
         """`row` is a metrics.jsonl row (phase, epoch, losses, accuracies, seconds) plus its last learning rate."""

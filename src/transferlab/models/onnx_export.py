@@ -21,6 +21,7 @@ from torch import nn
 
 from transferlab.atomic import write_atomic
 from transferlab.data.fingerprints import key_digest
+from transferlab.errors import error_text
 from transferlab.models.onnx_runtime import INPUT_NAME
 from transferlab.models.transfer_model import UNITS_LAYOUT
 
@@ -36,11 +37,6 @@ def output_names(last_units: list[int]) -> list[str]:
 
 class OnnxExportError(Exception):
     """Neither exporter can express the network; the message is what the second one said, in one line."""
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:120] if text else type(error).__name__
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: list[str]) -> Path:
@@ -65,13 +61,13 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, outputs: l
     try:
         write_atomic(Path(path), torchscript)
     except Exception as e:  # noqa: BLE001 - removed, or an operator it cannot express: the other exporter
-        log.info("TorchScript ONNX export failed (%s); exporting with dynamo=True", first_line(e))
+        log.info("TorchScript ONNX export failed (%s); exporting with dynamo=True", error_text(e))
         try:
             write_atomic(Path(path), dynamo)
         except OSError:
             raise  # a full or read-only disk is the disk's failure, not the network's
         except Exception as second:  # noqa: BLE001 - torch's exporters raise many types for what they cannot express
-            raise OnnxExportError(first_line(second)) from second
+            raise OnnxExportError(error_text(second)) from second
     return Path(path)
 
 

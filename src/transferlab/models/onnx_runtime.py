@@ -11,7 +11,7 @@ import numpy as np
 
 from transferlab.data.fingerprints import file_digest_once
 from transferlab.data.images import Preprocessing
-from transferlab.errors import UserError, one_line, quoted
+from transferlab.errors import UserError, error_text, quoted
 from transferlab.models.model_meta import META_FILE, WEIGHTS_FILE, read_model_meta
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
@@ -79,7 +79,7 @@ def load_onnx_model(run_dir: Path) -> tuple[Logits, dict]:
     try:
         session = onnxruntime_session(onnx_path)
     except Exception as e:  # onnxruntime raises its own exception types for damaged graphs
-        raise UserError(f"{quoted(onnx_path)} cannot be loaded ({one_line(str(e))[:120] or type(e).__name__}); "
+        raise UserError(f"{quoted(onnx_path)} cannot be loaded ({error_text(e)}); "
                         f"{export_fix(run_dir)}") from None
 
     def logits(x: np.ndarray) -> np.ndarray:

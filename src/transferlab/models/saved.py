@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save
 
 from transferlab.atomic import write_bytes_atomic, write_json_atomic
 from transferlab.data.images import Preprocessing
-from transferlab.errors import UserError, quoted
+from transferlab.errors import UserError, error_text, quoted
 from transferlab.formats import MODEL_FORMAT_VERSION
 from transferlab.models.backbones import create_backbone
 from transferlab.models.model_meta import FIX, META_FILE, WEIGHTS_FILE, read_model_meta
@@ -35,7 +35,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except SafetensorError as e:
-        raise UserError(f"{quoted(path)} is damaged or truncated ({str(e).splitlines()[0][:120]}); {FIX}") from None
+        raise UserError(f"{quoted(path)} is damaged or truncated ({error_text(e)}); {FIX}") from None
 
 
 def _shape_problem(model: TransferModel, state: dict[str, torch.Tensor], n_classes: int) -> str | None:

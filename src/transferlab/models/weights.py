@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from transferlab.data.fingerprints import file_digest_once
-from transferlab.errors import UserError
+from transferlab.errors import UserError, error_text, quoted
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """safetensors, or a .pth read with weights_only=True: a pickle that would run code is refused."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file '{path}' does not exist; check the path given to --weights")
+        raise UserError(f"weights file {quoted(path)} does not exist; check the path given to --weights")
     try:
         if path.suffix == ".safetensors":
             state = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch/safetensors raise many types for bad files
-        raise UserError(f"cannot load weights '{path}': {str(e).splitlines()[0][:200]}; use a .safetensors "
+        raise UserError(f"cannot load weights {quoted(path)}: {error_text(e, 200)}; use a .safetensors "
                         "file or a plain PyTorch state dict (pickles that run code are refused)") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"'{path}' holds no state dict of tensors; save model.state_dict() instead")
+        raise UserError(f"{quoted(path)} holds no state dict of tensors; save model.state_dict() instead")
     return state
 
 
@@ -154,7 +154,7 @@ def load_pretrained(model: nn.Module, backbone: str, weights_file: Path | None) 
     try:
         timm_load_pretrained(model, num_classes=0, strict=False)
     except Exception as e:  # network and hub errors come in many types
-        raise UserError(f"downloading weights for '{backbone}' failed ({str(e).splitlines()[0][:120]}); "
+        raise UserError(f"downloading weights for '{backbone}' failed ({error_text(e)}); "
                         + how_to_get_weights(backbone)) from None
     return WeightsSource("hub", hub_id, f"hub:{hub_id}")
 
