@@ -232,7 +232,7 @@ def test_resume_with_sub_folders_in_classes_equals_uninterrupted(small_data, tmp
     assert metrics_rows(stopped.value.run_dir) == metrics_rows(reference)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign"])
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign", "another phase"])
 def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path):
     """Checkpoints hold only what their phase can change; loading one into the wrong model must not
     quietly load nothing."""
@@ -251,11 +251,14 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path)
     if damage in ("truncated", "empty"):
         path.write_bytes(path.read_bytes()[:100] if damage == "truncated" else b"")
         target = model
+    elif damage == "another phase":  # e.g. finetuned.pt copied over frozen.pt: it loads, its optimizer would not
+        save_checkpoint(tmp_path, "frozen", model, optimizer, state, set(model.state_dict()))
+        target = model
     else:
         target = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(4, 3))  # no "0.weight"
     message = rf"^checkpoint '{path}' cannot be read \(.*\); delete it to redo the frozen phase$"
     with pytest.raises(UserError, match=message) as e:
-        load_checkpoint(tmp_path, "frozen", target)
+        load_checkpoint(tmp_path, "frozen", target, {"0.weight", "0.bias"})
     assert "\n" not in str(e.value)
     if damage == "empty":  # torch.load raises a bare EOFError: its type is what the line can say
         assert "(EOFError)" in str(e.value)

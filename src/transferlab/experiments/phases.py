@@ -109,9 +109,9 @@ class CellPhases:
         """(state, seconds, precision it trained in) of one phase, resumed from its checkpoint if any."""
         spec, model, forward, train_inputs = phase.spec, phase.model, phase.forward, phase.train_inputs
         train_modules = phase.train_modules
-        saved = load_checkpoint(self.run_dir, spec.name, model) if self.resuming else None
-        optimizer_state, state = saved or (None, None)
         changing = changing_state_keys(model, train_modules)
+        saved = load_checkpoint(self.run_dir, spec.name, model, changing) if self.resuming else None
+        optimizer_state, state = saved or (None, None)
         started = time.perf_counter()
         if state is not None and state.history:  # resumed: on in the precision its first epochs ran in
             spec = replace(spec, precision=state.history[0].get("precision", "fp32"))  # older runs: fp32

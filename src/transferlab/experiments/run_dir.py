@@ -101,9 +101,11 @@ def save_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module, optimize
     write_bytes_atomic(checkpoint_path(run_dir, phase), buffer.getvalue())
 
 
-def load_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module) -> tuple[dict, PhaseState] | None:
+def load_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module, changing: set[str]
+                    ) -> tuple[dict, PhaseState] | None:
     """Loads the phase's saved entries into `module`: (optimizer state, phase state with the full kept
-    state), or None if this phase never finished an epoch."""
+    state), or None if this phase never finished an epoch. The entries must be exactly what the phase changes
+    (`changing`): another phase's checkpoint under this name would load, then fail in the optimizer."""
     path = checkpoint_path(run_dir, phase)
     if not path.exists():
         return None
@@ -112,6 +114,8 @@ def load_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module) -> tuple
         unexpected = module.load_state_dict(payload["module"], strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"{len(unexpected)} entries this model does not have, e.g. {unexpected[0]}")
+        if set(payload["module"]) != changing:
+            raise ValueError(f"it holds {len(payload['module'])} entries where this phase changes {len(changing)}")
     except Exception as e:  # a truncated or foreign file
         raise UserError(f"checkpoint {quoted(path)} cannot be read ({error_text(e, 100)}); delete it to redo the "
                         f"{phase} phase") from None
