@@ -15,10 +15,11 @@ import torch
 from transferlab import evaluate_folder, export, predict
 from transferlab.cli import main
 from transferlab.data.images import Preprocessing, normalised_nchw
-from transferlab.deploy import ONNX_FILE, PARITY_TOLERANCE, SIDECAR_FILE
+from transferlab.deploy import ONNX_FILE, OUTPUT_NAME, PARITY_TOLERANCE, SIDECAR_FILE
 from transferlab.models.model_meta import read_model_meta
 from transferlab.errors import UserError
 from transferlab.experiments.compare import _export_for_predict
+from transferlab.models.onnx_export import export_onnx
 from transferlab.models.onnx_runtime import load_onnx_model
 from transferlab.training.inputs import normalise
 
@@ -173,9 +174,11 @@ def test_a_damaged_or_older_sidecar_falls_back_to_pytorch_by_default_and_is_one_
         finished_run, small_data, tmp_path, capsys):
     image = sorted((small_data / "Shirt").iterdir())[0]
     sidecar = json.loads((finished_run / SIDECAR_FILE).read_text())
-    older = sidecar | {"onnx": {k: v for k, v in sidecar["onnx"].items() if k != "weights_digest"}}
+    def without(key: str) -> dict:
+        return sidecar | {"onnx": {k: v for k, v in sidecar["onnx"].items() if k != key}}
     for name, text, why in [("damaged", "{not json", "is not valid JSON"),
-                            ("older", json.dumps(older), "does not record the weights it was made from")]:
+                            ("older", json.dumps(without("weights_digest")), "does not record the weights it was made from"),
+                            ("oldest", json.dumps(without("graph_digest")), "does not record the graph it describes")]:
         run = Path(shutil.copytree(finished_run, tmp_path / name))
         (run / SIDECAR_FILE).write_text(text)
         with pytest.warns(UserWarning, match=why):
@@ -183,6 +186,34 @@ def test_a_damaged_or_older_sidecar_falls_back_to_pytorch_by_default_and_is_one_
         assert main(["predict", "--onnx", str(run), str(image)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and why in err[0] and f"transferlab export {run}" in err[0] and "--no-onnx" in err[0]
+
+
+def test_another_graph_under_the_sidecar_is_refused_and_never_read_under_its_class_names(finished_run, small_data,
+                                                                                       tmp_path, capsys):
+    """Another run's model.onnx copied in beside this sidecar: before, `predict` read its logits under these class
+    names (a wrong answer, or an IndexError when it had more classes)."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    sidecar = json.loads((run / SIDECAR_FILE).read_text())
+    size, n_classes = sidecar["preprocessing"]["image_size_px"], len(sidecar["class_names"])
+    other = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, n_classes + 1))
+    export_onnx(other.eval(), torch.zeros(2, 3, size, size), run / ONNX_FILE, [OUTPUT_NAME])
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    with pytest.warns(UserWarning, match="is not the graph"):
+        assert predict(run, image, top_k=n_classes)[0].path == image  # on PyTorch, this run's own model
+    assert main(["predict", "--onnx", str(run), str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not the graph" in err[0] and f"transferlab export {run}" in err[0]
+
+
+@pytest.mark.parametrize("in_the_way", [ONNX_FILE, SIDECAR_FILE])
+def test_a_folder_in_the_way_of_an_export_is_one_line_before_anything_is_written(finished_run, tmp_path, capsys,
+                                                                                 in_the_way):
+    out = tmp_path / "out"
+    (out / in_the_way).mkdir(parents=True)
+    assert main(["export", str(finished_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "in the way" in err[0] and in_the_way in err[0]
+    assert [p.name for p in out.iterdir()] == [in_the_way]  # no 14 MB `.model.onnx.checking` left
 
 
 def test_bad_export_options_are_one_line(finished_run, tmp_path, capsys):

@@ -18,7 +18,7 @@ from transferlab.api_checks import check_path, check_paths
 from transferlab.atomic import check_creatable, write_json_atomic
 from transferlab.data.fingerprints import file_digest
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
-from transferlab.errors import UserError, one_line, quoted
+from transferlab.errors import UserError, error_text, quoted
 from transferlab.options import EXPORT_FORMATS
 from transferlab.models.onnx_export import EXAMPLE_BATCH_SIZE, OnnxExportError, export_onnx
 from transferlab.models.model_meta import WEIGHTS_FILE
@@ -53,6 +53,9 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                         f"{', '.join(EXPORT_FORMATS)}")
     out_dir = run_dir if out_dir is None else check_path("export", "out_dir (--out)", out_dir)
     check_creatable(out_dir, "--out")  # before the model is even read: a bad --out costs nothing
+    for target in (out_dir / ONNX_FILE, out_dir / SIDECAR_FILE):
+        if target.exists() and not target.is_file():
+            raise UserError(f"{quoted(target)} is in the way of the export (not a file); move it, or give another --out")
     model, meta = load_model(run_dir)
     prep = meta["preprocessing"]
     x, inputs_used = _parity_inputs(prep, check_images)
@@ -71,7 +74,7 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
         got = onnxruntime_session(checking, torch.get_num_threads()).run(None, {INPUT_NAME: x.contiguous().numpy()})[0]
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types, e.g. for an operator it lacks
         checking.unlink(missing_ok=True)
-        raise UserError(f"ONNX Runtime cannot run the export of {quoted(run_dir)} ({one_line(str(e))[:120]}); nothing "
+        raise UserError(f"ONNX Runtime cannot run the export of {quoted(run_dir)} ({error_text(e)}); nothing "
                         "was changed; report this with the backbone's name") from None
     delta = float(np.abs(got - expected).max())
     if not delta <= PARITY_TOLERANCE:
@@ -84,7 +87,7 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
         "file": ONNX_FILE, "input": INPUT_NAME, "output": OUTPUT_NAME,
         "input_layout": "NCHW float32, decoded and normalised as 'preprocessing' says; any batch size",
         "parity_max_abs_logit_delta": delta, "parity_inputs": inputs_used,
-        "weights_digest": file_digest(run_dir / WEIGHTS_FILE),
+        "weights_digest": file_digest(run_dir / WEIGHTS_FILE), "graph_digest": file_digest(onnx_path),
         "torch": torch.__version__, "onnxruntime": version("onnxruntime")}}
     write_json_atomic(sidecar_path, sidecar)
     return sidecar

@@ -47,17 +47,23 @@ def has_export(run_dir: Path) -> bool:
 def export_problem(run_dir: Path) -> str | None:
     """Why the export in `run_dir` must not stand for the model beside it, or None. Its sidecar must be sound,
     and match model.json's fields and the weights' digest: a model trained again, or files copied in beside an
-    older export, do not. An export on its own (`export --out`) is its own model."""
+    older export, do not. An export on its own (`export --out`) is its own model. Either way the graph must be
+    the one its sidecar was written for: another run's model.onnx copied in would give its logits under these
+    class names."""
     run_dir = Path(run_dir)
     try:
         sidecar = read_model_meta(run_dir / SIDECAR_FILE, fix="")
     except UserError as e:
         return str(e)
+    onnx = sidecar.get("onnx") if isinstance(sidecar.get("onnx"), dict) else {}
+    if onnx.get("graph_digest") is None:
+        return f"{quoted(run_dir / SIDECAR_FILE)} does not record the graph it describes (an older transferlab)"
+    if onnx["graph_digest"] != file_digest_once(run_dir / ONNX_FILE):
+        return f"{quoted(run_dir / ONNX_FILE)} is not the graph {quoted(run_dir / SIDECAR_FILE)} was written for"
     meta_path, weights_path = run_dir / META_FILE, run_dir / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         return None
-    onnx = sidecar.get("onnx")
-    digest = onnx.get("weights_digest") if isinstance(onnx, dict) else None
+    digest = onnx.get("weights_digest")
     if digest is None:
         return f"{quoted(run_dir / SIDECAR_FILE)} does not record the weights it was made from (an older transferlab)"
     model_json = read_model_meta(meta_path)
