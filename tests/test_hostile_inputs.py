@@ -215,6 +215,25 @@ def test_an_empty_or_cut_weights_file_is_one_line_naming_it(small_data, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("option, value, says", [("--seed", "nan", "argument --seed: invalid int value: 'nan'"),
+                                                 ("--frozen-epochs", "1.5", "invalid int value: '1.5'"),
+                                                 ("--recipe", "fastest", "invalid choice: 'fastest'")])
+def test_a_malformed_option_is_one_line_not_the_usage_block(small_data, tmp_path, capsys, option, value, says):
+    assert main(_cli_compare(small_data, tmp_path, option, value)) == 2
+    assert says in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("report", ["report.md", "report.html"])
+def test_a_folder_where_the_report_goes_is_one_line(finished_run, tmp_path, capsys, report):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    (run / report).unlink()
+    (run / report).mkdir()
+    assert main(["report", str(run)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "Is a directory" in line and report in line
+
+
 def test_a_message_carrying_a_library_error_keeps_its_first_line_on_one_line():
     from transferlab.errors import error_text
 

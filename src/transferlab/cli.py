@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import warnings
+from typing import NoReturn
 from pathlib import Path
 
 # What the parser and main() need. The API that trains or loads models (torch, timm) and the reports (SciPy,
@@ -14,7 +15,7 @@ from pathlib import Path
 # first line sooner and `runs` stays light.
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
 from transferlab.data.exclude import read_exclude_list
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.models.onnx_runtime import AUTO_ONNX
@@ -31,6 +32,7 @@ ONNX_HELP = ("--onnx: the run's ONNX export (compare writes it; `transferlab exp
              f"--no-onnx: the PyTorch model; default: {AUTO_ONNX}")
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+IN_THE_WAY_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.EEXIST}  # a folder where a file goes, or the other way round
 
 
 def add_recipe_options(group) -> None:
@@ -138,8 +140,16 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
                      help="with --ray and --device cuda: cells that share one GPU")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own refusals (a malformed number, an unknown choice) as one `error:` line like every other
+    bad value, not its usage block; subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="transferlab", description="Transfer learning for small image datasets, with an honest "
         "before/after: scratch vs pretrained-frozen vs fine-tuned.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -380,9 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
-        if e.errno not in DISK_ERRNOS:
+        if e.errno not in DISK_ERRNOS | IN_THE_WAY_ERRNOS:
             raise
-        where = f" '{e.filename}'" if e.filename else ""
+        culprit = e.filename2 or e.filename  # a rename names its target second
+        where = f" {quoted(culprit)}" if culprit else ""
+        if e.errno in IN_THE_WAY_ERRNOS:
+            print(f"error: {e.strerror}:{where}; move it out of the way, or choose another output folder",
+                  file=sys.stderr)
+            return EXIT_USER_ERROR
         print(f"error: {e.strerror}:{where}; free space or fix its permissions, or choose another --runs-dir / "
               "--cache-dir", file=sys.stderr)
         return EXIT_USER_ERROR
