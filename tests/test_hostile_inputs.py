@@ -244,6 +244,18 @@ def test_a_message_carrying_a_library_error_keeps_its_first_line_on_one_line():
     assert error_text(ValueError("x" * 300)) == "x" * 120
 
 
+def test_an_image_name_that_is_not_utf8_is_one_line_before_a_run_folder_exists(small_data, tmp_path, capsys):
+    """split.json must name every image: before, the run folder was made and its split.json refused (a folder
+    `--resume` could not finish)."""
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    image = sorted((data / "Coat").iterdir())[0]
+    os.rename(os.fsencode(image), os.fsencode(image.parent) + b"/bad\xffname.png")
+    assert main(_cli_compare(data, tmp_path)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "bad" in line and "name.png" in line and "not UTF-8" in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_predict_yields_each_batch_before_decoding_the_next(finished_run, small_data, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -65,19 +65,26 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """UTF-8 in any locale. A file name read under a non-UTF-8 locale (LC_ALL=C) holds its bytes as lone
-    surrogates; they are written back as those bytes, which read as the name (local_path_text undoes it)."""
+def utf8_bytes(text: str) -> bytes:
+    """`text` as the JSON files store it: UTF-8 in any locale. A file name read under a non-UTF-8 locale
+    (LC_ALL=C) holds its bytes as lone surrogates; they are stored as those bytes, which read as the name
+    (local_path_text undoes it). UnicodeDecodeError when those bytes are not UTF-8 (a name no JSON file holds)."""
     try:
-        data = text.encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError:
         data = text.encode("utf-8", "surrogateescape")
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            name = one_line(data[max(e.start - 30, 0):e.end + 30].decode("utf-8", "backslashreplace"))
-            raise UserError(f"cannot write {quoted(path)}: a file name in it is not UTF-8 (…{name}…); rename that "
-                            "file with a UTF-8 name") from None
+        data.decode("utf-8")
+        return data
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    try:
+        data = utf8_bytes(text)
+    except UnicodeDecodeError as e:
+        data = text.encode("utf-8", "surrogateescape")
+        name = one_line(data[max(e.start - 30, 0):e.end + 30].decode("utf-8", "backslashreplace"))
+        raise UserError(f"cannot write {quoted(path)}: a file name in it is not UTF-8 (…{name}…); rename that "
+                        "file with a UTF-8 name") from None
     write_bytes_atomic(path, data)
 
 

@@ -11,8 +11,9 @@ class UserError(Exception):
 
 
 def one_line(text: str) -> str:
-    """Messages stay one line even when a file name holds a newline: control characters are escaped."""
-    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+    """Messages stay one line even when a file name holds a newline: control characters are escaped, and so are
+    the lone surrogates that stand for a name's non-UTF-8 bytes (a stream that cannot encode them would raise)."""
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c
                    for c in text)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.atomic import utf8_bytes
 from transferlab.data.decoded import DecodedImages, decode_images
 from transferlab.data.exclude import check_excluded_known
 from transferlab.data.images import Preprocessing
@@ -70,7 +71,14 @@ def scan_folders(cfg: CompareConfig) -> Folders:
         raise UserError(f"class folder {quoted(printable[0])} in {quoted(train.root)} has a control character "
                         "(e.g. a newline) in its name; rename the folder")
     labelled_like_train = lambda d: None if d is None else scan_image_folder(d, class_names=train.class_names)  # noqa: E731
-    return Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
+    folders = Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
+    for image in _all_images(folders):  # split.json must name every image: a name it cannot hold fails now, not there
+        try:
+            utf8_bytes(str(image.path))
+        except UnicodeDecodeError:
+            raise UserError(f"{quoted(image.path)}: its name (or a folder's above it) is not UTF-8; rename it with a "
+                            "UTF-8 name") from None
+    return folders
 
 
 def _all_images(folders: Folders) -> list[LabelledImage]:
