@@ -256,6 +256,18 @@ def test_an_image_name_that_is_not_utf8_is_one_line_before_a_run_folder_exists(s
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_second_process_in_a_run_folder_is_refused_and_the_folder_unchanged(finished_run, tmp_path, capsys):
+    """Before, a `--resume` while the run still trained (or two of them) both trained and wrote every file."""
+    from filelock import FileLock
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    with FileLock(run / ".lock"):  # what a training run holds
+        assert main(["compare", "--resume", str(run), "--quiet"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"another transferlab is working in '{run}'" in line
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
 def test_predict_yields_each_batch_before_decoding_the_next(finished_run, small_data, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from filelock import FileLock, Timeout
+
 from transferlab.errors import UserError, one_line, quoted
 
 
@@ -100,3 +102,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def lock_folder(folder: Path, busy: str) -> FileLock:
+    """One process works in a run or study folder at a time (held until `release()`): a second one would train the
+    same phases and write the same files. `busy` is the one line the second one gets."""
+    lock = FileLock(Path(folder) / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(busy) from None
+    return lock

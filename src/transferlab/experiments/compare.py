@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.atomic import write_json_atomic
+from transferlab.atomic import lock_folder, write_json_atomic
 from transferlab.deploy import export_model
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
                                               subset_of)
-from transferlab.errors import UserError, error_text
+from transferlab.errors import UserError, error_text, quoted
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.audit import audit_cell
 from transferlab.experiments.interrupts import interruptible
@@ -80,15 +80,21 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     tracked = (cfg.tensorboard_dir, cfg.mlflow_uri) if ranks.is_main else (None, None)  # only rank 0 logs
-    with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
-        setting = CellSetting(cfg, pretrained, device, Path(cfg.cache_dir or default_cache_dir()), stop, ranks)
-        results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker)
-        results = replace(results, recipe={"overridden": overridden, **results.recipe}, environment=env)
-        if ranks.is_main:
-            _export_for_predict(run_dir)
-            write_results(run_dir / "results.json", results)  # last: a run with results.json is finished
-        if tracker is not None:
-            tracker.log_results(results)
+    lock = lock_folder(run_dir, f"another transferlab is working in {quoted(run_dir)}; wait for it to finish (or "
+                                "stop it, then `transferlab compare --resume` it)") if ranks.is_main else None
+    try:
+        with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
+            setting = CellSetting(cfg, pretrained, device, Path(cfg.cache_dir or default_cache_dir()), stop, ranks)
+            results = _train_and_evaluate(setting, folders, model, run_dir, resuming, tracker)
+            results = replace(results, recipe={"overridden": overridden, **results.recipe}, environment=env)
+            if ranks.is_main:
+                _export_for_predict(run_dir)
+                write_results(run_dir / "results.json", results)  # last: a run with results.json is finished
+            if tracker is not None:
+                tracker.log_results(results)
+    finally:
+        if lock is not None:
+            lock.release()
     barrier(ranks)  # every rank returns a finished run
     return run_dir
 

@@ -5,9 +5,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
-from transferlab.atomic import write_json_atomic
+from transferlab.atomic import lock_folder, write_json_atomic
 from transferlab.errors import UserError, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.study_config import StudyConfig
@@ -19,15 +19,11 @@ SPLIT_FIELDS = ("data_dir", "train_dir", "val_dir", "test_dir", "seed", "val_fra
 def lock_study_dir(study_dir: Path) -> FileLock:
     try:
         (study_dir / "cells").mkdir(parents=True, exist_ok=True)
-        lock = FileLock(study_dir / ".lock")
-        lock.acquire(timeout=0)
-    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
-        raise UserError(f"another `transferlab study` is working in {quoted(study_dir)}; wait for it to finish or "
-                        "give another --study-dir") from None
     except OSError as e:
         raise UserError(f"cannot create the study folder {quoted(study_dir)} ({e.strerror}); choose a writable "
                         "--study-dir") from None
-    return lock
+    return lock_folder(study_dir, f"another `transferlab study` is working in {quoted(study_dir)}; wait for it to "
+                                  "finish or give another --study-dir")
 
 
 def check_same_split(study_dir: Path, base: CompareConfig) -> None:
