@@ -268,6 +268,21 @@ def test_a_second_process_in_a_run_folder_is_refused_and_the_folder_unchanged(fi
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
+def test_predict_prints_one_line_an_image_and_valid_json_whatever_the_names_hold(finished_run, small_data, tmp_path,
+                                                                                  capsys):
+    source = sorted((small_data / "Shirt").iterdir())[0]
+    newline, not_utf8 = tmp_path / "new\nline.png", Path(os.fsdecode(os.fsencode(tmp_path) + b"/bad\xffname.png"))
+    for name in (newline, not_utf8):
+        shutil.copy(source, name)
+    assert main(["predict", str(finished_run), str(newline), str(not_utf8)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith(str(tmp_path / "new\\nline.png") + ": ")
+    assert main(["predict", str(finished_run), str(not_utf8), "--json"]) == 0
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # no raw bytes that are not UTF-8
+    assert [row["path"] for row in json.loads(out)] == [str(not_utf8)]
+
+
 def test_predict_yields_each_batch_before_decoding_the_next(finished_run, small_data, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

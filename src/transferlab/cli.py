@@ -15,7 +15,7 @@ from pathlib import Path
 # first line sooner and `runs` stays light.
 from transferlab.data.embedded import NAME as EMBEDDED_NAME, export_embedded
 from transferlab.data.exclude import read_exclude_list
-from transferlab.errors import UserError, quoted
+from transferlab.errors import UserError, one_line, quoted
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.models.onnx_runtime import AUTO_ONNX
@@ -273,11 +273,10 @@ def _print_predictions(stream, as_json: bool) -> None:
     with progress_bar(total=stream.n_files, show=True, desc="predict", unit="img", leave=False) as bar:
         for n_read, batch in stream.batches:
             if as_json:
-                lines = [("," if opened or i else "[") + json.dumps({"path": str(p.path), "top": [
-                    {"class": c, "probability": round(pr, 5)} for c, pr in p.top]}, ensure_ascii=False)
-                    for i, p in enumerate(batch)]
-            else:
-                lines = [f"{p.path}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top) for p in batch]
+                lines = [("," if opened or i else "[") + _json_text({"path": str(p.path), "top": [
+                    {"class": c, "probability": round(pr, 5)} for c, pr in p.top]}) for i, p in enumerate(batch)]
+            else:  # one line an image, whatever its name holds
+                lines = [f"{one_line(str(p.path))}: " + ", ".join(f"{c} {pr:.1%}" for c, pr in p.top) for p in batch]
             opened = opened or bool(batch)
             with bar.external_write_mode():
                 for line in lines:
@@ -286,6 +285,17 @@ def _print_predictions(stream, as_json: bool) -> None:
             bar.update(n_read)
     if as_json:
         print("]" if opened else "[]", flush=True)
+
+
+def _json_text(value: dict) -> str:
+    """JSON as UTF-8 text; a file name whose bytes are not UTF-8 is written with \\u escapes of the surrogates
+    that stand for them (valid JSON; `os.fsencode` of the read-back name gives the bytes) instead of raw bytes."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
 
 
 def _escape_what_stdout_cannot_encode() -> None:
