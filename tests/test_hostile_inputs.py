@@ -204,6 +204,12 @@ def test_a_class_name_with_a_newline_is_refused_in_one_line(small_data, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_weights_that_are_a_folder_or_missing_say_which(small_data, tmp_path, capsys):
+    for weights, says in ((tmp_path, "is a folder"), (tmp_path / "none.pth", "does not exist")):
+        assert main(_cli_compare(small_data, tmp_path, "--weights", str(weights))) == 2
+        assert f"'{weights}' {says}; --weights takes" in _one_error_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("content", [b"", b"\x80\x02"])  # empty; a pickle cut after its header
 def test_an_empty_or_cut_weights_file_is_one_line_naming_it(small_data, tmp_path, capsys, content):
     """torch.load raises a bare EOFError for these: the line names the file and the error's type."""

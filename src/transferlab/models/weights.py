@@ -56,7 +56,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """safetensors, or a .pth read with weights_only=True: a pickle that would run code is refused."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"weights file {quoted(path)} does not exist; check the path given to --weights")
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise UserError(f"weights file {quoted(path)} {what}; --weights takes a .safetensors or .pth file")
     try:
         if path.suffix == ".safetensors":
             state = load_file(path)
