@@ -204,6 +204,16 @@ def test_a_class_name_with_a_newline_is_refused_in_one_line(small_data, tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_damaged_model_beside_its_export_is_the_one_line_without_a_warning_first(finished_run, small_data, tmp_path,
+                                                                                   capsys):
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    (run / "model.safetensors").write_bytes(b"")
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    assert main(["predict", str(run), str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "model.safetensors" in err[0]
+
+
 def test_weights_that_are_a_folder_or_missing_say_which(small_data, tmp_path, capsys):
     for weights, says in ((tmp_path, "is a folder"), (tmp_path / "none.pth", "does not exist")):
         assert main(_cli_compare(small_data, tmp_path, "--weights", str(weights))) == 2

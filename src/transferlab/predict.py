@@ -96,18 +96,18 @@ def _probabilities(logits: Logits, prep, paths: list[Path], where: str) -> Decod
 def _load(run_dir: Path, onnx: bool | None) -> tuple[Logits, dict]:
     """(logits function, meta) of the run's ONNX export on ONNX Runtime (onnx=None: when the run holds one made
     from its model, as compare writes it) or of its PyTorch model (onnx=False, or no current export)."""
+    problem = None
     if onnx is None and has_export(run_dir):
         problem = export_problem(run_dir)
         onnx = problem is None
-        if problem:
-            warnings.warn(f"{problem}; predicting with PyTorch (slower to start); {export_fix(run_dir)}",
-                          stacklevel=3)
     if onnx:
         return load_onnx_model(run_dir)
     import torch
 
     from transferlab.models.saved import load_model
-    model, meta = load_model(run_dir)
+    model, meta = load_model(run_dir)  # a model that cannot load is the one line: no warning about the export first
+    if problem:
+        warnings.warn(f"{problem}; predicting with PyTorch (slower to start); {export_fix(run_dir)}", stacklevel=3)
 
     def logits(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():  # here, not around a generator's yield: grad mode would leak into the caller
