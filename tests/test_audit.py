@@ -61,6 +61,18 @@ def test_exclude_with_an_unknown_path_or_a_damaged_csv_is_one_line_and_writes_no
     assert not runs.exists()
 
 
+def test_excluding_a_whole_class_says_none_is_left_and_to_list_fewer(small_data, tmp_path, capsys):
+    coats = sorted((small_data / "Coat").iterdir())
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("".join(f"{p}\n" for p in coats))
+    code, err = _cli(["compare", str(small_data), "--exclude", str(listing), "--runs-dir", str(tmp_path / "runs"),
+                      "--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 0, err
+    assert f"class 'Coat' has 0 usable images once --exclude left out {len(coats)}" in err
+    assert "list fewer of its images in --exclude" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_exclude_leaves_the_images_out_of_training_records_them_and_keeps_the_test_set(small_data, tmp_path):
     from transferlab import compare
     classes = sorted(p for p in small_data.iterdir())

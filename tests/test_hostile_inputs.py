@@ -214,6 +214,12 @@ def test_a_damaged_model_beside_its_export_is_the_one_line_without_a_warning_fir
     assert len(err) == 1 and err[0].startswith("error: ") and "model.safetensors" in err[0]
 
 
+@pytest.mark.parametrize("option", ["--scratch-budget", "--time-budget"])
+def test_an_infinite_duration_is_not_taken_for_no_budget(small_data, tmp_path, capsys, option):
+    assert main(_cli_compare(small_data, tmp_path, option, "1e999s")) == 2
+    assert "'1e999s' is not a duration" in _one_error_line(capsys.readouterr().err)
+
+
 def test_weights_that_are_a_folder_or_missing_say_which(small_data, tmp_path, capsys):
     for weights, says in ((tmp_path, "is a folder"), (tmp_path / "none.pth", "does not exist")):
         assert main(_cli_compare(small_data, tmp_path, "--weights", str(weights))) == 2

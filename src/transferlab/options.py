@@ -1,6 +1,7 @@
 """The values that options naming a backend take, and the default cache folder, declared where nothing heavy
 is imported: the CLI builds its parser, and a config is checked, without loading torch."""
 
+import math
 import os
 from pathlib import Path
 
@@ -15,9 +16,12 @@ def parse_duration(text: str) -> float:
     """'30m', '90s', '1.5h' or plain seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
-        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise UserError(f"'{text}' is not a duration like 30m, 90s or 1.5h") from None
+        seconds = math.nan
+    if not math.isfinite(seconds):  # '1e999s' is not a way to say "no budget"
+        raise UserError(f"'{text}' is not a duration like 30m, 90s or 1.5h")
+    return seconds
 
 
 def default_cache_dir() -> Path:

@@ -115,13 +115,14 @@ def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, li
             n_failed = sum(s.path in in_pool for s in folders.decoded.skipped)
             needs = [{"train": "training", "val": "validation", "test": "test"}[s] for s in wanted]
             failed = f" ({n_failed} could not be decoded, each named in a warning above)" if n_failed else ""
-            n_excluded = sum(im.label == label for im in subsets["excluded"])
-            failed += f" after --exclude left out {n_excluded}" if n_excluded else ""
+            n_excluded = sum(_absolute(im.path) in in_pool for im in subsets["excluded"])
+            failed += f" once --exclude left out {n_excluded}" if n_excluded else ""
+            fix = "list fewer of its images in --exclude, or add images" if n_excluded else "add images"
             fractions = "" if folders.val is not None else f" at --val-fraction {cfg.val_fraction:g}" + (
                 f" --test-fraction {cfg.test_fraction:g}" if cfg.test_fraction else "")
-            raise UserError(f"class {quoted(name)} has {n_usable} usable images{failed}, too few for a "
+            raise UserError(f"class {quoted(name)} has {n_usable - n_excluded} usable images{failed}, too few for a "
                             f"{' and a '.join([', a '.join(needs[:-1]), needs[-1]] if len(needs) > 1 else needs)} "
-                            f"image{fractions}; add images to that class folder in {quoted(folders.train.root)} "
+                            f"image{fractions}; {fix} to that class folder in {quoted(folders.train.root)} "
                             "or remove it")
     for subset, folder in (("val", folders.val), ("test", folders.test)):
         present = {im.label for im in folder.images} if folder is not None else set()
