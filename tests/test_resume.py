@@ -264,6 +264,26 @@ def test_a_damaged_or_foreign_checkpoint_is_one_line_naming_it(damage, tmp_path)
         assert "(EOFError)" in str(e.value)
 
 
+def test_a_checkpoint_of_a_module_with_buffers_kept_out_of_its_state_dict_resumes(tmp_path):
+    """timm's Swin, LeViT and BEiT keep index tables as non-persistent buffers: what the phase changes is what
+    its checkpoint holds, so a scratch phase of those resumes (a key-set check once refused it)."""
+    import torch
+
+    from transferlab.experiments.run_dir import load_checkpoint, save_checkpoint
+    from transferlab.models.freezing import changing_state_keys
+    from transferlab.training.loop import PhaseState
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    model[0].register_buffer("index_table", torch.arange(3), persistent=False)
+    changing = changing_state_keys(model, [model])  # the scratch phase: everything trains
+    assert changing == set(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = PhaseState(next_epoch=1, history=[], best_epoch=1, best_val_acc=0.5, best_state=model.state_dict())
+    save_checkpoint(tmp_path, "scratch", model, optimizer, state, changing)
+    _, loaded = load_checkpoint(tmp_path, "scratch", model, changing_state_keys(model, [model]))
+    assert loaded.next_epoch == 1
+
+
 def test_sigint_in_the_final_fit_then_resume_equals_uninterrupted(small_data, tmp_path, monkeypatch):
     """The final fit's phases checkpoint into run_dir/final under the same names as the selection's."""
     cfg = tiny_config(small_data, tmp_path / "reference", final_fit=True, skip_scratch=True, **EPOCHS)

@@ -27,13 +27,14 @@ def is_batchnorm(module: nn.Module) -> bool:
 
 def changing_state_keys(model: nn.Module, train_modules: list[nn.Module]) -> set[str]:
     """The state_dict entries a phase can change: trainable parameters, and the buffers (BatchNorm
-    statistics) of the modules it runs in train mode. Everything else stays as the phase found it."""
+    statistics) of the modules it runs in train mode. Everything else stays as the phase found it. Buffers a
+    module keeps out of its state_dict (timm's Swin, LeViT and BEiT hold index tables so) are not entries."""
     keys = {name for name, p in model.named_parameters() if p.requires_grad}
     training = {id(m) for m in train_modules}
     for name, module in model.named_modules():
         if id(module) in training:
             keys.update(buffer for buffer, _ in module.named_buffers(prefix=name))
-    return keys
+    return keys & model.state_dict().keys()
 
 
 def layers_with_parameters(units: list[nn.Module]) -> list[tuple[int, nn.Module]]:
