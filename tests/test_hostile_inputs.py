@@ -276,6 +276,17 @@ def test_an_image_name_that_is_not_utf8_is_one_line_before_a_run_folder_exists(s
     line = _one_error_line(capsys.readouterr().err)
     assert "bad" in line and "name.png" in line and "not UTF-8" in line
     assert not (tmp_path / "runs").exists()
+    # a file that is not an image (results.json lists it as ignored), and a class folder: the same line
+    os.rename(os.fsencode(data / "Coat") + b"/bad\xffname.png", os.fsencode(data / "Coat" / "notes") + b"\xff.txt")
+    os.rename(os.fsencode(data / "Shirt"), os.fsencode(data) + b"/Sh\xffirt")
+    assert main(_cli_compare(data, tmp_path)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "not UTF-8" in line and ("notes" in line or "Sh" in line)
+    (data / "Coat" / os.fsdecode(b"notes\xff.txt")).unlink()
+    assert main(_cli_compare(data, tmp_path)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "Sh\\udcffirt" in line and "not UTF-8" in line  # not "a control character"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_second_process_in_a_run_folder_is_refused_and_the_folder_unchanged(finished_run, tmp_path, capsys):

@@ -66,18 +66,19 @@ class Folders:
 def scan_folders(cfg: CompareConfig) -> Folders:
     """Check the data before anything is created: a bad folder leaves no empty run behind."""
     train = scan_image_folder(cfg.data_dir or cfg.train_dir)
+    labelled_like_train = lambda d: None if d is None else scan_image_folder(d, class_names=train.class_names)  # noqa: E731
+    folders = Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
+    listed = [im.path for im in _all_images(folders)] + [p for f in folders.all for p in f.ignored_files]
+    for path in listed:  # split.json and results.json name them: a name they cannot hold fails now, not there
+        try:
+            utf8_bytes(str(path))
+        except UnicodeDecodeError:
+            raise UserError(f"{quoted(path)}: its name (or a folder's above it) is not UTF-8; rename it with a UTF-8 "
+                            "name") from None
     printable = [name for name in train.class_names if one_line(name) != name]
     if printable:  # a label with a newline would break every line predict and evaluate print
         raise UserError(f"class folder {quoted(printable[0])} in {quoted(train.root)} has a control character "
                         "(e.g. a newline) in its name; rename the folder")
-    labelled_like_train = lambda d: None if d is None else scan_image_folder(d, class_names=train.class_names)  # noqa: E731
-    folders = Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
-    for image in _all_images(folders):  # split.json must name every image: a name it cannot hold fails now, not there
-        try:
-            utf8_bytes(str(image.path))
-        except UnicodeDecodeError:
-            raise UserError(f"{quoted(image.path)}: its name (or a folder's above it) is not UTF-8; rename it with a "
-                            "UTF-8 name") from None
     return folders
 
 
