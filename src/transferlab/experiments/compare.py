@@ -80,8 +80,10 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     if pretrained.notice:
         warnings.warn(pretrained.notice, stacklevel=2)
     tracked = (cfg.tensorboard_dir, cfg.mlflow_uri) if ranks.is_main else (None, None)  # only rank 0 logs
-    lock = lock_folder(run_dir, f"another transferlab is working in {quoted(run_dir)}; wait for it to finish (or "
-                                "stop it, then `transferlab compare --resume` it)") if ranks.is_main else None
+    held = []  # rank 0 holds the lock; a refusal stops every rank with the same line, never a hang
+    run_on_main(lambda: held.append(lock_folder(run_dir, f"another transferlab is working in {quoted(run_dir)}; wait "
+                                                "for it to finish (or stop it, then `transferlab compare --resume` it)")),
+                ranks)
     try:
         with interruptible(run_dir) as stop, tracking(run_dir, *tracked, resuming) as tracker:
             setting = CellSetting(cfg, pretrained, device, Path(cfg.cache_dir or default_cache_dir()), stop, ranks)
@@ -93,7 +95,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
             if tracker is not None:
                 tracker.log_results(results)
     finally:
-        if lock is not None:
+        for lock in held:
             lock.release()
     barrier(ranks)  # every rank returns a finished run
     return run_dir

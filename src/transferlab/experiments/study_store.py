@@ -19,11 +19,11 @@ SPLIT_FIELDS = ("data_dir", "train_dir", "val_dir", "test_dir", "seed", "val_fra
 def lock_study_dir(study_dir: Path) -> FileLock:
     try:
         (study_dir / "cells").mkdir(parents=True, exist_ok=True)
+        return lock_folder(study_dir, f"another `transferlab study` is working in {quoted(study_dir)}; wait for it "
+                                      "to finish or give another --study-dir")
     except OSError as e:
         raise UserError(f"cannot create the study folder {quoted(study_dir)} ({e.strerror}); choose a writable "
                         "--study-dir") from None
-    return lock_folder(study_dir, f"another `transferlab study` is working in {quoted(study_dir)}; wait for it to "
-                                  "finish or give another --study-dir")
 
 
 def check_same_split(study_dir: Path, base: CompareConfig) -> None:
