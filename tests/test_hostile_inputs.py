@@ -239,7 +239,8 @@ def test_an_empty_or_cut_weights_file_is_one_line_naming_it(small_data, tmp_path
 
 @pytest.mark.parametrize("option, value, says", [("--seed", "nan", "argument --seed: invalid int value: 'nan'"),
                                                  ("--frozen-epochs", "1.5", "invalid int value: '1.5'"),
-                                                 ("--recipe", "fastest", "invalid choice: 'fastest'")])
+                                                 ("--recipe", "fastest", "invalid choice: 'fastest'"),
+                                                 ("--no-such", "a\nb", "unrecognized arguments: --no-such a\\nb")])
 def test_a_malformed_option_is_one_line_not_the_usage_block(small_data, tmp_path, capsys, option, value, says):
     assert main(_cli_compare(small_data, tmp_path, option, value)) == 2
     assert says in _one_error_line(capsys.readouterr().err)
@@ -253,7 +254,18 @@ def test_a_folder_where_the_report_goes_is_one_line(finished_run, tmp_path, caps
     (run / report).mkdir()
     assert main(["report", str(run)]) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert "Is a directory" in line and report in line
+    assert f"{report}' is a folder where transferlab writes a file" in line
+
+
+def test_a_file_where_the_checkpoints_folder_goes_is_one_line(small_data, tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    assert main(_cli_compare(small_data, tmp_path, "--name", "blocked", "--frozen-epochs", "2")) == 0
+    run = next((tmp_path / "runs").iterdir())
+    shutil.rmtree(run / "checkpoints")
+    (run / "results.json").unlink()  # unfinished: --resume trains again
+    (run / "checkpoints").write_text("x")
+    assert main(["compare", "--resume", str(run), "--quiet"]) == 2
+    assert "a file is in the way of the folder" in _one_error_line(capsys.readouterr().err)
 
 
 def test_a_message_carrying_a_library_error_keeps_its_first_line_on_one_line():

@@ -43,9 +43,15 @@ def check_creatable(folder: Path, option: str) -> None:
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, then move tmp_path over `path` in one rename."""
+    """Call `write(tmp_path)`, then move tmp_path over `path` in one rename. Something of the wrong kind in the
+    way (a folder named like the file, a file named like a folder above it) is the user's to move: one line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError(f"{quoted(path)} is a folder where transferlab writes a file; move it out of the way")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"a file is in the way of the folder {quoted(path.parent)}; move it out of the way") from None
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

@@ -32,7 +32,6 @@ ONNX_HELP = ("--onnx: the run's ONNX export (compare writes it; `transferlab exp
              f"--no-onnx: the PyTorch model; default: {AUTO_ONNX}")
 # failures of the machine, not the code: one line naming the path instead of a traceback
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-IN_THE_WAY_ERRNOS = {errno.EISDIR, errno.ENOTDIR, errno.EEXIST}  # a folder where a file goes, or the other way round
 
 
 def add_recipe_options(group) -> None:
@@ -145,7 +144,7 @@ class OneLineParser(argparse.ArgumentParser):
     bad value, not its usage block; subcommands inherit it."""
 
     def error(self, message: str) -> NoReturn:
-        raise UserError(f"{self.prog}: {message}; see `{self.prog} --help`")
+        raise UserError(f"{self.prog}: {one_line(message)}; see `{self.prog} --help`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,14 +399,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OSError as e:
-        if e.errno not in DISK_ERRNOS | IN_THE_WAY_ERRNOS:
+        if e.errno not in DISK_ERRNOS:
             raise
         culprit = e.filename2 or e.filename  # a rename names its target second
         where = f" {quoted(culprit)}" if culprit else ""
-        if e.errno in IN_THE_WAY_ERRNOS:
-            print(f"error: {e.strerror}:{where}; move it out of the way, or choose another output folder",
-                  file=sys.stderr)
-            return EXIT_USER_ERROR
         print(f"error: {e.strerror}:{where}; free space or fix its permissions, or choose another --runs-dir / "
               "--cache-dir", file=sys.stderr)
         return EXIT_USER_ERROR
