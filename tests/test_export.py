@@ -212,6 +212,22 @@ def test_another_graph_under_the_sidecar_is_refused_and_never_read_under_its_cla
     assert len(err) == 1 and "is not the graph" in err[0] and f"transferlab export {run}" in err[0]
 
 
+def test_an_export_on_its_own_runs_when_current_and_is_one_line_with_the_right_fix_when_not(finished_run, small_data,
+                                                                                           tmp_path, capsys):
+    """`export --out` folders have no PyTorch model to fall back to: a stale one is the error, naming `--out`."""
+    out = tmp_path / "alone"
+    assert main(["export", str(finished_run), "--out", str(out)]) == 0
+    image = sorted((small_data / "Shirt").iterdir())[0]
+    assert main(["predict", str(out), str(image)]) == 0
+    capsys.readouterr()
+    sidecar = json.loads((out / SIDECAR_FILE).read_text())
+    (out / SIDECAR_FILE).write_text(json.dumps(sidecar | {"onnx": {k: v for k, v in sidecar["onnx"].items()
+                                                                  if k != "graph_digest"}}))
+    assert main(["predict", str(out), str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not record the graph" in err[0] and f"transferlab export RUN --out {out}" in err[0]
+
+
 @pytest.mark.parametrize("in_the_way", [ONNX_FILE, SIDECAR_FILE])
 def test_a_folder_in_the_way_of_an_export_is_one_line_before_anything_is_written(finished_run, tmp_path, capsys,
                                                                                  in_the_way):

@@ -16,7 +16,8 @@ from transferlab.api_checks import check_flag, check_path, check_paths, check_wh
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
 from transferlab.errors import UserError, one_line, quoted
-from transferlab.models.onnx_runtime import AUTO_ONNX, Logits, export_fix, export_problem, has_export, load_onnx_model
+from transferlab.models.onnx_runtime import (AUTO_ONNX, Logits, export_fix, export_problem, has_export, has_model,
+                                             load_onnx_model)
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall
 
 BATCH_SIZE = 32
@@ -99,7 +100,7 @@ def _load(run_dir: Path, onnx: bool | None) -> tuple[Logits, dict]:
     problem = None
     if onnx is None and has_export(run_dir):
         problem = export_problem(run_dir)
-        onnx = problem is None
+        onnx = problem is None or not has_model(run_dir)  # an export on its own has no PyTorch model to fall back to
     if onnx:
         return load_onnx_model(run_dir)
     import torch

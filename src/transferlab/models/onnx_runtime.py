@@ -21,7 +21,14 @@ AUTO_ONNX = "the run's ONNX export when it was made from the run's model, else P
 Logits = Callable[[np.ndarray], np.ndarray]  # normalised NCHW float32 batch -> logits
 
 
+def has_model(run_dir: Path) -> bool:
+    """A run folder holds the PyTorch model; an export on its own (`export --out`) does not."""
+    return (Path(run_dir) / META_FILE).is_file() and (Path(run_dir) / WEIGHTS_FILE).is_file()
+
+
 def export_fix(run_dir: Path) -> str:
+    if not has_model(run_dir):
+        return f"export it again from its run folder: `transferlab export RUN --out {run_dir}`"
     return f"run `transferlab export {run_dir}` to make it again, or use --no-onnx"
 
 
@@ -61,7 +68,7 @@ def export_problem(run_dir: Path) -> str | None:
     if onnx["graph_digest"] != file_digest_once(run_dir / ONNX_FILE):
         return f"{quoted(run_dir / ONNX_FILE)} is not the graph {quoted(run_dir / SIDECAR_FILE)} was written for"
     meta_path, weights_path = run_dir / META_FILE, run_dir / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
+    if not has_model(run_dir):
         return None
     digest = onnx.get("weights_digest")
     if digest is None:
