@@ -10,6 +10,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from transferlab.errors import error_text
+
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
@@ -103,7 +105,7 @@ def decode_rgb(path: Path) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise ImageDecodeError("cannot identify image file") from None  # the caller names the path
     except (OSError, ValueError, SyntaxError) as e:
-        raise ImageDecodeError(str(e) or type(e).__name__) from None
+        raise ImageDecodeError(error_text(e)) from None
 
 
 def resize_and_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
