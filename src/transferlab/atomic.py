@@ -42,16 +42,21 @@ def check_creatable(folder: Path, option: str) -> None:
         raise UserError(f"{option} {quoted(folder)} cannot be written or made ({problem}); give a writable folder")
 
 
+def check_not_in_the_way(files: list[Path] = (), folders: list[Path] = ()) -> None:
+    """What a command will write is not blocked by something of the other kind (a folder named like a file it
+    writes, a file named like a folder it fills): one line naming it, checked before the command writes."""
+    for path in files:
+        if Path(path).is_dir():
+            raise UserError(f"{quoted(path)} is a folder where transferlab writes a file; move it out of the way")
+    for path in folders:
+        if Path(path).exists() and not Path(path).is_dir():
+            raise UserError(f"a file is in the way of the folder {quoted(path)}; move it out of the way")
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, then move tmp_path over `path` in one rename. Something of the wrong kind in the
-    way (a folder named like the file, a file named like a folder above it) is the user's to move: one line."""
+    """Call `write(tmp_path)`, then move tmp_path over `path` in one rename."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{quoted(path)} is a folder where transferlab writes a file; move it out of the way")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UserError(f"a file is in the way of the folder {quoted(path.parent)}; move it out of the way") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)

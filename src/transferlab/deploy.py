@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from transferlab.api_checks import check_path, check_paths
-from transferlab.atomic import check_creatable, write_json_atomic
+from transferlab.atomic import check_creatable, check_not_in_the_way, write_json_atomic
 from transferlab.data.fingerprints import file_digest
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.errors import UserError, error_text, quoted
@@ -53,9 +53,7 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                         f"{', '.join(EXPORT_FORMATS)}")
     out_dir = run_dir if out_dir is None else check_path("export", "out_dir (--out)", out_dir)
     check_creatable(out_dir, "--out")  # before the model is even read: a bad --out costs nothing
-    for target in (out_dir / ONNX_FILE, out_dir / SIDECAR_FILE):
-        if target.exists() and not target.is_file():
-            raise UserError(f"{quoted(target)} is in the way of the export (not a file); move it, or give another --out")
+    check_not_in_the_way(files=[out_dir / ONNX_FILE, out_dir / SIDECAR_FILE])
     model, meta = load_model(run_dir)
     prep = meta["preprocessing"]
     x, inputs_used = _parity_inputs(prep, check_images)

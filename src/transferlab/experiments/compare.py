@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.atomic import lock_folder, write_json_atomic
+from transferlab.atomic import check_not_in_the_way, lock_folder, write_json_atomic
 from transferlab.deploy import export_model
 from transferlab.experiments.config import CompareConfig
 from transferlab.experiments.datasets import (decode_folders, labels_of, prepare_data, scan_folders, screen_test_set,
@@ -67,6 +67,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
     env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
     if resuming:
+        check_not_in_the_way(folders=[run_dir / "checkpoints", run_dir / "final", run_dir / "final" / "checkpoints"])
         stored = read_run_config(run_dir)
         _check_same_weights(stored, env)
         overridden = stored.get("recipe", {}).get("overridden", [])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from transferlab.atomic import write_text_atomic
+from transferlab.atomic import check_not_in_the_way, write_text_atomic
 from transferlab.reporting.audit_report import THUMBNAILS_PNG, audit_lines
 from transferlab.reporting.plots import (confusion_plot_note, plot_accuracy_over_time, plot_audit_thumbnails,
                                          plot_confusion_matrix, plot_learning_curves)
@@ -75,16 +75,18 @@ def render_markdown(results: RunResult, audit_thumbnails: bool = False) -> str:
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     results = read_run_results(run_dir)
-    plot_learning_curves(results, run_dir / "learning_curves.png")
-    plot_accuracy_over_time(results, run_dir / "time_to_accuracy.png")
+    curves, over_time, matrix, md, html = (run_dir / name for name in (
+        "learning_curves.png", "time_to_accuracy.png", "confusion_matrix.png", "report.md", "report.html"))
+    check_not_in_the_way(files=[curves, over_time, matrix, run_dir / THUMBNAILS_PNG, md, html])
+    plot_learning_curves(results, curves)
+    plot_accuracy_over_time(results, over_time)
     cm = results.confusion_matrix
-    plot_confusion_matrix(cm.matrix, results.data.class_names, f"{PHASE_LABELS[cm.phase]} ({cm.subset})",
-                          run_dir / "confusion_matrix.png")
+    plot_confusion_matrix(cm.matrix, results.data.class_names, f"{PHASE_LABELS[cm.phase]} ({cm.subset})", matrix)
     thumbnails = results.audit is not None and plot_audit_thumbnails(results.audit.issues, run_dir / THUMBNAILS_PNG)
     markdown = render_markdown(results, thumbnails)
-    write_text_atomic(run_dir / "report.md", markdown)
-    write_text_atomic(run_dir / "report.html", markdown_to_html(markdown, run_dir))
-    return run_dir / "report.md"
+    write_text_atomic(md, markdown)
+    write_text_atomic(html, markdown_to_html(markdown, run_dir))
+    return md
 
 
 def markdown_to_html(markdown: str, images_dir: Path) -> str:
