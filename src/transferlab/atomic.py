@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from filelock import FileLock, Timeout
 
@@ -42,7 +42,7 @@ def check_creatable(folder: Path, option: str) -> None:
         raise UserError(f"{option} {quoted(folder)} cannot be written or made ({problem}); give a writable folder")
 
 
-def check_not_in_the_way(files: list[Path] = (), folders: list[Path] = ()) -> None:
+def check_not_in_the_way(files: Iterable[Path] = (), folders: Iterable[Path] = ()) -> None:
     """What a command will write is not blocked by something of the other kind (a folder named like a file it
     writes, a file named like a folder it fills): one line naming it, checked before the command writes."""
     for path in files:

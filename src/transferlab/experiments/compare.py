@@ -22,11 +22,11 @@ from transferlab.errors import UserError, error_text, quoted
 from transferlab.formats import RUN_FORMAT_VERSION
 from transferlab.experiments.audit import audit_cell
 from transferlab.experiments.interrupts import interruptible
-from transferlab.experiments.phases import (CellData, CellPhases, CellSetting, check_input_size, copy_state, run_cell,
-                                            run_final_fit, unfreeze_for_finetuning, with_input_sizes)
+from transferlab.experiments.phases import (FINAL_FIT_DIR, CellData, CellPhases, CellSetting, check_input_size, copy_state,
+                                            run_cell, run_final_fit, unfreeze_for_finetuning, with_input_sizes)
 from transferlab.experiments.scoring import predict_test_set, record_test_accuracy
-from transferlab.experiments.run_dir import (check_output_folders, default_cache_dir, environment, new_run_dir,
-                                             read_run_config)
+from transferlab.experiments.run_dir import (CHECKPOINTS_DIR, check_output_folders, default_cache_dir, environment,
+                                             new_run_dir, read_run_config)
 from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
@@ -67,7 +67,8 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     unfreeze_for_finetuning(model, recipe)  # a backbone that cannot be cut there fails now, not mid-run
     env = environment(device, pretrained.weights) | {"world_size": ranks.world_size}
     if resuming:
-        check_not_in_the_way(folders=[run_dir / "checkpoints", run_dir / "final", run_dir / "final" / "checkpoints"])
+        final_dir = Path(run_dir) / FINAL_FIT_DIR
+        check_not_in_the_way(folders=[Path(run_dir) / CHECKPOINTS_DIR, final_dir, final_dir / CHECKPOINTS_DIR])
         stored = read_run_config(run_dir)
         _check_same_weights(stored, env)
         overridden = stored.get("recipe", {}).get("overridden", [])

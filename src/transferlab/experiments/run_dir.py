@@ -81,8 +81,11 @@ def read_run_config(run_dir: Path) -> dict:
         raise UserError(f"cannot read run config '{path}' ({e}); is this a transferlab run folder?") from None
 
 
+CHECKPOINTS_DIR = "checkpoints"  # in a run folder, and in its final fit's
+
+
 def checkpoint_path(run_dir: Path, phase: str) -> Path:
-    return Path(run_dir) / "checkpoints" / f"{phase}.pt"
+    return Path(run_dir) / CHECKPOINTS_DIR / f"{phase}.pt"
 
 
 def save_checkpoint(run_dir: Path, phase: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer,
