@@ -2,6 +2,9 @@
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -34,3 +37,14 @@ def test_size_and_latency_of_the_whole_model_timed_at_the_process_thread_count()
     runs = WARM_UP_RUNS + TIMED_RUNS
     assert calls == building + [(1, threads)] * runs + [(32, threads)] * runs
     assert torch.get_num_threads() == threads
+
+
+def test_no_cuda_runtime_line_on_stderr_from_a_study_or_a_timing(tmp_path):
+    """A CUDA toolkit without a GPU (CUDA_HOME set) made torch log "No CUDA runtime is found" on every study."""
+    code = ("import torch; import transferlab.cli; import transferlab.experiments.study;"
+            "from transferlab.models.inference_cost import _benchmark_timer; _benchmark_timer();"
+            "import sys; assert 'torch.utils.cpp_extension' in sys.modules")
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "CUDA" not in done.stderr, done.stderr

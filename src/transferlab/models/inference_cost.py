@@ -1,14 +1,30 @@
 """What deploying a model costs on this machine: parameters, fp32 size, and latency per image."""
 
 import copy
+import logging
 
 import torch
-from torch.utils.benchmark import Timer
 
 from transferlab.models.backbones import PretrainedBackbone
 from transferlab.models.transfer_model import TransferModel
 
 TIMED_RUNS = 3  # a fixed count, after the Timer's own warm-up: a study times many backbones on a CPU
+
+
+def _benchmark_timer() -> type:
+    """torch.utils.benchmark's Timer, imported when a backbone is timed, with torch's cpp_extension logger quiet.
+
+    Its import pulls in torch.utils.cpp_extension, which logs "No CUDA runtime is found" on any machine with a
+    CUDA toolkit and no GPU: a line on every study's stderr that says nothing about the study.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        logger.setLevel(level)
+    return Timer
 
 
 @torch.no_grad()
@@ -21,6 +37,7 @@ def measure_inference(pretrained: PretrainedBackbone, n_classes: int, device: to
     model = TransferModel(copy.deepcopy(pretrained.module), n_classes).to(device).eval()
     size = pretrained.preprocessing.image_size_px
     latency = {}
+    Timer = _benchmark_timer()  # noqa: N806
     for batch in (1, 32):
         timer = Timer("model(x)", globals={"model": model, "x": torch.zeros(batch, 3, size, size, device=device)},
                       num_threads=torch.get_num_threads())
