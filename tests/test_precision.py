@@ -1,6 +1,7 @@
 """--precision: what the training and evaluation forwards run in, resolved per device and recorded."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -105,3 +106,14 @@ def test_a_damaged_precision_cache_file_is_measured_again_not_trusted(tmp_path, 
         path.write_text(damaged)
         assert choose()["precision"] == "fp32" and json.loads(path.read_text())["precision"] == "fp32"
     assert len(measured) == 4 and first["precision"] in ("fp32", "bf16")
+
+
+def test_emulated_bf16_is_said_once_per_run(small_data, tmp_path, monkeypatch):
+    """The warning came once from the command's option check and once more from the phases (issue: said twice)."""
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_compare(tiny_config(small_data, tmp_path, precision="bf16", skip_scratch=True, frozen_epochs=1,
+                                finetune_epochs=1))
+    assert [str(w.message) for w in caught if "emulated" in str(w.message)] == [
+        "--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than fp32"]

@@ -37,7 +37,7 @@ from transferlab.results_io import from_json, write_results
 from transferlab.training.distributed import barrier, join_process_group, run_on_main, torchrun_ranks
 from transferlab.training.engines import resolve_engine
 from transferlab.training.devices import resolve_device
-from transferlab.training.precision import precision_policy
+from transferlab.training.precision import check_precision
 from transferlab.training.metrics import confusion_matrix
 
 
@@ -58,7 +58,7 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
     device = resolve_device(cfg.device, ranks)
     join_process_group(ranks, device)
     resolve_engine(cfg.engine, device)
-    precision_policy(cfg.precision, device)
+    check_precision(cfg.precision, device)
     recipe = cfg.recipe
     pretrained: PretrainedBackbone = load_backbone(cfg.backbone, cfg.weights, recipe.image_size_px)
     torch.manual_seed(cfg.seed)

@@ -48,7 +48,7 @@ from transferlab.results_io import from_json, read_cell_result, to_json, write_r
 from transferlab.training.devices import resolve_device
 from transferlab.training.engines import resolve_engine
 from transferlab.training.ranks import torchrun_ranks
-from transferlab.training.precision import precision_policy
+from transferlab.training.precision import check_precision, precision_policy
 
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def _run_study(cfg: StudyConfig, started: float) -> Path:
     folders = scan_folders(base)
     device = resolve_device(base.device)
     resolve_engine(base.engine, device)
-    precision_policy(base.precision, device)
+    check_precision(base.precision, device)
     pretrained, n_blocks, base = setup_backbone(base.backbone, base, len(folders.train.class_names))
     base = replace(base, backbone=pretrained.name,
                    cache_dir=(base.cache_dir or default_cache_dir()).expanduser().resolve())

@@ -67,12 +67,16 @@ def precision_policy(precision: str, device: torch.device) -> str:
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise UserError("--precision bf16: this GPU has no bf16; use --precision fp32 or auto")
         return "bf16" if precision == "auto" and torch.cuda.is_bf16_supported() else precision.replace("auto", "fp32")
-    if precision == "bf16" and not cpu_has_native_bf16():
-        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than "
-                      "fp32", stacklevel=2)
     if precision == "auto":
         return MEASURE if cpu_has_native_bf16() else "fp32"
     return precision
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """--precision checked once, where a command starts: refused in one line, or said once when bf16 is emulated."""
+    if precision_policy(precision, device) == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("--precision bf16: this CPU has no AVX-512 BF16 or AMX, so bf16 is emulated and slower than "
+                      "fp32", stacklevel=2)
 
 
 def autocast(device: torch.device, precision: str):
