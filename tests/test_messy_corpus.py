@@ -364,6 +364,31 @@ def test_nested_sub_folders_belong_to_their_class(tmp_path):
     assert folder.ignored_files == (root / "a" / "2019" / "notes.txt",)
 
 
+def test_files_beside_the_class_folders_are_listed_as_ignored(tmp_path):
+    """A README or a CSV beside the class folders, or a file named like a class, vanished without a trace."""
+    root = tmp_path / "data"
+    write_image(root / "a" / "1.png", seed=1)
+    write_image(root / "b" / "1.png", seed=2)
+    write_image(root / "loose.png", seed=3)
+    (root / "README.txt").write_text("how these were collected")
+    (root / "c").write_text("a file where a class folder was meant")
+    folder = scan_image_folder(root)
+    assert folder.class_names == ("a", "b")
+    assert folder.ignored_files == (root / "README.txt", root / "c", root / "loose.png")
+
+
+def test_a_broken_link_beside_the_class_folders_is_one_line_naming_it(tmp_path):
+    """A class folder that moved away, linked from the data folder: training without it would drop a class."""
+    root = tmp_path / "data"
+    write_image(root / "a" / "1.png", seed=1)
+    write_image(root / "b" / "1.png", seed=2)
+    (root / "c").symlink_to(tmp_path / "moved" / "c")
+    with pytest.raises(UserError) as error:
+        scan_image_folder(root)
+    assert str(error.value) == (f"'{root / 'c'}' is a link to '{tmp_path / 'moved' / 'c'}', which does not exist; "
+                                "fix the link or remove it")
+
+
 def test_symlink_loops_inside_a_class_terminate(tmp_path):
     root = tmp_path / "data"
     write_image(root / "a" / "1.png", seed=1)

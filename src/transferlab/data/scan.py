@@ -21,7 +21,7 @@ class ImageFolder:
     root: Path
     class_names: tuple[str, ...]
     images: tuple[LabelledImage, ...]
-    ignored_files: tuple[Path, ...]  # files without an image suffix, listed so nothing vanishes silently
+    ignored_files: tuple[Path, ...]  # files that are not images in a class folder, listed so nothing vanishes silently
 
 
 def is_hidden(name: str) -> bool:
@@ -56,11 +56,16 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
     if not root.is_dir():
         raise UserError(f"{quoted(root)} is a file, not a folder; {LAYOUT_HINT}")
     try:
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
+        entries = sorted(p for p in root.iterdir() if not is_hidden(p.name))
     except PermissionError:
         raise UserError(f"cannot read folder {quoted(root)} (permission denied); fix its permissions") from None
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    if broken:  # maybe a class folder that moved: training without it would quietly drop a class
+        raise UserError(f"{quoted(broken[0])} is a link to {quoted(os.readlink(broken[0]))}, which does not exist; "
+                        "fix the link or remove it")
+    folders = [p for p in entries if p.is_dir()]
     if not folders:
-        loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        loose = [p.name for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
         found = f"{len(loose)} loose image files but no class folders" if loose else "no class folders"
         raise UserError(f"found {found} in {quoted(root)}; {LAYOUT_HINT}")
 
@@ -74,7 +79,7 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
                             f"(training classes: {list(class_names)}); rename or remove them")
 
     images: list[LabelledImage] = []
-    ignored: list[Path] = []
+    ignored = [p for p in entries if not p.is_dir()]  # beside the class folders: no class to give them
     empty: list[str] = []
     for folder in folders:
         paths, others = _walk_class_folder(folder)
