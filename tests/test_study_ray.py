@@ -179,3 +179,24 @@ def test_a_ray_address_nobody_answers_is_one_line_before_anything_is_written(sma
         with pytest.raises(UserError, match=says) as refused:
             study(_config(small_data, tmp_path, ray=address))
         assert "\n" not in str(refused.value) and not (tmp_path / "study").exists()
+
+
+def test_a_failed_cell_records_the_first_line_of_what_it_raised():
+    """torch's errors run to many lines (C++ frames): results.json and the report keep the line that says it."""
+    from types import SimpleNamespace
+
+    from transferlab.experiments.study_ray import _outcome
+
+    class RayError(Exception):
+        pass
+
+    def get(ref):
+        error = RayError("ray.exceptions.RayTaskError: the task failed, its traceback follows")
+        error.cause = RuntimeError("mat1 and mat2 shapes cannot be multiplied\nException raised from frame 1\nframe 2")
+        raise error
+
+    ray = SimpleNamespace(get=get, exceptions=SimpleNamespace(RayError=RayError))
+    plan = SimpleNamespace(variant=SimpleNamespace(label="data"), hash="c0ffee", seed=1, k_label=5)
+    failed = _outcome(ray, None, plan)
+    assert (failed.part, failed.hash, failed.seed, failed.k) == ("data", "c0ffee", 1, 5)
+    assert failed.error == "RuntimeError: mat1 and mat2 shapes cannot be multiplied"

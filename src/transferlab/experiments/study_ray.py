@@ -161,9 +161,8 @@ def _outcome(ray, ref, plan: CellPlan) -> CellResult | FailedCell:
         result = ray.get(ref)
     except ray.exceptions.RayError as e:  # raised twice, or its worker died twice
         cause = getattr(e, "cause", None)  # a RayTaskError holds what the task raised
-        error = f"{type(cause).__name__}: {cause}" if cause is not None else error_text(e, 1000)
-        return FailedCell(part=plan.variant.label, hash=plan.hash, seed=plan.seed, k=plan.k_label,
-                          error=one_line(error))
+        error = f"{type(cause).__name__}: {error_text(cause, 1000)}" if cause is not None else error_text(e, 1000)
+        return FailedCell(part=plan.variant.label, hash=plan.hash, seed=plan.seed, k=plan.k_label, error=error)
     if isinstance(result, UserError):
         raise result
     return result
