@@ -418,3 +418,17 @@ def test_a_study_cell_bar_never_counts_a_trained_cell_before_its_step(small_data
     monkeypatch.undo()
     frames = re.findall(r"\| *(\d+)/\d+ \[[^\]\r]*trained=(\d+)", terminal.text)
     assert frames and all(int(n) >= int(trained) for n, trained in frames), terminal.text[-2000:]
+
+
+@pytest.mark.parametrize("field, value, says", [("frozen_epochs", -1, "--frozen-epochs"), ("seed", "x", "seed must be a whole number"),
+                                                ("recipe", "fastest", "fastest")])
+def test_a_bad_value_edited_into_a_runs_config_names_the_file(finished_run, tmp_path, capsys, field, value, says):
+    """Before, `--resume` named only the flag (`--frozen-epochs must be …`), which the user never typed."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    stored = json.loads((run / "config.json").read_text())
+    stored["config"][field] = value
+    (run / "config.json").write_text(json.dumps(stored))
+    assert main(["compare", "--resume", str(run), "--quiet"]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: run config '{run / 'config.json'}' holds a value this transferlab refuses: ")
+    assert says in line and line.endswith("put the value back or start a new run")

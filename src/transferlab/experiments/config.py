@@ -127,6 +127,7 @@ class CompareConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":
+        unreadable = lambda e: UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?")  # noqa: E731
         try:
             stored = json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
             if "study" in stored and "config" not in stored:
@@ -139,11 +140,17 @@ class CompareConfig:
                 raise UserError(f"run '{Path(path).parent}' was made by an older transferlab (config format "
                                 f"{stored.get('format_version', 1)}, this one reads {RUN_FORMAT_VERSION}); start a "
                                 "new run instead of resuming")
-            # runs from before the final fit, the scratch stopping rule and the scratch input size had none
-            before = {"final_fit": False, "scratch_image_size_px": None} | {f.name: f.default for f in fields(Stopping)}
-            return cls.from_dict(before | stored["config"])
         except (OSError, json.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
-            raise UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?") from None
+            raise unreadable(e) from None
+        # runs from before the final fit, the scratch stopping rule and the scratch input size had none
+        before = {"final_fit": False, "scratch_image_size_px": None} | {f.name: f.default for f in fields(Stopping)}
+        try:
+            return cls.from_dict(before | stored["config"])
+        except UserError as e:  # checked as if typed: its message names a flag the user never gave
+            raise UserError(f"run config {quoted(path)} holds a value this transferlab refuses: {e}; was it edited? "
+                            "put the value back or start a new run") from None
+        except (TypeError, KeyError, AttributeError) as e:
+            raise unreadable(e) from None
 
     def with_absolute_paths(self) -> "CompareConfig":
         """What config.json stores: a resume from another working directory finds the same folders."""
