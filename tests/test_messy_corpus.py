@@ -478,6 +478,8 @@ def test_cli_compare_on_a_messy_folder_skips_and_reports_bad_files(tmp_path, mon
     assert sorted(s["path"] for s in data_section["skipped"]) == sorted(map(str, bad))
     assert all(s["reason"] for s in data_section["skipped"])
     assert data_section["ignored_files"] == [str(root / "b" / "readme.txt")]
+    assert (f"1 file was ignored: not images inside a class folder (first: `{root / 'b' / 'readme.txt'}`)."
+            in (results_path.parent / "report.md").read_text())
     assert data_section["class_names"] == ["a", "b"]
     assert data_section["n_train"] + data_section["n_val"] == 12
     messages = " ".join(str(w.message) for w in caught)

@@ -65,7 +65,8 @@ def render_markdown(results: RunResult, audit_thumbnails: bool = False) -> str:
     lines += ["", "### Skipped files", ""]
     lines += [f"- `{s.path}`: {s.reason}" for s in data.skipped] or ["None: every image decoded."]
     if data.ignored_files:
-        lines += ["", f"{len(data.ignored_files)} files were ignored: not images inside a class folder "
+        n = len(data.ignored_files)
+        lines += ["", f"{n} {'file was' if n == 1 else 'files were'} ignored: not images inside a class folder "
                   f"(first: `{data.ignored_files[0]}`)."]
     if results.audit is not None:
         lines += ["", "## Audit", "", *audit_lines(results.audit, audit_thumbnails)]
