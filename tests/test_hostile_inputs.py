@@ -142,7 +142,7 @@ def test_predict_takes_one_path_as_one_image(finished_run, small_data):
 
 API_MISUSES = [
     (lambda run, image: compare("data/"), "compare(): cfg must be a CompareConfig"),
-    (lambda run, image: study(tiny_config(image.parent.parent, image.parent)), "study(): cfg must be a StudyConfig"),
+    (lambda run, image: study(tiny_config(image.parent.parent, run)), "study(): cfg must be a StudyConfig"),
     (lambda run, image: predict(None, [image]), "predict(): run_dir must be a path"),
     (lambda run, image: predict(run, [image], top_k="3"), "predict(): top_k (--top-k) must be a whole number"),
     (lambda run, image: predict(run, 5), "predict(): images must be a path or a list of paths"),
@@ -432,3 +432,27 @@ def test_a_bad_value_edited_into_a_runs_config_names_the_file(finished_run, tmp_
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: run config '{run / 'config.json'}' holds a value this transferlab refuses: ")
     assert says in line and line.endswith("put the value back or start a new run")
+
+
+def test_a_folder_transferlab_writes_inside_the_data_is_refused_before_anything_is_written(small_data, tmp_path,
+                                                                                            capsys, monkeypatch):
+    """`cd DATA && transferlab compare .` wrote runs/ into DATA, and the second run trained on a class 'runs' of
+    the first run's plots."""
+    data = Path(shutil.copytree(small_data, tmp_path / "data"))
+    monkeypatch.chdir(data)
+    argv = _cli_compare(Path("."), tmp_path)
+    del argv[argv.index("--runs-dir"):argv.index("--runs-dir") + 2]  # the default: ./runs
+    assert main(argv) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: --runs-dir '{data / 'runs'}' is inside the data folder '{data}': the next run would read what "
+        "transferlab writes there as a class; give a --runs-dir outside it")
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in small_data.iterdir())
+    monkeypatch.chdir(tmp_path)  # ./runs outside the data again
+    with pytest.raises(UserError, match=r"^--cache-dir '.*/data/Coat/cache' is inside the data folder"):
+        CompareConfig(data_dir=data, cache_dir=data / "Coat" / "cache")
+    with pytest.raises(UserError, match=r"^--study-dir '.*/data' is inside the data folder"):
+        StudyConfig(tiny_config(data, tmp_path, test_fraction=0.2), study_dir=data)
+    with pytest.raises(UserError, match=r"^--runs-dir '.*/val/runs' is inside the --val"):
+        CompareConfig(train_dir=data, val_dir=tmp_path / "val", runs_dir=tmp_path / "val" / "runs")
+    demo_like = CompareConfig(data_dir=tmp_path / "cache" / "datasets" / "x", cache_dir=tmp_path / "cache")
+    assert demo_like.cache_dir == tmp_path / "cache"  # data kept in the cache, as the demo does, is fine

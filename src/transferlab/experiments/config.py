@@ -76,6 +76,8 @@ class CompareConfig:
                 if other is not None and _overlap(Path(self.test_dir), Path(other)):
                     raise UserError(f"--test '{self.test_dir}' overlaps the {name} '{other}': test images must "
                                     "never train or choose; give a separate folder")
+        self.check_outside_the_data("--runs-dir", self.runs_dir)
+        self.check_outside_the_data("--cache-dir", self.cache_dir)
         if self.class_weights not in ("none", "auto"):
             raise UserError(f"--class-weights must be 'none' or 'auto' (got '{self.class_weights}')")
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
@@ -100,6 +102,17 @@ class CompareConfig:
         if self.backbone is not None and not self.backbone.strip():
             raise UserError("--backbone is empty; give a timm model name such as tf_efficientnet_lite0")
         check_tracking_options(self.tensorboard_dir, self.mlflow_uri)
+
+    def check_outside_the_data(self, flag: str, folder: Path | None) -> None:
+        """A folder transferlab writes must not lie in a data folder: the next scan would read it as a class
+        (a second `compare .` run from inside the data trained on a class 'runs' of the first run's plots)."""
+        data = (("data folder", self.data_dir), ("--train", self.train_dir), ("--val", self.val_dir),
+                ("--test", self.test_dir))
+        for name, root in data:
+            if folder is not None and root is not None and _absolute(root) in (_absolute(folder),
+                                                                               *_absolute(folder).parents):
+                raise UserError(f"{flag} {quoted(_absolute(folder))} is inside the {name} {quoted(_absolute(root))}: the next "
+                                f"run would read what transferlab writes there as a class; give a {flag} outside it")
 
     def overridden_recipe_fields(self) -> list[str]:
         return overridden_fields(self.recipe)

@@ -72,6 +72,7 @@ class StudyConfig:
         if self.cells_per_gpu != 1 and self.ray is None:
             raise UserError("--cells-per-gpu shares a GPU between Ray tasks; add --ray or drop it")
         c = self.compare
+        c.check_outside_the_data("--study-dir", self.study_dir)
         if c.test_dir is None and c.test_fraction == 0:
             raise UserError("a study reports test accuracy: give --test-fraction (e.g. 0.2) or --test DIR")
         if c.skip_scratch:
