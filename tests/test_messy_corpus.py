@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -387,6 +388,31 @@ def test_a_broken_link_beside_the_class_folders_is_one_line_naming_it(tmp_path):
         scan_image_folder(root)
     assert str(error.value) == (f"'{root / 'c'}' is a link to '{tmp_path / 'moved' / 'c'}', which does not exist; "
                                 "fix the link or remove it")
+
+
+def test_split_folders_given_as_a_data_folder_are_one_line_with_the_options_that_read_them(tmp_path):
+    """DATA/train/<class>, DATA/val/<class>, DATA/test/<class> (a common download) trained a 3-class classifier
+    of which split an image came from, named 'test', 'train' and 'val'."""
+    root = tmp_path / "download"
+    for split in ("train", "Valid", "test"):
+        for name in ("cat", "dog"):
+            write_image(root / split / name / "1.png", seed=len(split) + ord(name[0]))
+    with pytest.raises(UserError) as error:
+        scan_image_folder(root)
+    assert str(error.value) == (f"'{root}' holds split folders ('Valid', 'test', 'train'), not classes; give --train "
+                                f"'{root / 'train'}' --val '{root / 'Valid'}' --test '{root / 'test'}'")
+    shutil.rmtree(root / "Valid")
+    with pytest.raises(UserError) as error:
+        scan_image_folder(root)
+    assert str(error.value) == (f"'{root}' holds split folders ('test', 'train'), not classes; give '{root / 'train'}' "
+                                f"as the data folder and --test '{root / 'test'}'")
+
+
+def test_classes_named_like_splits_with_their_images_inside_are_classes(tmp_path):
+    root = tmp_path / "vehicles"
+    write_image(root / "train" / "1.png", seed=1)
+    write_image(root / "test" / "x" / "1.png", seed=2)  # a sub-folder in one class only: still images of a class
+    assert scan_image_folder(root).class_names == ("test", "train")
 
 
 def test_symlink_loops_inside_a_class_terminate(tmp_path):

@@ -8,6 +8,7 @@ from transferlab.errors import UserError, quoted
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 LAYOUT_HINT = "expected DIR/<class_name>/<images> with at least two class folders"
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,27 @@ def _walk_class_folder(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, ignored
 
 
+def _has_sub_folders(folder: Path) -> bool:
+    try:
+        return any(p.is_dir() and not is_hidden(p.name) for p in folder.iterdir())
+    except OSError:  # unreadable: the class scan says so
+        return False
+
+
+def check_not_split_folders(root: Path, folders: list[Path]) -> None:
+    """DATA/train/<class>/…, DATA/val/<class>/… read as a data folder would train a classifier of which split an
+    image came from: said in one line with the command that reads them as splits."""
+    role = {name: split for split, names in SPLIT_FOLDERS.items() for name in names}
+    splits = {role.get(p.name.lower()): p for p in folders}
+    if None in splits or "train" not in splits or len(splits) < 2 or not all(map(_has_sub_folders, folders)):
+        return
+    test = f" --test {quoted(splits['test'])}" if "test" in splits else ""
+    fix = (f"--train {quoted(splits['train'])} --val {quoted(splits['val'])}{test}" if "val" in splits
+           else f"{quoted(splits['train'])} as the data folder and{test}")
+    raise UserError(f"{quoted(root)} holds split folders ({', '.join(quoted(p.name) for p in folders)}), not "
+                    f"classes; give {fix}")
+
+
 def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) -> ImageFolder:
     """Scan `root`; with `class_names` (a validation folder), labels follow the training classes."""
     root = Path(root)
@@ -71,6 +93,7 @@ def scan_image_folder(root: Path, class_names: tuple[str, ...] | None = None) ->
 
     found_names = tuple(label_of(p) for p in folders)
     if class_names is None:
+        check_not_split_folders(root, folders)
         class_names = found_names
     else:
         unknown = sorted(set(found_names) - set(class_names))
