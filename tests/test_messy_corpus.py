@@ -24,6 +24,8 @@ from transferlab.data.images import Preprocessing, decode_rgb, load_for_model
 from transferlab.data.scan import ImageFolder, LabelledImage, scan_image_folder
 from transferlab.data.split import split_stratified
 from transferlab.errors import UserError
+from transferlab.experiments.config import CompareConfig
+from transferlab.experiments.datasets import scan_folders
 
 SIZE_PX = 32
 PREP = Preprocessing(image_size_px=SIZE_PX, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -413,6 +415,23 @@ def test_classes_named_like_splits_with_their_images_inside_are_classes(tmp_path
     write_image(root / "train" / "1.png", seed=1)
     write_image(root / "test" / "x" / "1.png", seed=2)  # a sub-folder in one class only: still images of a class
     assert scan_image_folder(root).class_names == ("test", "train")
+
+
+def test_a_val_or_test_folder_without_a_class_is_said_once_each(tmp_path):
+    """Validation without a class cannot choose for it, and a test without it says nothing of it: allowed, never
+    unsaid (before: not a word)."""
+    for split, classes in (("train", "abc"), ("val", "ab"), ("test", "a")):
+        for name in classes:
+            write_image(tmp_path / split / name / "1.png", seed=ord(name))
+    cfg = CompareConfig(train_dir=tmp_path / "train", val_dir=tmp_path / "val", test_dir=tmp_path / "test",
+                        runs_dir=tmp_path / "runs")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scan_folders(cfg)
+    val, test = tmp_path / "val", tmp_path / "test"
+    assert [str(w.message) for w in caught] == [
+        f"--val '{val}' has no folder of class 'c'; validation cannot choose for it: add '{val / 'c'}'",
+        f"--test '{test}' has no folder of class 'b', 'c'; test accuracy says nothing of them: add '{test / 'b'}'"]
 
 
 def test_symlink_loops_inside_a_class_terminate(tmp_path):

@@ -68,6 +68,14 @@ def scan_folders(cfg: CompareConfig) -> Folders:
     train = scan_image_folder(cfg.data_dir or cfg.train_dir)
     labelled_like_train = lambda d: None if d is None else scan_image_folder(d, class_names=train.class_names)  # noqa: E731
     folders = Folders(train, labelled_like_train(cfg.val_dir), labelled_like_train(cfg.test_dir))
+    for flag, folder, says in (("--val", folders.val, "validation cannot choose for"),
+                               ("--test", folders.test, "test accuracy says nothing of")):
+        present = {im.label for im in folder.images} if folder is not None else set(range(len(train.class_names)))
+        missing = [name for label, name in enumerate(train.class_names) if label not in present]
+        if missing:  # allowed (a class may be rare), never unsaid
+            warnings.warn(f"{flag} {quoted(folder.root)} has no folder of class {', '.join(map(quoted, missing))}; "
+                          f"{says} {'it' if len(missing) == 1 else 'them'}: add {quoted(folder.root / missing[0])}",
+                          stacklevel=2)
     listed = [im.path for im in _all_images(folders)] + [p for f in folders.all for p in f.ignored_files]
     for path in listed:  # split.json and results.json name them: a name they cannot hold fails now, not there
         try:
