@@ -456,3 +456,17 @@ def test_a_folder_transferlab_writes_inside_the_data_is_refused_before_anything_
         CompareConfig(train_dir=data, val_dir=tmp_path / "val", runs_dir=tmp_path / "val" / "runs")
     demo_like = CompareConfig(data_dir=tmp_path / "cache" / "datasets" / "x", cache_dir=tmp_path / "cache")
     assert demo_like.cache_dir == tmp_path / "cache"  # data kept in the cache, as the demo does, is fine
+
+
+def test_a_val_folder_inside_or_equal_to_train_is_refused_and_links_do_not_get_round_the_checks(small_data, tmp_path):
+    """`--train nest --val nest/val` trained on every validation image, under a fourth class 'val' too; a symlink
+    to the data folder passed the --test and --runs-dir checks."""
+    for val in (small_data / "Coat", small_data):
+        with pytest.raises(UserError, match=r"^--val '.*' overlaps --train '.*': validation images would be trained"):
+            CompareConfig(train_dir=small_data, val_dir=val, runs_dir=tmp_path / "runs")
+    (tmp_path / "data_link").symlink_to(small_data)
+    with pytest.raises(UserError, match=r"^--test '.*data_link' overlaps the data folder"):
+        CompareConfig(data_dir=small_data, test_dir=tmp_path / "data_link", runs_dir=tmp_path / "runs")
+    (tmp_path / "runs_link").symlink_to(small_data / "Coat")
+    with pytest.raises(UserError, match=r"^--runs-dir '.*runs_link' is inside the data folder"):
+        CompareConfig(data_dir=small_data, runs_dir=tmp_path / "runs_link")

@@ -76,6 +76,9 @@ class CompareConfig:
                 if other is not None and _overlap(Path(self.test_dir), Path(other)):
                     raise UserError(f"--test '{self.test_dir}' overlaps the {name} '{other}': test images must "
                                     "never train or choose; give a separate folder")
+        if self.val_dir is not None and _overlap(Path(self.val_dir), Path(self.train_dir)):
+            raise UserError(f"--val '{self.val_dir}' overlaps --train '{self.train_dir}': validation images would "
+                            "be trained on; give a separate folder")
         self.check_outside_the_data("--runs-dir", self.runs_dir)
         self.check_outside_the_data("--cache-dir", self.cache_dir)
         if self.class_weights not in ("none", "auto"):
@@ -109,8 +112,7 @@ class CompareConfig:
         data = (("data folder", self.data_dir), ("--train", self.train_dir), ("--val", self.val_dir),
                 ("--test", self.test_dir))
         for name, root in data:
-            if folder is not None and root is not None and _absolute(root) in (_absolute(folder),
-                                                                               *_absolute(folder).parents):
+            if folder is not None and root is not None and _contains(root, folder):
                 raise UserError(f"{flag} {quoted(_absolute(folder))} is inside the {name} {quoted(_absolute(root))}: the next "
                                 f"run would read what transferlab writes there as a class; give a {flag} outside it")
 
@@ -181,9 +183,15 @@ def _absolute(path: Path) -> Path:
     return Path(os.path.abspath(Path(path).expanduser()))
 
 
+def _contains(outer: Path, inner: Path) -> bool:
+    """As written and with links followed: a symlink must not carry a folder around these checks."""
+    return any(o == i or o in i.parents for o, i in ((_absolute(outer), _absolute(inner)),
+                                                     (Path(outer).expanduser().resolve(),
+                                                      Path(inner).expanduser().resolve())))
+
+
 def _overlap(a: Path, b: Path) -> bool:
-    a, b = _absolute(a), _absolute(b)
-    return a == b or a in b.parents or b in a.parents
+    return _contains(a, b) or _contains(b, a)
 
 
 def _flag(name: str) -> str:
