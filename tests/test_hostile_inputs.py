@@ -305,6 +305,7 @@ def test_a_second_process_in_a_run_folder_is_refused_and_the_folder_unchanged(fi
     """Before, a `--resume` while the run still trained (or two of them) both trained and wrote every file."""
     from filelock import FileLock
     run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    (run / "results.json").unlink()  # a run still training has none
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
     with FileLock(run / ".lock"):  # what a training run holds
         assert main(["compare", "--resume", str(run), "--quiet"]) == 2
@@ -428,6 +429,7 @@ def test_a_bad_value_edited_into_a_runs_config_names_the_file(finished_run, tmp_
     stored = json.loads((run / "config.json").read_text())
     stored["config"][field] = value
     (run / "config.json").write_text(json.dumps(stored))
+    (run / "results.json").unlink()  # unfinished: only then is there anything to resume
     assert main(["compare", "--resume", str(run), "--quiet"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: run config '{run / 'config.json'}' holds a value this transferlab refuses: ")
@@ -470,3 +472,14 @@ def test_a_val_folder_inside_or_equal_to_train_is_refused_and_links_do_not_get_r
     (tmp_path / "runs_link").symlink_to(small_data / "Coat")
     with pytest.raises(UserError, match=r"^--runs-dir '.*runs_link' is inside the data folder"):
         CompareConfig(data_dir=small_data, runs_dir=tmp_path / "runs_link")
+
+
+def test_resuming_a_finished_run_is_one_line_and_changes_nothing(finished_run, tmp_path, capsys):
+    """Before, it trained the last epochs again and rewrote results.json, the report, the model and its export."""
+    run = Path(shutil.copytree(finished_run, tmp_path / "run"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    assert main(["compare", "--resume", str(run), "--quiet"]) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: run '{run}' is finished (it has results.json): nothing to resume; read '{run / 'report.md'}' "
+        "(`transferlab report` rebuilds it), or start a new run")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before

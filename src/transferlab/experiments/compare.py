@@ -31,7 +31,7 @@ from transferlab.experiments.tracking import Tracker, tracking
 from transferlab.models.backbones import PretrainedBackbone, load_backbone
 from transferlab.models.saved import save_model
 from transferlab.models.transfer_model import HeadConfig, TransferModel
-from transferlab.results import (Augment, ConfusionMatrix, FinalFit, Leakage, PhaseResult, RunData,
+from transferlab.results import (RESULTS_FILE, Augment, ConfusionMatrix, FinalFit, Leakage, PhaseResult, RunData,
                                  RunResult, SkippedFile, Verdict, Weights)
 from transferlab.results_io import from_json, write_results
 from transferlab.training.distributed import barrier, join_process_group, run_on_main, torchrun_ranks
@@ -234,5 +234,8 @@ def final_fit_summary(final_phases: dict[str, PhaseResult], chosen: str, n_train
 
 def resume_compare(run_dir: Path, show_progress: bool = True) -> Path:
     run_dir = Path(run_dir)
+    if (run_dir / RESULTS_FILE).is_file():  # resuming it would train its last epochs again and overwrite it all
+        raise UserError(f"run {quoted(run_dir)} is finished (it has {RESULTS_FILE}): nothing to resume; read "
+                        f"{quoted(run_dir / 'report.md')} (`transferlab report` rebuilds it), or start a new run")
     cfg = CompareConfig.from_file(run_dir / "config.json")
     return run_compare(replace(cfg, show_progress=show_progress), run_dir=run_dir)
