@@ -17,7 +17,7 @@ from PIL import Image
 
 from transferlab import CompareConfig, StudyConfig, UserError, compare, predict, study
 from transferlab import progress
-from transferlab.cli import main
+from transferlab.cli import build_parser, main
 from transferlab.deploy import ONNX_FILE
 from transferlab.formats import STUDY_FORMAT_VERSION
 from transferlab.training.recipes import resolve_recipe
@@ -483,3 +483,14 @@ def test_resuming_a_finished_run_is_one_line_and_changes_nothing(finished_run, t
         f"error: run '{run}' is finished (it has results.json): nothing to resume; read '{run / 'report.md'}' "
         "(`transferlab report` rebuilds it), or start a new run")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["demo", "--studi", "time"], "--studi time"),  # was a plain demo, the study option dropped
+    (["study", "DATA", "--test", "DATA", "--test-frac", "0.3"], "--test-frac 0.3"),  # was 0.3 ignored
+    (["compare", "--res", "RUN"], "--res"),  # was "drop --res" from the resume check
+])
+def test_an_abbreviated_option_is_unknown_not_silently_read_as_another(argv, says, tmp_path):
+    """Parsed only: before, these parsed, and the demo one trained a whole demo."""
+    with pytest.raises(UserError, match=f"unrecognized arguments: {says}"):
+        build_parser().parse_args([str(tmp_path) if a in ("DATA", "RUN") else a for a in argv])

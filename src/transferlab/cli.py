@@ -141,7 +141,12 @@ def _add_study_options(p: argparse.ArgumentParser) -> None:
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse's own refusals (a malformed number, an unknown choice) as one `error:` line like every other
-    bad value, not its usage block; subcommands inherit it."""
+    bad value, not its usage block; subcommands inherit it. No abbreviations: `--studi time` or `--test-frac 0.3`
+    would pass argparse but not the checks that read argv for options that would be ignored, so they were
+    dropped without a word."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **(kwargs | {"allow_abbrev": False}))
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {one_line(message)}; see `{self.prog} --help`")
