@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -494,3 +495,15 @@ def test_an_abbreviated_option_is_unknown_not_silently_read_as_another(argv, say
     """Parsed only: before, these parsed, and the demo one trained a whole demo."""
     with pytest.raises(UserError, match=f"unrecognized arguments: {says}"):
         build_parser().parse_args([str(tmp_path) if a in ("DATA", "RUN") else a for a in argv])
+
+
+def test_dedupe_that_empties_validation_names_dedupe(small_data, tmp_path):
+    """Before: 'the validation set is empty: every class has a single image; add images or give --val'."""
+    copy = Path(shutil.copytree(small_data, tmp_path / "val"))
+    cfg = replace(tiny_config(small_data, tmp_path, skip_scratch=True), data_dir=None, train_dir=small_data,
+                  val_dir=copy, dedupe=True)
+    n = sum(1 for p in copy.rglob("*.png"))
+    with pytest.raises(UserError) as error:
+        compare(cfg)
+    assert str(error.value) == (f"--dedupe dropped every validation image ({n}): each is a copy of a training image; "
+                                "give validation images that are not in the training data, or drop --dedupe")

@@ -230,6 +230,9 @@ def prepare_data(cfg: CompareConfig, folders: Folders, prep: Preprocessing, run_
     leaked, leakage = _leakage(split.train, split.val, cfg.dedupe, "val")
     dropped = {"val": [split.val.images[i] for i in leaked] if cfg.dedupe else [], "test": []}
     split.val = subset_of(split.val, [im for im in split.val.images if im not in set(dropped["val"])])
+    if dropped["val"] and not split.val.images:
+        raise UserError(f"--dedupe dropped every validation image ({len(dropped['val'])}): each is a copy of a "
+                        "training image; give validation images that are not in the training data, or drop --dedupe")
     prepared = PreparedData(split=split, skipped=decoded.skipped, leakage=leakage, split_path=split_path, root=root,
                             subsets=subsets, content=content, dropped=dropped, decoded=decoded,
                             writes_split=writes_split)
