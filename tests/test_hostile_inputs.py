@@ -507,3 +507,16 @@ def test_dedupe_that_empties_validation_names_dedupe(small_data, tmp_path):
         compare(cfg)
     assert str(error.value) == (f"--dedupe dropped every validation image ({n}): each is a copy of a training image; "
                                 "give validation images that are not in the training data, or drop --dedupe")
+
+
+def test_exclude_that_empties_a_class_of_a_val_folder_names_exclude(small_data, tmp_path):
+    """Before: 'no image of class … could be decoded (each is named in a warning above)', with no warning."""
+    val = tmp_path / "val"
+    for class_dir in sorted(small_data.iterdir()):
+        shutil.copytree(class_dir, val / class_dir.name, ignore=lambda d, names: sorted(names)[2:])
+    cfg = replace(tiny_config(small_data, tmp_path, skip_scratch=True), data_dir=None, train_dir=small_data,
+                  val_dir=val, exclude=tuple(str(p) for p in sorted((val / "Coat").iterdir())))
+    with pytest.raises(UserError) as error:
+        compare(cfg)
+    assert str(error.value) == (f"--exclude left no image of class 'Coat' in '{val}'; list fewer of them in "
+                                "--exclude, or remove the class folder there")

@@ -137,7 +137,12 @@ def check_enough_per_class(cfg: CompareConfig, folders: Folders) -> dict[str, li
         present = {im.label for im in folder.images} if folder is not None else set()
         missing = sorted(present - {im.label for im in subsets[subset]})
         if missing and (subset == "val" or has_test):
-            raise UserError(f"no image of class {quoted(names[missing[0]])} in {quoted(folder.root)} could be decoded "
+            name, root = names[missing[0]], quoted(folder.root)
+            excluded = {_absolute(im.path) for im in subsets["excluded"]}
+            if any(_absolute(im.path) in excluded for im in folder.images if im.label == missing[0]):
+                raise UserError(f"--exclude left no image of class {quoted(name)} in {root}; list fewer of them in "
+                                "--exclude, or remove the class folder there")
+            raise UserError(f"no image of class {quoted(name)} in {root} could be decoded "
                             "(each is named in a warning above); replace them or remove the class folder there")
     return subsets
 
