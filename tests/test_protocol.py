@@ -159,3 +159,16 @@ def test_a_test_image_copied_from_validation_is_leakage_once_validation_is_train
         warnings.simplefilter("ignore")
         results = json.loads((compare(cfg) / "results.json").read_text())
     assert results["data"]["leakage"]["test"]["exact_duplicates"] == (1 if final_fit else 0)
+
+
+def test_runs_lists_the_final_fit_the_saved_model_and_the_verdict_are_of(watched_run):
+    """Before, `transferlab runs` listed frozen and fine-tuned only, never the number the verdict quotes."""
+    from transferlab.reporting.runs_index import list_runs
+    run_dir, _ = watched_run
+    results = json.loads((run_dir / "results.json").read_text())
+    phases = results["phases"]
+    [line] = [line for line in list_runs(run_dir.parent) if line.startswith(run_dir.name)]
+    assert line == (f"{run_dir.name}: tf_efficientnet_lite0, compare, test acc "
+                    + ", ".join(f"{label} {100 * phases[p]['test_acc']:.1f}%" for p, label in (
+                        ("scratch", "scratch (before)"), ("frozen", "pretrained, frozen"), ("finetuned", "fine-tuned"),
+                        ("final", "final fit (train + val)"))))

@@ -22,8 +22,9 @@ def _headline(results: RunResult | StudyResult) -> str:
         return (f"study ({','.join(results.studies)}), {len(cells)} cells, {len(results.seeds)} seeds; all data, "
                 "mean test acc " + ", ".join(f"{PHASE_LABELS[p]} {100 * a:.1f}%" for p, a in means.items()))
     subset = results.verdict.subset
-    return f"compare, {subset} acc " + ", ".join(f"{PHASE_LABELS[p]} {100 * results.phases[p].accuracy_on(subset):.1f}%"
-                                                 for p in PHASE_ORDER if p in results.phases)
+    accuracies = {p: results.phases[p].accuracy_on(subset) for p in (*PHASE_ORDER, "final") if p in results.phases}
+    return f"compare, {subset} acc " + ", ".join(f"{PHASE_LABELS[p]} {100 * acc:.1f}%" for p, acc in accuracies.items()
+                                                 if acc is not None)  # the final fit has no validation number
 
 
 def _audit_headline(path: Path) -> str:
