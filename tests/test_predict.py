@@ -184,6 +184,19 @@ def test_evaluate_with_nothing_decodable_names_the_folder(finished_run, tmp_path
     assert f"none of the 2 images in '{labelled}' could be decoded" in line
 
 
+def test_evaluate_on_a_folder_without_some_classes_says_which(finished_run, small_data, tmp_path):
+    """Before: '100.0 % (balanced 100.0 %)' on one class of five, without a word."""
+    labelled = tmp_path / "labelled"
+    shutil.copytree(small_data / "Coat", labelled / "Coat")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluated = evaluate_folder(finished_run, labelled, onnx=False)
+    others = [name for name in evaluated["class_names"] if name != "Coat"]
+    assert [str(w.message) for w in caught] == [
+        f"'{labelled}' has no folder of class {', '.join(repr(n) for n in others)}; the accuracies cover the other 1 "
+        f"of the run's {len(others) + 1} classes"]
+
+
 def test_a_full_disk_while_saving_is_an_oserror_and_keeps_the_old_model(run_copy, image):
     """RLIMIT_FSIZE stands in for a full disk: the write fails part-way, as ENOSPC would."""
     model, meta = load_model(run_copy)

@@ -160,6 +160,11 @@ def evaluate_folder(run_dir: Path, labelled_dir: Path, onnx: bool | None = None)
     logits, meta = _load(run_dir, onnx)
     names = meta["class_names"]
     folder = scan_image_folder(labelled_dir, class_names=tuple(names))
+    missing = [name for c, name in enumerate(names) if all(im.label != c for im in folder.images)]
+    if missing:  # balanced accuracy then averages the classes present: a number about fewer classes
+        warnings.warn(f"{quoted(labelled_dir)} has no folder of class {', '.join(map(quoted, missing))}; the "
+                      f"accuracies cover the other {len(names) - len(missing)} of the run's {len(names)} classes",
+                      stacklevel=2)
     label_of = {im.path: im.label for im in folder.images}
     kept, probs, skipped = _probabilities(logits, meta["preprocessing"], [im.path for im in folder.images],
                                           f"in {quoted(labelled_dir)}")
