@@ -239,6 +239,17 @@ def test_a_folder_in_the_way_of_an_export_is_one_line_before_anything_is_written
     assert [p.name for p in out.iterdir()] == [in_the_way]  # no 14 MB `.model.onnx.checking` left
 
 
+def test_an_out_that_is_another_runs_folder_is_one_line_and_keeps_its_export(finished_run, tmp_path, capsys):
+    """Before, `export RUN --out OTHER_RUN` replaced the other run's model.onnx with this run's."""
+    other = Path(shutil.copytree(finished_run, tmp_path / "other"))
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in other.iterdir())
+    assert main(["export", str(finished_run), "--out", str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out '{other}' is another run's folder (it has model.safetensors): its export would be replaced by "
+        f"this run's; give a folder of its own, or `transferlab export '{other}'` for that run\n")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in other.iterdir()) == before
+
+
 def test_bad_export_options_are_one_line(finished_run, tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "has no model.json" in capsys.readouterr().err

@@ -53,6 +53,10 @@ def export_model(run_dir: Path, out_dir: Path | None = None, fmt: str = "onnx",
                         f"{', '.join(EXPORT_FORMATS)}")
     out_dir = run_dir if out_dir is None else check_path("export", "out_dir (--out)", out_dir)
     check_creatable(out_dir, "--out")  # before the model is even read: a bad --out costs nothing
+    if (out_dir / WEIGHTS_FILE).exists() and out_dir.resolve() != run_dir.resolve():  # its own export, replaced
+        raise UserError(f"--out {quoted(out_dir)} is another run's folder (it has {WEIGHTS_FILE}): its export "
+                        f"would be replaced by this run's; give a folder of its own, or `transferlab export "
+                        f"{quoted(out_dir)}` for that run")
     check_not_in_the_way(files=[out_dir / ONNX_FILE, out_dir / SIDECAR_FILE])
     model, meta = load_model(run_dir)
     prep = meta["preprocessing"]
