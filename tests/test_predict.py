@@ -197,6 +197,22 @@ def test_evaluate_on_a_folder_without_some_classes_says_which(finished_run, smal
         f"of the run's {len(others) + 1} classes"]
 
 
+def test_predict_on_a_folder_reads_jfif_and_says_what_it_left_out(finished_run, image, tmp_path):
+    """Before, a Windows `.jfif` JPEG and a `notes.txt` beside the images vanished from the output without a word."""
+    folder = tmp_path / "new"
+    folder.mkdir()
+    shutil.copy(image, folder / "a.png")
+    decode_rgb(image).save(folder / "b.jfif", format="JPEG")
+    (folder / "notes.txt").write_text("where these came from")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predicted = predict(finished_run, [folder])
+    assert [p.path for p in predicted] == [folder / "a.png", folder / "b.jfif"]
+    assert [str(w.message) for w in caught] == [
+        f"1 file in '{folder}' is not an image by its suffix, left out (e.g. '{folder / 'notes.txt'}'); name an "
+        "image file to classify it anyway"]
+
+
 def test_a_full_disk_while_saving_is_an_oserror_and_keeps_the_old_model(run_copy, image):
     """RLIMIT_FSIZE stands in for a full disk: the write fails part-way, as ENOSPC would."""
     model, meta = load_model(run_copy)

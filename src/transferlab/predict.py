@@ -36,8 +36,15 @@ def _expand(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
+            inside = sorted(f for f in p.rglob("*") if not f.is_dir()
                             and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            others = [f for f in inside if f.suffix.lower() not in IMAGE_SUFFIXES]
+            if others:  # as compare lists them: nothing vanishes without a word
+                what = ("1 file in {} is not an image by its suffix" if len(others) == 1 else
+                        f"{len(others)} files in {{}} are not images by their suffix").format(quoted(p))
+                warnings.warn(f"{what}, left out (e.g. {quoted(others[0])}); name an image file to classify it anyway",
+                              stacklevel=3)
+            files += [f for f in inside if f.suffix.lower() in IMAGE_SUFFIXES]
         elif p.exists():
             files.append(p)
         else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transferlab.errors import UserError, quoted
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")  # .jfif: Windows' JPEG
 LAYOUT_HINT = "expected DIR/<class_name>/<images> with at least two class folders"
 SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
