@@ -520,3 +520,11 @@ def test_exclude_that_empties_a_class_of_a_val_folder_names_exclude(small_data, 
         compare(cfg)
     assert str(error.value) == (f"--exclude left no image of class 'Coat' in '{val}'; list fewer of them in "
                                 "--exclude, or remove the class folder there")
+
+
+def test_a_long_name_in_bytes_still_makes_a_run_folder(tmp_path):
+    """--name of 80 CJK characters passed the 80-character check, then the file system refused the folder (240
+    bytes plus the timestamp): 'cannot create a run folder … choose a writable --runs-dir'."""
+    from transferlab.experiments.run_dir import new_run_dir
+    run = new_run_dir(tmp_path / "runs", "中" * 80)
+    assert run.is_dir() and run.name.endswith("中" * 66) and len(run.name.encode()) <= 255

@@ -32,9 +32,14 @@ def check_output_folders(cfg) -> None:
                         "the default cache folder (under $XDG_CACHE_HOME or $HOME; choose one with --cache-dir)")
 
 
+NAME_BYTES = 200  # of a component's 255 bytes, with room for the timestamp, "study-" and a "-2" suffix
+
+
 def safe_name(name: str) -> str:
-    """Turn a user's label (class or run name) into one path component: no separators, no '..'."""
+    """Turn a user's label (class or run name) into one path component: no separators, no '..', and short
+    enough in bytes (80 CJK characters are 240 bytes: a folder name the file system refused)."""
     cleaned = re.sub(r"[^\w.\- ]+", "_", name, flags=re.UNICODE).strip(" .")
+    cleaned = cleaned.encode()[:NAME_BYTES].decode(errors="ignore").strip(" .")  # cut on a character's edge
     return cleaned or "unnamed"
 
 
