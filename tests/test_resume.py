@@ -188,6 +188,16 @@ def test_resume_refuses_a_changed_image(interrupted_run, capsys):
     assert "changed" in err and victim.name in err
 
 
+def test_resume_after_the_data_folder_moved_says_where_the_run_looked(interrupted_run, capsys):
+    """Before: 'data folder … does not exist; expected DIR/<class_name>/<images> …', a layout hint for a folder
+    the user never typed on this command line."""
+    data, run_dir = interrupted_run
+    data.rename(data.with_name("renamed"))
+    assert main(["compare", "--resume", str(run_dir), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"error: run '{run_dir}' trained on '{data}' (data folder), which no longer "
+                                       "exists; put the data back there to resume, or start a new run\n")
+
+
 def test_resume_refuses_an_added_image(interrupted_run, capsys):
     data, run_dir = interrupted_run
     shutil.copy(sorted((data / "Dress").iterdir())[0], data / "Dress" / "new.png")
