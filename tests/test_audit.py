@@ -8,7 +8,7 @@ import pytest
 
 from transferlab.cli import main
 from transferlab.data.exclude import read_exclude_list
-from transferlab.errors import UserError
+from transferlab.errors import UserError, quoted
 from transferlab.experiments.audit import run_audit
 from transferlab.results_io import read_run_results
 
@@ -142,6 +142,18 @@ def test_the_audit_command_finds_an_exact_copy_and_runs_lists_it(planted_labels,
     assert [(Path(r["file"]).name, r["detail"]) for r in copies] == [("zz_copy.png", str(original))]
     assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 0
     assert f"{folder.name}: audit of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("header", ["file;subset;given", "File,subset,given", "file\tsubset"])
+def test_an_exclude_csv_from_a_spreadsheet_is_one_line_not_its_header_read_as_an_image(tmp_path, header):
+    """Before, a ';'-separated or 'File' header made the header line an image path: '… is not an image of …'."""
+    listed = tmp_path / "doubted.csv"
+    listed.write_text(f"{header}\n/d/x.png;train;a\n")
+    with pytest.raises(UserError) as error:
+        read_exclude_list(listed)
+    assert str(error.value) == (f"--exclude '{listed}': its first line {quoted(header)} looks like a CSV header, but "
+                                "not one with a 'file' column separated by commas; save it as the audit writes it "
+                                "(comma-separated, lower-case header)")
 
 
 def test_a_study_refuses_exclude_in_one_line(small_data, tmp_path):

@@ -7,6 +7,7 @@ line ('#' starts a comment). A relative path is relative to FILE's folder, so a 
 import csv
 import io
 import os
+import re
 from pathlib import Path
 
 from transferlab.atomic import local_path_text
@@ -34,6 +35,10 @@ def read_exclude_list(path: Path | str) -> tuple[str, ...]:
     header = next(csv.reader([first]), []) if first else []
     if FILE_COLUMN in header:
         names = _csv_column(text, path, len(header))
+    elif any(cell.strip().strip('"').lower() == FILE_COLUMN for cell in re.split(r"[,;\t]", first)):  # Excel's ';'
+        raise UserError(f"--exclude {quoted(path)}: its first line {quoted(first)} looks like a CSV header, but "
+                        f"not one with a '{FILE_COLUMN}' column separated by commas; save it as the audit writes it "
+                        "(comma-separated, lower-case header)")
     else:
         names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     base = Path(os.path.abspath(path)).parent  # not resolved: a linked folder keeps the names its images have
