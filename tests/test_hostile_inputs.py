@@ -507,6 +507,7 @@ def test_dedupe_that_empties_validation_names_dedupe(small_data, tmp_path):
         compare(cfg)
     assert str(error.value) == (f"--dedupe dropped every validation image ({n}): each is a copy of a training image; "
                                 "give validation images that are not in the training data, or drop --dedupe")
+    assert list((tmp_path / "runs").iterdir()) == []  # no run folder left that `runs` lists as unfinished
 
 
 def test_exclude_that_empties_a_class_of_a_val_folder_names_exclude(small_data, tmp_path):

@@ -5,6 +5,7 @@ user keeps), then the scratch baseline. Each phase writes a checkpoint per epoch
 continues an interrupted run exactly.
 """
 
+import shutil
 import time
 import warnings
 from dataclasses import replace
@@ -96,11 +97,22 @@ def run_compare(cfg: CompareConfig, run_dir: Path | None = None) -> Path:
                 write_results(run_dir / "results.json", results)  # last: a run with results.json is finished
             if tracker is not None:
                 tracker.log_results(results)
+    except UserError:
+        if not resuming and ranks.is_main:
+            _remove_if_untrained(run_dir)
+        raise
     finally:
         for lock in held:
             lock.release()
     barrier(ranks)  # every rank returns a finished run
     return run_dir
+
+
+def _remove_if_untrained(run_dir: Path) -> None:
+    """A new run refused before it trained (the data fails a check only its split can make) leaves no folder
+    that `transferlab runs` would list as unfinished and a resume would refuse again."""
+    if {p.name for p in run_dir.iterdir()} <= {"config.json", "split.json", ".lock"}:
+        shutil.rmtree(run_dir)
 
 
 def _export_for_predict(run_dir: Path) -> None:
