@@ -4,6 +4,7 @@ Decoding, normalising and the softmax are NumPy: torch (with torchvision and tim
 cores) is imported only for the PyTorch model, so on the run's ONNX export (the default) the first answer
 comes in under a second."""
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,13 @@ import numpy as np
 from scipy.special import softmax
 
 from transferlab.api_checks import check_flag, check_path, check_paths, check_whole_number
+from transferlab.data.fingerprints import file_digest
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.models.onnx_runtime import (AUTO_ONNX, Logits, export_fix, export_problem, has_export, has_model,
                                              load_onnx_model)
+from transferlab.results import RESULTS_FILE
 from transferlab.training.metrics import balanced_accuracy, confusion_matrix, per_class_recall
 
 BATCH_SIZE = 32
@@ -159,6 +162,19 @@ def predict(run_dir: Path, images: list[Path] | Path, top_k: int = 3, onnx: bool
     return [p for _, batch in predict_batches(run_dir, images, top_k, onnx, batch_size).batches for p in batch]
 
 
+def _learnt_from(run_dir: Path, paths: list[Path]) -> int:
+    """How many of `paths` hold the content of an image the saved model trained on: split.json's training
+    images, and its validation images too after a final fit. A run without those files counts none."""
+    try:
+        split = json.loads((run_dir / "split.json").read_bytes())
+        final_fit = json.loads((run_dir / RESULTS_FILE).read_bytes()).get("model_phase") == "final"
+    except (OSError, ValueError):
+        return 0
+    subsets = {"train", "val"} if final_fit else {"train"}
+    digests = {split["content"].get(f) for f, subset in split["files"].items() if subset in subsets} - {None}
+    return sum(file_digest(p) in digests for p in paths)
+
+
 def evaluate_folder(run_dir: Path, labelled_dir: Path, onnx: bool | None = None) -> dict:
     """Accuracy, per-class recall and the confusion matrix on DIR/<class>/*, classes named as in training."""
     run_dir = check_path("evaluate_folder", "run_dir", run_dir)
@@ -176,6 +192,11 @@ def evaluate_folder(run_dir: Path, labelled_dir: Path, onnx: bool | None = None)
     kept, probs, skipped = _probabilities(logits, meta["preprocessing"], [im.path for im in folder.images],
                                           f"in {quoted(labelled_dir)}")
     labels = np.array([label_of[p] for p in kept])
+    learnt = _learnt_from(run_dir, kept)
+    if learnt:
+        warnings.warn(f"{learnt} of the {len(kept)} images in {quoted(labelled_dir)} are images this model learnt "
+                      "from (their content is in its split.json); accuracy on them says little about new images",
+                      stacklevel=2)
     predicted = probs.argmax(1)
     recall = {names[c]: r for c, r in per_class_recall(labels, predicted, len(names)).items()}
     return {"n_images": len(kept), "accuracy": float((predicted == labels).mean()),
