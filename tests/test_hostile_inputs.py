@@ -422,7 +422,8 @@ def test_a_study_cell_bar_never_counts_a_trained_cell_before_its_step(small_data
     assert frames and all(int(n) >= int(trained) for n, trained in frames), terminal.text[-2000:]
 
 
-@pytest.mark.parametrize("field, value, says", [("frozen_epochs", -1, "--frozen-epochs"), ("seed", "x", "seed must be a whole number"),
+@pytest.mark.parametrize("field, value, says", [("frozen_epochs", -1, "--frozen-epochs"),
+                                                ("seed", "x", "seed must be a whole number"),
                                                 ("recipe", "fastest", "fastest")])
 def test_a_bad_value_edited_into_a_runs_config_names_the_file(finished_run, tmp_path, capsys, field, value, says):
     """Before, `--resume` named only the flag (`--frozen-epochs must be …`), which the user never typed."""

@@ -213,7 +213,7 @@ def test_predict_on_a_folder_reads_jfif_and_says_what_it_left_out(finished_run, 
         "image file to classify it anyway"]
 
 
-def test_evaluate_on_images_the_model_trained_on_says_so(finished_run, small_data):
+def test_evaluate_on_images_the_model_trained_on_says_so(finished_run, run_copy, small_data):
     """Before, `evaluate RUN DATA` on the run's own data printed its accuracy with no word that it learnt from them."""
     split = json.loads((finished_run / "split.json").read_text())
     trained = sum(subset == "train" for subset in split["files"].values())
@@ -224,6 +224,9 @@ def test_evaluate_on_images_the_model_trained_on_says_so(finished_run, small_dat
     assert 0 < trained < n and [str(w.message) for w in caught] == [
         f"{trained} of the {n} images in '{small_data}' are images this model learnt from (their content is in its "
         "split.json); accuracy on them says little about new images"]
+    for damaged in ("{}", '{"files": [], "content": {}}', "not json"):  # evaluate still answers, without it
+        (run_copy / "split.json").write_text(damaged)
+        assert evaluate_folder(run_copy, small_data, onnx=False)["n_images"] == n
 
 
 def test_a_full_disk_while_saving_is_an_oserror_and_keeps_the_old_model(run_copy, image):

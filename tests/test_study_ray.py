@@ -105,7 +105,8 @@ def test_ctrl_c_on_the_driver_cancels_the_cells_and_the_same_call_resumes(local_
         raise KeyboardInterrupt  # what the signal handler raises while the driver waits on its cells
     monkeypatch.setattr(ray, "wait", interrupted_mid_cell)
     cfg = _config(small_data, tmp_path, ray="local")
-    with pytest.raises(RunInterrupted, match=r"the same command \(`transferlab study …` or `transferlab demo --study …`"):
+    resume_hint = r"the same command \(`transferlab study …` or `transferlab demo --study …`"
+    with pytest.raises(RunInterrupted, match=resume_hint):
         study(cfg)
     monkeypatch.undo()
     while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:  # the workers give their CPUs back

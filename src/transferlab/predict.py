@@ -168,10 +168,10 @@ def _learnt_from(run_dir: Path, paths: list[Path]) -> int:
     try:
         split = json.loads((run_dir / "split.json").read_bytes())
         final_fit = json.loads((run_dir / RESULTS_FILE).read_bytes()).get("model_phase") == "final"
-    except (OSError, ValueError):
+        subsets = {"train", "val"} if final_fit else {"train"}
+        digests = {split["content"].get(f) for f, subset in split["files"].items() if subset in subsets} - {None}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # damaged or older: evaluate says nothing
         return 0
-    subsets = {"train", "val"} if final_fit else {"train"}
-    digests = {split["content"].get(f) for f, subset in split["files"].items() if subset in subsets} - {None}
     return sum(file_digest(p) in digests for p in paths)
 
 

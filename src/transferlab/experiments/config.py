@@ -113,8 +113,9 @@ class CompareConfig:
                 ("--test", self.test_dir))
         for name, root in data:
             if folder is not None and root is not None and _contains(root, folder):
-                raise UserError(f"{flag} {quoted(_absolute(folder))} is inside the {name} {quoted(_absolute(root))}: the next "
-                                f"run would read what transferlab writes there as a class; give a {flag} outside it")
+                raise UserError(f"{flag} {quoted(_absolute(folder))} is inside the {name} {quoted(_absolute(root))}: "
+                                "the next run would read what transferlab writes there as a class; give a "
+                                f"{flag} outside it")
 
     def overridden_recipe_fields(self) -> list[str]:
         return overridden_fields(self.recipe)
@@ -142,7 +143,9 @@ class CompareConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "CompareConfig":
-        unreadable = lambda e: UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?")  # noqa: E731
+        def unreadable(e: Exception) -> UserError:
+            return UserError(f"cannot read run config '{path}': {e}; is this a transferlab run folder?")
+
         try:
             stored = json.loads(Path(path).read_bytes())  # UTF-8 whatever the locale
             if "study" in stored and "config" not in stored:

@@ -155,8 +155,8 @@ def _run_study(cfg: StudyConfig, started: float) -> Path:
         lock = lock_study_dir(study_dir)
         try:
             start_study(study_dir, cfg, base, env)
-            hint = ("the same command (`transferlab study …` or `transferlab demo --study …`; finished cells are kept, "
-                    "the stopped one resumes)")
+            hint = ("the same command (`transferlab study …` or `transferlab demo --study …`; finished cells are "
+                    "kept, the stopped one resumes)")
             with interruptible(study_dir, hint) as stop, \
                     study_ray.driving(cfg, study_dir, base, device) if study_ray else nullcontext() as remote:
                 prepared = prepare_data(base, folders, pretrained.preprocessing, study_dir,
