@@ -250,9 +250,8 @@ def resume_compare(run_dir: Path, show_progress: bool = True) -> Path:
         raise UserError(f"run {quoted(run_dir)} is finished (it has {RESULTS_FILE}): nothing to resume; read "
                         f"{quoted(run_dir / 'report.md')} (`transferlab report` rebuilds it), or start a new run")
     cfg = CompareConfig.from_file(run_dir / "config.json")
-    for what, folder in (("data folder", cfg.data_dir), ("--train", cfg.train_dir), ("--val", cfg.val_dir),
-                         ("--test", cfg.test_dir)):
-        if folder is not None and not folder.exists():  # moved or renamed since: the layout hint would mislead
+    for what, folder in cfg.data_folders():
+        if not folder.exists():  # moved or renamed since: the layout hint would mislead
             raise UserError(f"run {quoted(run_dir)} trained on {quoted(folder)} ({what}), which no longer exists; "
                             "put the data back there to resume, or start a new run")
     return run_compare(replace(cfg, show_progress=show_progress), run_dir=run_dir)
