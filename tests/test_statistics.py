@@ -36,7 +36,8 @@ def test_paired_test_matches_scipy_and_claims_only_what_the_interval_supports():
 
 def test_the_headline_claims_nothing_when_every_seed_gives_the_same_accuracy():
     from transferlab.reporting.study_report import headline_lines
-    same = lambda acc: {s: SimpleNamespace(test_acc=acc) for s in range(3)}  # noqa: E731 - zero spread, 3 seeds
+    same = lambda acc: {s: SimpleNamespace(test_acc=acc, stopped=None, recent_val_gain=None)  # noqa: E731
+                        for s in range(3)}  # zero spread, 3 seeds; no record of how scratch ended (older results)
     groups = [("5", 5.0, {"finetuned": same(0.9), "frozen": same(0.4), "scratch": same(0.3)}),
               ("all", 100.0, {"finetuned": same(0.95), "frozen": same(0.8), "scratch": same(0.5)})]
     lines = headline_lines(groups)

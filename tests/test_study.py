@@ -62,10 +62,32 @@ def test_study_trains_every_cell_once_on_the_same_validation_and_test_sets(two_s
     assert steps["2"] == steps["all"]
 
 
-def _cell_phase(test_acc: float) -> CellPhaseResult:
-    """A cell's phase with a crafted test accuracy; the report's verdicts read nothing else of it."""
+def _cell_phase(test_acc: float, stopped: str | None = None, gain: float | None = None) -> CellPhaseResult:
+    """A cell's phase with a crafted test accuracy (and, for scratch, how it ended); the report's verdicts
+    read nothing else of it."""
     return CellPhaseResult(val_acc=test_acc, test_acc=test_acc, seconds=1.0, train_seconds=1.0, steps=1, best_epoch=1,
-                           trainable_parameters=1, total_parameters=1)
+                           trainable_parameters=1, total_parameters=1, stopped=stopped, recent_val_gain=gain)
+
+
+def test_the_data_claim_says_in_its_own_line_when_its_baseline_was_cut_while_improving():
+    """Four seeds: two scratch cells cut by their epoch cap while rising (+2.0, +1.0 pts), one cut flat, one
+    on its plateau; fine-tuned on 5 per class is clearly not worse, so the claim is made and called an upper
+    bound."""
+    from transferlab.reporting.study_report import headline_lines
+    endings = [("epochs", 0.02), ("epochs", 0.01), ("epochs", 0.001), ("plateau", 0.0)]
+    scratch = {s: _cell_phase(0.60 + 0.01 * s, *ending) for s, ending in enumerate(endings)}
+    groups = [("5", 5.0, {"finetuned": {s: _cell_phase(0.70 + 0.02 * s) for s in range(4)}}),
+              ("all", 100.0, {"finetuned": {s: _cell_phase(0.80 + 0.01 * (s % 2)) for s in range(4)},
+                              "scratch": scratch})]
+    claim = headline_lines(groups)[0]
+    assert claim.startswith("- fine-tuned with 5 images per class (20× less data) is not worse")
+    assert claim.endswith("; scratch on all the data was cut by its epoch cap while still improving in 2 of 4 "
+                          "seeds (+1.5 pts of smoothed validation accuracy over its last 5 epochs, mean of those), "
+                          "so this overstates what transfer saves: a larger --scratch-epochs or --scratch-budget "
+                          "lets it finish.")
+    groups[1][2]["scratch"] = {s: _cell_phase(0.60 + 0.01 * s, "plateau" if s else "budget", 0.001) for s in range(4)}
+    assert headline_lines(groups)[0].endswith(
+        "; scratch on all the data had stopped improving in all 4 seeds (3 ended on its plateau).")
 
 
 def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two_seed_study):
@@ -76,6 +98,9 @@ def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two
     assert not re.search(r'(src|href)="(?!data:)', page)
     report = (study_dir / "report.md").read_text()
     assert "fixed optimisation steps" in report and "(n=2)" in report and "95 %" in report
+    # one scratch epoch: every scratch cell ends on its cap, none on the plateau rule (patience 5)
+    n_scratch = sum("scratch" in c["phases"] for c in _cells(study_dir))
+    assert f"(of {n_scratch} scratch cells, {n_scratch} ended on the epoch cap)" in report
     # The data claim, from crafted per-seed test accuracies: a one-sided paired test of "not worse than scratch
     # on all the data by more than 2 pts" (scipy.stats.ttest_1samp against -0.02, by hand):
     # fine-tuned at 5 per class: differences 0.20, 0.19, 0.18 -> p = 0.00038, supported at the smallest k;
