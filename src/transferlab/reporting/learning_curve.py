@@ -7,10 +7,11 @@ over seeds (seeds resampled with replacement, the curve fitted again). Every fit
 fitted without the largest k, it must predict the accuracy measured there.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit
 
 BOOTSTRAP_SAMPLES = 500
 EXTRAPOLATION_TOLERANCE = 0.03  # |predicted − measured| at the largest k, accuracy points / 100
@@ -44,8 +45,12 @@ def fit_curve(ks: list[float], accuracies: list[float]) -> CurveFit | None:
     if len(np.unique(k)) < 3:
         return None
     try:
-        (a, b, c), _ = curve_fit(inverse_power, k, acc, p0=(min(1.0, acc.max() + 0.05), 0.5, 0.5),
-                                 bounds=([0.0, 0.0, 0.01], [1.0, 10.0, 3.0]), maxfev=20_000)
+        # the covariance is not used (intervals come from the bootstrap over seeds); with as many k as the three
+        # parameters it is undefined, and SciPy's warning about that reached the user's terminal
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            (a, b, c), _ = curve_fit(inverse_power, k, acc, p0=(min(1.0, acc.max() + 0.05), 0.5, 0.5),
+                                     bounds=([0.0, 0.0, 0.01], [1.0, 10.0, 3.0]), maxfev=20_000)
     except (RuntimeError, ValueError):
         return None
     return CurveFit(float(a), float(b), float(c))
