@@ -15,6 +15,7 @@ from transferlab.data.scan import LabelledImage
 from transferlab.experiments import phases
 from transferlab.experiments.interrupts import RunInterrupted
 from transferlab.experiments.study_plan import nested_subset
+from transferlab.formats import STUDY_FORMAT_VERSION
 from transferlab.results import CellPhaseResult, CellResult
 
 EPOCHS = dict(scratch_epochs=1, frozen_epochs=1, finetune_epochs=1)
@@ -122,6 +123,20 @@ def test_report_is_self_contained_and_claims_only_what_the_intervals_support(two
         "| 5 | fine-tuned − scratch (before) | +38.7 ± 5.7 (n=3) | 0.001 | yes |",
         "| 5 | pretrained, frozen − scratch (before) | +17.7 ± 18.6 (n=3) | 0.055 | no: the interval includes 0 |",
         "| 5 | fine-tuned − pretrained, frozen | +21.0 ± 23.7 (n=3) | 0.062 | no: the interval includes 0 |"]
+
+
+def test_a_study_results_file_copied_away_from_its_cells_is_reported_as_a_study(two_seed_study, tmp_path, capsys):
+    """`report` told a study from a run by its cells/ folder: a study's results.json kept on its own (as
+    benchmarks/results keeps them) was read as a run's and refused with a run's fix."""
+    study_dir, _ = two_seed_study
+    copy = tmp_path / "kept"
+    copy.mkdir()
+    (copy / "results.json").write_text((study_dir / "results.json").read_text())
+    assert main(["report", str(copy)]) == 0 and "fixed optimisation steps" in (copy / "report.md").read_text()
+    other = json.loads((study_dir / "results.json").read_text()) | {"format_version": STUDY_FORMAT_VERSION + 1}
+    (copy / "results.json").write_text(json.dumps(other))
+    assert main(["report", str(copy)]) == 2
+    assert "re-run the study" in capsys.readouterr().err
 
 
 def test_rerun_trains_nothing_and_an_added_seed_trains_only_its_cells(two_seed_study):

@@ -371,8 +371,8 @@ def run(argv: list[str]) -> int:
     elif args.command == "report":
         from transferlab.reporting.report import write_report
         from transferlab.reporting.study_report import write_study_report
-        is_study = (args.run_dir / "cells").is_dir()
-        print(write_study_report(args.run_dir) if is_study else write_report(args.run_dir))
+        from transferlab.results_io import is_study_folder
+        print(write_study_report(args.run_dir) if is_study_folder(args.run_dir) else write_report(args.run_dir))
     elif args.command == "export":
         from transferlab import export
         from transferlab.deploy import SIDECAR_FILE

@@ -145,13 +145,20 @@ def read_study_results(study_dir: Path) -> StudyResult:
                   "re-run the study to rebuild it")
 
 
-def read_any_results(folder: Path) -> RunResult | StudyResult:
-    """A run's or a study's results, as the file's `kind` says (`transferlab runs` lists both)."""
+def is_study_folder(folder: Path) -> bool:
+    """A study's folder: its results.json says so (also when copied away from its cells), or it has cells/ (a
+    study not finished yet)."""
     try:
-        is_study = _parsed(Path(folder) / RESULTS_FILE).get("kind") == STUDY_KIND
+        if _parsed(Path(folder) / RESULTS_FILE).get("kind") == STUDY_KIND:
+            return True
     except (OSError, ValueError, AttributeError):
-        is_study = False  # the run reader says what is wrong with it
-    return read_study_results(folder) if is_study else read_run_results(folder)
+        pass  # the reader says what is wrong with it
+    return (Path(folder) / "cells").is_dir()
+
+
+def read_any_results(folder: Path) -> RunResult | StudyResult:
+    """A run's or a study's results, as the folder says (`transferlab runs` lists both)."""
+    return read_study_results(folder) if is_study_folder(folder) else read_run_results(folder)
 
 
 def read_cell_result(path: Path) -> CellResult:
