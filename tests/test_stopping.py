@@ -10,7 +10,7 @@ from transferlab.reporting.tables import scratch_ending
 from transferlab.results import PhaseResult
 from transferlab.training.inputs import CachedInputs
 from transferlab.training.loop import PhaseSpec, PhaseState, stop_reason, train_phase
-from transferlab.training.recipes import PRESETS, Stopping, resolve_recipe
+from transferlab.training.recipes import PRESETS, Optimization, Stopping, resolve_recipe
 from transferlab.training.stopping import epochs_without_gain, recent_gain, smoothed
 
 CPU = torch.device("cpu")
@@ -50,13 +50,22 @@ def test_stop_reason_plateau_budget_or_none():
     assert stop_reason(_rows(flat), Stopping()) is None  # the seeds' recipes: every epoch runs
 
 
-def _tiny_phase(stopping: Stopping, lr: float, epochs: int = 10, state: PhaseState | None = None):
+def test_the_warm_up_epochs_do_not_count_towards_the_patience():
+    flat = [0.22] * 8
+    plateau = Stopping(plateau_patience=3, plateau_min_gain=0.005)
+    assert stop_reason(_rows(flat), plateau, warmup_epochs=6) is None  # 2 epochs after the warm-up
+    assert stop_reason(_rows(flat + [0.22]), plateau, warmup_epochs=6) == "plateau"
+    assert stop_reason(_rows(flat), plateau, warmup_epochs=0) == "plateau"
+
+
+def _tiny_phase(stopping: Stopping, lr: float, epochs: int = 10, state: PhaseState | None = None,
+                schedule: str = "constant"):
     torch.manual_seed(0)
     module = nn.Linear(8, 3)
     rows = RowView(np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32), np.arange(24))
     labels = np.arange(24) % 3
     inputs = CachedInputs([rows], CPU)
-    spec = PhaseSpec("scratch", epochs, lr, 8, 0, stopping=stopping)
+    spec = PhaseSpec("scratch", epochs, lr, 8, 0, optimization=Optimization(schedule=schedule), stopping=stopping)
     return train_phase(module, module, inputs, labels, inputs, labels, spec, [module], CPU, state=state,
                        show_progress=False)
 
@@ -69,6 +78,13 @@ def test_a_tiny_phase_that_cannot_learn_stops_on_the_plateau_before_its_cap():
         np.cumsum([r["seconds"] for r in state.history]).tolist())
     again = _tiny_phase(Stopping(plateau_patience=2, plateau_min_gain=0.005), lr=1e-12, state=state)
     assert len(again.history) == 3  # a resumed phase that had stopped trains no further
+
+
+def test_a_phase_that_cannot_learn_stops_only_after_its_warm_up_and_patience():
+    """40 epochs of 3 steps warm up over the first 12 steps (10 %): 4 epochs, then 2 of patience."""
+    state = _tiny_phase(Stopping(plateau_patience=2, plateau_min_gain=0.005), lr=1e-12, epochs=40,
+                        schedule="warmup-cosine")
+    assert len(state.history) == 6 and state.stop_reason == "plateau"
 
 
 def test_the_budget_stop_is_reported_as_such():

@@ -60,11 +60,14 @@ class PhaseState:
         return self.stop_reason is not None
 
 
-def stop_reason(history: list[dict], stopping: Stopping) -> str | None:
-    """Whether the phase stops after the last epoch of `history`, and why (training/stopping.py)."""
+def stop_reason(history: list[dict], stopping: Stopping, warmup_epochs: int = 0) -> str | None:
+    """Whether the phase stops after the last epoch of `history`, and why (training/stopping.py). Epochs of
+    the learning-rate warm-up do not count towards the plateau's patience: a network from scratch can sit at
+    chance while its rate is still small (icons, 64 px, seed 2 stopped at chance in the 6th of 6 warm-up
+    epochs of a 60-epoch cap)."""
     val_accs = [r["val_acc"] for r in history]
-    if stopping.plateau_patience and epochs_without_gain(val_accs, stopping.plateau_min_gain) >= \
-            stopping.plateau_patience:
+    if stopping.plateau_patience and min(epochs_without_gain(val_accs, stopping.plateau_min_gain),
+                                         len(history) - warmup_epochs) >= stopping.plateau_patience:
         return "plateau"
     if stopping.budget_seconds is not None and history[-1]["elapsed_seconds"] >= stopping.budget_seconds:
         return "budget"
@@ -127,12 +130,16 @@ def make_optimizer(params: list[nn.Parameter], spec: PhaseSpec) -> torch.optim.O
     return kind(params, lr=spec.learning_rate, eps=o.adam_eps, weight_decay=o.weight_decay)
 
 
+def warmup_steps(total_steps: int) -> int:
+    return max(1, round(WARMUP_FRACTION * total_steps))
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, spec: PhaseSpec, total_steps: int) -> LRScheduler | None:
     """Per step: linear warm-up over the first 10% of steps (step s at (s + 1) / warm-up of the rate), then
     cosine decay towards zero; None for a constant rate."""
     if spec.optimization.schedule == "constant" or total_steps <= 1:
         return None
-    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    warmup = warmup_steps(total_steps)
     return SequentialLR(optimizer, [LinearLR(optimizer, 1 / warmup, 1.0, total_iters=max(warmup - 1, 1)),
                                     CosineAnnealingLR(optimizer, T_max=total_steps - warmup)], milestones=[warmup])
 
@@ -159,6 +166,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     optimizer = make_optimizer(params, spec)
     steps_per_epoch = batches_per_epoch(len(train_inputs), spec.batch_size)
     schedule = make_schedule(optimizer, spec, spec.epochs * steps_per_epoch)
+    warmup_epochs = -(-warmup_steps(spec.epochs * steps_per_epoch) // steps_per_epoch) if schedule else 0
     with warnings.catch_warnings():  # a resumed phase: its schedule moved on to where it stopped, before any step
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
         for _ in range(state.next_epoch * steps_per_epoch if schedule else 0):
@@ -212,7 +220,8 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
                "seconds": time.perf_counter() - started, "precision": spec.precision, "learning_rate": last_lr}
         row["elapsed_seconds"] = sum(r["seconds"] for r in state.history) + row["seconds"]  # this phase's clock
         state.history.append(row)
-        stopped = stop_reason(state.history, spec.stopping) if epoch + 1 < spec.epochs else None  # the cap ends it
+        # the cap ends the last epoch
+        stopped = stop_reason(state.history, spec.stopping, warmup_epochs) if epoch + 1 < spec.epochs else None
         if ranks.is_distributed:  # a budget is read on each rank's clock: rank 0's decides for all
             stopped = gather_objects(stopped, ranks)[0]
         if stopped:
