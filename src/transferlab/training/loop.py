@@ -6,6 +6,7 @@ the checkpoint of epoch k goes on exactly as if it had never stopped.
 """
 
 import copy
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -166,7 +167,7 @@ def train_phase(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tenso
     optimizer = make_optimizer(params, spec)
     steps_per_epoch = batches_per_epoch(len(train_inputs), spec.batch_size)
     schedule = make_schedule(optimizer, spec, spec.epochs * steps_per_epoch)
-    warmup_epochs = -(-warmup_steps(spec.epochs * steps_per_epoch) // steps_per_epoch) if schedule else 0
+    warmup_epochs = math.ceil(warmup_steps(spec.epochs * steps_per_epoch) / steps_per_epoch) if schedule else 0
     with warnings.catch_warnings():  # a resumed phase: its schedule moved on to where it stopped, before any step
         warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before")
         for _ in range(state.next_epoch * steps_per_epoch if schedule else 0):
