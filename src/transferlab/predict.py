@@ -17,6 +17,7 @@ from transferlab.api_checks import check_flag, check_path, check_paths, check_wh
 from transferlab.data.fingerprints import file_digest
 from transferlab.data.images import ImageDecodeError, load_for_model, normalised_nchw
 from transferlab.data.scan import IMAGE_SUFFIXES, scan_image_folder
+from transferlab.data.split import read_split
 from transferlab.errors import UserError, one_line, quoted
 from transferlab.models.onnx_runtime import (AUTO_ONNX, Logits, export_fix, export_problem, has_export, has_model,
                                              load_onnx_model)
@@ -166,11 +167,11 @@ def _learnt_from(run_dir: Path, paths: list[Path]) -> int:
     """How many of `paths` hold the content of an image the saved model trained on: split.json's training
     images, and its validation images too after a final fit. A run without those files counts none."""
     try:
-        split = json.loads((run_dir / "split.json").read_bytes())
+        split = read_split(run_dir / "split.json")
         final_fit = json.loads((run_dir / RESULTS_FILE).read_bytes()).get("model_phase") == "final"
         subsets = {"train", "val"} if final_fit else {"train"}
         digests = {split["content"].get(f) for f, subset in split["files"].items() if subset in subsets} - {None}
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):  # damaged or older: evaluate says nothing
+    except (UserError, OSError, ValueError, KeyError, AttributeError, TypeError):  # damaged or older: says nothing
         return 0
     return sum(file_digest(p) in digests for p in paths)
 

@@ -72,8 +72,8 @@ class CompareConfig:
         if self.val_dir is not None and self.test_fraction:
             raise UserError("--test-fraction splits a data folder; with --train/--val give a --test DIR")
         if self.test_dir is not None:
-            for name, other in self.data_folders()[:-1]:
-                if _overlap(Path(self.test_dir), Path(other)):
+            for name, other in self.data_folders():
+                if name != "--test" and _overlap(Path(self.test_dir), other):
                     raise UserError(f"--test '{self.test_dir}' overlaps the {name} '{other}': test images must "
                                     "never train or choose; give a separate folder")
         if self.val_dir is not None and _overlap(Path(self.val_dir), Path(self.train_dir)):
@@ -107,7 +107,7 @@ class CompareConfig:
         check_tracking_options(self.tensorboard_dir, self.mlflow_uri)
 
     def data_folders(self) -> list[tuple[str, Path]]:
-        """(how the user named it, folder) for each folder of images given, the test folder last."""
+        """(how the user named it, folder) for each folder of images given."""
         named = (("data folder", self.data_dir), ("--train", self.train_dir), ("--val", self.val_dir),
                  ("--test", self.test_dir))
         return [(name, Path(folder)) for name, folder in named if folder is not None]
@@ -115,8 +115,10 @@ class CompareConfig:
     def check_outside_the_data(self, flag: str, folder: Path | None) -> None:
         """A folder transferlab writes must not lie in a data folder: the next scan would read it as a class
         (a second `compare .` run from inside the data trained on a class 'runs' of the first run's plots)."""
+        if folder is None:
+            return
         for name, root in self.data_folders():
-            if folder is not None and _contains(root, folder):
+            if _contains(root, folder):
                 raise UserError(f"{flag} {quoted(_absolute(folder))} is inside the {name} {quoted(_absolute(root))}: "
                                 "the next run would read what transferlab writes there as a class; give a "
                                 f"{flag} outside it")
